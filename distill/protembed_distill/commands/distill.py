@@ -1,0 +1,114 @@
+"""``protembed distill CONFIG [--stage ...]``: the config-driven distillation job, stage by stage.
+
+Stages: ``data`` (overlap filter + split, cached), ``embed`` (teacher caches, resumable), ``train``
+(resumes from the run dir's last checkpoint), ``export`` (best checkpoint -> output.model_dir),
+``sweep`` (size sweep report), ``plan`` (random-weight throughput of the sweep sizes, no teachers
+needed), and ``all`` = embed -> train -> export. Heavy imports happen inside the handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+STAGES = ("all", "data", "embed", "train", "export", "sweep", "plan")
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "distill",
+        help="distill a student from teachers as described by a TOML/YAML config",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", type=Path, help="distillation config (.toml, .yaml)")
+    p.add_argument("--stage", choices=STAGES, default="all", help="which stage to run (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (overrides run.threads)")
+    p.add_argument("--no-resume", action="store_true", help="train from scratch even if a checkpoint exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="do not echo training log lines to stderr")
+    p.set_defaults(func=run)
+
+
+def _log(msg: str) -> None:
+    print(f"distill: {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from protembed_distill.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as err:
+        print(f"protembed distill: {err}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"threads": args.threads})})
+    threads = cfg.threads()
+
+    from protembed_distill.data import DataError, prepare_dataset
+    from protembed_distill.train import set_threads
+
+    set_threads(threads)
+    run_dir = Path(cfg.run.dir)
+    try:
+        ds = prepare_dataset(cfg.data, run_dir, threads=max(1, threads))
+    except DataError as err:
+        print(f"protembed distill: {err}", file=sys.stderr)
+        return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data_stats.json").write_text(json.dumps(ds.stats, indent=1))
+    _log(
+        f"data: {ds.stats['train_sequences']} train / {ds.stats['val_sequences']} val sequences, "
+        f"{ds.stats['train_residues']} train residues; removed by eval overlap: "
+        f"{ds.stats['removed_by_eval_overlap']} {ds.stats['removed_by_source']}"
+    )
+    stage = args.stage
+    if stage == "data":
+        return 0
+    if stage == "plan":
+        from protembed_distill.sweep import measure_sizes
+
+        report = measure_sizes(cfg, ds, max(1, threads))
+        print(json.dumps(report, indent=1))
+        return 0
+    if stage in ("all", "embed", "sweep"):
+        from protembed_distill.teacher_cache import build_caches
+
+        report = build_caches(cfg, [*ds.train, *ds.val], progress=not args.no_progress, log=_log)
+        (run_dir / "embed_report.json").write_text(json.dumps(report, indent=1))
+        _log("embed: " + json.dumps(report))
+        if stage == "embed":
+            return 0
+    if stage == "sweep":
+        from protembed_distill.sweep import run_sweep
+
+        sweep = run_sweep(cfg, ds, max(1, threads), echo=not args.quiet)
+        print((run_dir / "sweep" / "sweep.md").read_text())
+        _log(f"sweep: {len(sweep['sizes'])} sizes -> {run_dir / 'sweep'}")
+        return 0
+    if stage in ("all", "train"):
+        from protembed_distill.train import train
+
+        res = train(cfg, ds, resume=not args.no_resume, echo=not args.quiet)
+        _log(
+            f"train: step {res.step}, val {json.dumps(res.val.get('val_cosine', {}))}, "
+            f"best checkpoint {res.best_checkpoint}"
+        )
+        if stage == "train":
+            return 0
+    from protembed_distill.export import ExportError, export_checkpoint
+
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    try:
+        card = export_checkpoint(
+            ckpt, cfg.output.model_dir, int8=cfg.output.int8, fp16=cfg.output.fp16, threads=max(1, threads)
+        )
+    except (ExportError, FileNotFoundError) as err:
+        print(f"protembed distill: export: {err}", file=sys.stderr)
+        return 1
+    _log(f"export: {cfg.output.model_dir} ({', '.join(f['file'] for f in card['files'])})")
+    return 0

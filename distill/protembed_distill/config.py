@@ -1,0 +1,233 @@
+"""One distillation job = one config file (TOML or YAML) parsed into typed, validated objects.
+
+Every stage (dedupe, embed, train, sweep, export) reads the same :class:`DistillConfig`, so a run is
+reproducible from its file alone. Validation is strict on purpose: an unknown key is almost always a
+typo that would otherwise silently fall back to a default, so it is rejected naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "EvalSetConfig",
+    "LossConfig",
+    "OptimConfig",
+    "OutputConfig",
+    "RunConfig",
+    "StudentConfig",
+    "SweepConfig",
+    "TeacherConfig",
+    "load_config",
+    "parse_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and each offending dotted key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Field(gt=0)
+
+
+class TeacherConfig(_Strict):
+    name: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    per_residue: bool = False  # also cache per-residue states and train a residue projection on them
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to registry.load_teacher(name, **options)
+
+
+class EvalSetConfig(_Strict):
+    """Evaluation sequences the training corpus must not resemble: a TSV with a ``sequence`` column,
+    or a folder (every ``*.tsv`` in it). ``where`` keeps only rows whose columns equal the values."""
+
+    path: Path
+    where: dict[str, str] = Field(default_factory=dict)
+
+
+class DataConfig(_Strict):
+    corpus: Path
+    eval: list[EvalSetConfig] = Field(default_factory=list)
+    identity_threshold: float = Field(default=0.5, gt=0, le=1)
+    # A hit counts when the alignment covers at least this fraction of EITHER sequence: a corpus
+    # sequence that contains most of an eval protein leaks it just as much as a fragment of one does.
+    coverage: float = Field(default=0.5, gt=0, le=1)
+    min_length: int = Field(default=20, gt=0)
+    max_sequences: int = Field(default=0, ge=0)  # 0 = all that survive the overlap filter
+    max_length: int = Field(default=1024, gt=0)  # crop (N-terminal) applied before teachers and student
+    validation_fraction: float = Field(default=0.05, gt=0, lt=1)
+    sources: list[str] = Field(default_factory=list)  # keep only these header source tags; [] = all
+    seed: int = 7
+
+
+class StudentConfig(_Strict):
+    layers: int = PositiveInt
+    d_model: int = PositiveInt
+    heads: int = PositiveInt
+    ffn: int = PositiveInt
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=1024, gt=0)
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> StudentConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_steps: int = Field(default=100, ge=0)
+    epochs: int = Field(default=10, gt=0)
+    max_steps: int = Field(default=0, ge=0)  # 0 = epochs decide
+    batch_tokens: int = Field(default=8192, gt=0)  # padded tokens (batch x longest) per step
+    grad_clip: float = Field(default=1.0, ge=0)  # 0 = off
+    patience: int = Field(default=3, ge=0)  # epochs without val improvement before stopping; 0 = off
+    checkpoint_every_steps: int = Field(default=0, ge=0)  # 0 = only at epoch ends
+    log_every_steps: int = Field(default=20, gt=0)
+    amp: bool = True  # bf16 autocast, used on CUDA only
+    time_budget_s: float = Field(default=0, ge=0)  # stop cleanly (checkpointed) after this; 0 = none
+
+
+class LossConfig(_Strict):
+    cosine: float = Field(default=1.0, ge=0)
+    mse: float = Field(default=1.0, ge=0)
+    kl: float = Field(default=0.0, ge=0)  # MTDP's KL between softmax(teacher/T) and softmax(student/T)
+    kl_temperature: float = Field(default=1.0, gt=0)
+    per_residue: float = Field(default=0.5, ge=0)  # weight of the residue loss for per_residue teachers
+
+    @model_validator(mode="after")
+    def _some_term(self) -> LossConfig:
+        if self.cosine == 0 and self.mse == 0 and self.kl == 0:
+            raise ValueError("at least one of cosine, mse, kl must be > 0")
+        return self
+
+
+class SweepConfig(_Strict):
+    sizes: list[StudentConfig] = Field(default_factory=list)
+    steps: int = Field(default=200, gt=0)
+    time_budget_s: float = Field(default=0, ge=0)  # per size; 0 = steps decide
+
+
+class RunConfig(_Strict):
+    dir: Path = Path("runs/default")  # checkpoints, logs, dedupe cache, sweep report
+    seed: int = 7
+    threads: int = Field(
+        default=0, ge=0
+    )  # torch / ORT intra-op threads; 0 = $PROTEMBED_THREADS or torch default
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    embed_batch_tokens: int = Field(default=8192, gt=0)  # teacher padded-token budget per batch
+
+
+class OutputConfig(_Strict):
+    model_id: str = Field(default="protembed-student-v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    version: str = "1.0.0"
+    model_dir: Path = Path("models/protembed-student-v1")
+    # Teacher embeddings live outside the repository so a later session resumes instead of recomputing.
+    teacher_cache_dir: Path = Path("~/.cache/protembed/teacher-cache")
+    int8: bool = True
+    fp16: bool = True
+
+
+class DistillConfig(_Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    data: DataConfig
+    student: StudentConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teachers(cls, teachers: list[TeacherConfig]) -> list[TeacherConfig]:
+        names = [t.name for t in teachers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"teacher names must be unique, repeated: {', '.join(dupes)}")
+        return teachers
+
+    @model_validator(mode="after")
+    def _crop_fits_student(self) -> DistillConfig:
+        if self.data.max_length > self.student.max_length:
+            raise ValueError(
+                f"data.max_length ({self.data.max_length}) exceeds student.max_length "
+                f"({self.student.max_length}); the student could not read its own training crops"
+            )
+        return self
+
+    def threads(self) -> int:
+        """Intra-op threads: the config, else ``$PROTEMBED_THREADS``, else 0 (library default)."""
+        if self.run.threads:
+            return self.run.threads
+        env = os.environ.get("PROTEMBED_THREADS", "")
+        return int(env) if env.isdigit() else 0
+
+    def teacher_cache_dir(self) -> Path:
+        return self.output.teacher_cache_dir.expanduser()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg}, got {e.get('input')!r}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> DistillConfig:
+    """Validate a parsed mapping. Relative paths stay relative to the working directory (the
+    repository root when launched as documented), so one file works from any checkout location."""
+    try:
+        return DistillConfig.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path) -> DistillConfig:
+    """Read and validate a ``.toml`` / ``.yaml`` / ``.yml`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            raw: Any = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config {path}: unsupported extension {suffix!r} (use .toml, .yaml or .yml)")
+    except (tomllib.TOMLDecodeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"config {path}: cannot parse: {err}") from None
+    except Exception as err:  # yaml.YAMLError without importing yaml at module level
+        raise ConfigError(f"config {path}: cannot parse: {err}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
+    return parse_config(raw, str(path))

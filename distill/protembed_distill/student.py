@@ -1,0 +1,160 @@
+"""The compact student: a pre-LN transformer encoder over protembed.tokenizer ids, mean-pooled.
+
+Attention is written out by hand instead of using ``torch.nn.TransformerEncoder``: the latter's
+fast path bakes the example's batch and length into ONNX Reshape nodes, and the exported graph
+then fails on any other shape. Here every reshape takes batch and length from the tensor's runtime
+shape (or -1), so the same graph serves any [batch, length].
+
+Outputs (names shared with the ONNX contract): ``student`` [B, d] masked mean of the final
+layer-normed residue states, ``residue_states`` [B, L, d], and ``teacher_<name>`` [B, dim_t], one
+linear head per teacher. During training the heads predict *standardized* teacher vectors; export
+folds mean/std into them (:meth:`Student.fold_standardization`) so the ONNX model answers in each
+teacher's original units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from protembed.tokenizer import PAD_ID, VOCAB_SIZE
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from protembed_distill.config import StudentConfig
+
+__all__ = ["Student", "masked_mean"]
+
+# Additive mask value: large enough that exp() underflows to exactly 0, small enough for float16.
+_MASK_VALUE = -1.0e4
+
+
+def masked_mean(states: Tensor, mask: Tensor) -> Tensor:
+    """Mean over positions where mask == 1; states [B, L, d], mask [B, L] (int or float).
+
+    Sums in float32 whatever the states' dtype (a float16 sum over 1000 residues loses digits), and
+    returns the states' dtype."""
+    m = mask.to(torch.float32).unsqueeze(-1)
+    pooled = (states.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    return pooled.to(states.dtype)
+
+
+def sinusoidal_table(max_length: int, d_model: int) -> Tensor:
+    pos = torch.arange(max_length, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_length, d_model)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div[: d_model // 2])
+    return table
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = d_model // heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        """x [B, L, d]; bias [B, 1, 1, L] additive (0 for real keys, _MASK_VALUE for pads)."""
+        b, n = x.shape[0], x.shape[1]
+        # [B, L, 3, H, hd] -> 3 x [B, H, L, hd]; only H and hd are constants of the model.
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim)) + bias
+        attn = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0:
+            attn = F.dropout(attn, self.dropout)
+        ctx = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, -1)
+        out: Tensor = self.out(ctx)
+        return out
+
+
+class Block(nn.Module):
+    """Pre-LN: x + attn(LN(x)); x + ffn(LN(x)). Stable without warmup tricks at small sizes."""
+
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.ff = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), bias))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class Student(nn.Module):
+    def __init__(
+        self,
+        cfg: StudentConfig,
+        teacher_dims: dict[str, int],
+        residue_dims: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Embedding(VOCAB_SIZE, d, padding_idx=PAD_ID)
+        if cfg.positions == "learned":
+            self.pos: nn.Embedding | None = nn.Embedding(cfg.max_length, d)
+        else:
+            self.pos = None
+            self.register_buffer("pos_table", sinusoidal_table(cfg.max_length, d), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(d)
+        self.heads = nn.ModuleDict({name: nn.Linear(d, dim) for name, dim in teacher_dims.items()})
+        # Training-only projections to per-residue teacher spaces; not exported.
+        self.residue_heads = nn.ModuleDict({n: nn.Linear(d, dim) for n, dim in (residue_dims or {}).items()})
+
+    @property
+    def teacher_names(self) -> list[str]:
+        return list(self.heads.keys())
+
+    def positions(self, n: int) -> Tensor:
+        if self.pos is not None:
+            return self.pos.weight[:n]
+        table = self.pos_table
+        assert isinstance(table, Tensor)
+        return table[:n]
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Final layer-normed residue states [B, L, d]."""
+        n = input_ids.shape[1]
+        x = self.drop(self.embed(input_ids) + self.positions(n).unsqueeze(0))
+        bias = (1.0 - attention_mask.to(x.dtype)).unsqueeze(1).unsqueeze(2) * _MASK_VALUE
+        for block in self.blocks:
+            x = block(x, bias)
+        out: Tensor = self.norm(x)
+        return out
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+        states = self.encode(input_ids, attention_mask)
+        pooled = masked_mean(states, attention_mask)
+        out = {"student": pooled, "residue_states": states}
+        for name, head in self.heads.items():
+            out[f"teacher_{name}"] = head(pooled)
+        return out
+
+    def residue_predictions(self, states: Tensor) -> dict[str, Tensor]:
+        return {name: head(states) for name, head in self.residue_heads.items()}
+
+    @torch.no_grad()
+    def fold_standardization(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Make each head output original units: y = (W s + b) * std + mean."""
+        for name, (mean, std) in stats.items():
+            head = self.heads[name]
+            assert isinstance(head, nn.Linear)
+            head.weight.mul_(std.to(head.weight.dtype).unsqueeze(1))
+            head.bias.mul_(std.to(head.bias.dtype)).add_(mean.to(head.bias.dtype))
+
+    def parameter_count(self, include_residue_heads: bool = False) -> int:
+        return sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if include_residue_heads or not n.startswith("residue_heads.")
+        )

@@ -1,0 +1,167 @@
+"""Size sweep: train each candidate student for the same short budget on the same data, then measure
+held-out cosine per teacher and ONNX CPU throughput, so the size is chosen by numbers, not taste."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from protembed_distill.config import DistillConfig, StudentConfig
+from protembed_distill.data import Dataset
+
+__all__ = ["run_sweep", "size_tag"]
+
+
+def size_tag(s: StudentConfig) -> str:
+    return f"L{s.layers}-d{s.d_model}-h{s.heads}-f{s.ffn}"
+
+
+def run_sweep(cfg: DistillConfig, ds: Dataset, threads: int, echo: bool = True) -> dict[str, Any]:
+    from protembed_distill.export import export_temp_fp32, onnx_throughput
+    from protembed_distill.train import load_checkpoint, student_from_checkpoint, train
+
+    if not cfg.sweep.sizes:
+        raise ValueError("sweep.sizes: give at least one student size to sweep")
+    out_dir = Path(cfg.run.dir) / "sweep"
+    bench_seqs = [i.sequence for i in ds.val][:256]
+    rows: list[dict[str, Any]] = []
+    for size in cfg.sweep.sizes:
+        tag = size_tag(size)
+        optim = cfg.optim.model_copy(
+            update={
+                "max_steps": cfg.sweep.steps,
+                "epochs": 10_000,
+                "patience": 0,
+                "time_budget_s": cfg.sweep.time_budget_s,
+                "checkpoint_every_steps": 0,
+            }
+        )
+        scfg = cfg.model_copy(update={"student": size, "optim": optim})
+        res = train(scfg, ds, run_dir=out_dir / tag, echo=echo)
+        model = student_from_checkpoint(load_checkpoint(res.last_checkpoint)).eval()
+        tmp, path = export_temp_fp32(model)
+        with tmp:
+            rate = onnx_throughput(path, bench_seqs, threads)
+        rows.append(
+            {
+                "size": tag,
+                "layers": size.layers,
+                "d_model": size.d_model,
+                "heads": size.heads,
+                "ffn": size.ffn,
+                "parameters": model.parameter_count(),
+                "steps": res.step,
+                "val_cosine": res.val.get("val_cosine", {}),
+                "val_cosine_std": res.val.get("val_cosine_std", {}),
+                "val_loss": res.val.get("val_loss"),
+                "train_residues_per_s": res.train_residues_per_s,
+                "onnx_cpu_residues_per_s": rate,
+                "threads": threads,
+            }
+        )
+    report = {
+        "sizes": rows,
+        "steps_per_size": cfg.sweep.steps,
+        "bench_sequences": len(bench_seqs),
+        "data": {k: ds.stats[k] for k in ("train_sequences", "val_sequences", "max_length")},
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "sweep.md").write_text(_markdown(report))
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    rows = report["sizes"]
+    teachers = sorted({t for r in rows for t in r["val_cosine"]})
+    head = [
+        "size",
+        "params",
+        "steps",
+        *(f"val cos {t}" for t in teachers),
+        *(f"std cos {t}" for t in teachers),
+        "train res/s",
+        "ONNX CPU res/s",
+    ]
+    lines = [
+        f"# Student size sweep ({report['steps_per_size']} steps each, threads {rows[0]['threads']})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        cells = [
+            r["size"],
+            f"{r['parameters'] / 1e6:.2f}M",
+            str(r["steps"]),
+            *(f"{r['val_cosine'].get(t, float('nan')):.4f}" for t in teachers),
+            *(f"{r['val_cosine_std'].get(t, float('nan')):.4f}" for t in teachers),
+            f"{r['train_residues_per_s']:.0f}",
+            f"{r['onnx_cpu_residues_per_s']:.0f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def measure_sizes(cfg: DistillConfig, ds: Dataset, threads: int, seconds: float = 20.0) -> dict[str, Any]:
+    """Planning numbers without teachers: for each sweep size, random-weight training throughput
+    (forward + backward + AdamW step, real residues/s on the training crops) and ONNX Runtime CPU
+    throughput on validation sequences. Weights do not change speed, so this sizes the real run."""
+    import time
+
+    import torch
+
+    from protembed_distill.export import export_temp_fp32, onnx_throughput
+    from protembed_distill.losses import embedding_loss
+    from protembed_distill.student import Student
+    from protembed_distill.train import collate, make_batches
+
+    sizes = cfg.sweep.sizes or [cfg.student]
+    dims = {t.name: 1024 for t in cfg.teachers}  # head cost is negligible next to the encoder
+    lengths = [len(i.sequence) for i in ds.train]
+    batches = make_batches(lengths, cfg.optim.batch_tokens, cfg.run.seed, 0)
+    bench = [i.sequence for i in ds.val][:256]
+    rows = []
+    for size in sizes:
+        torch.manual_seed(0)
+        model = Student(size, dims)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        model.train()
+        done = 0
+        t0 = time.perf_counter()
+        for b in batches:
+            ids, mask = collate(ds.train, b, torch.device("cpu"))
+            out = model(ids, mask)
+            loss = sum(
+                embedding_loss(out[f"teacher_{n}"], torch.zeros(len(b), d), cfg.loss)[0]
+                for n, d in dims.items()
+            )
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+            done += int(mask.sum())
+            if time.perf_counter() - t0 > seconds:
+                break
+        train_rate = done / (time.perf_counter() - t0)
+        model.eval()
+        tmp, path = export_temp_fp32(model)
+        with tmp:
+            onnx_rate = onnx_throughput(path, bench, threads, min_seconds=seconds / 2)
+        rows.append(
+            {
+                "size": size_tag(size),
+                "parameters": model.parameter_count(),
+                "train_residues_per_s": train_rate,
+                "onnx_cpu_residues_per_s": onnx_rate,
+            }
+        )
+    return {
+        "threads": threads,
+        "batch_tokens": cfg.optim.batch_tokens,
+        "max_length": cfg.data.max_length,
+        "train_sequences": len(ds.train),
+        "train_residues": sum(lengths),
+        "bench_residues": sum(len(s) for s in bench),
+        "sizes": rows,
+    }

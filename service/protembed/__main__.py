@@ -1,0 +1,5 @@
+"""``python -m protembed`` = the ``protembed`` command."""
+
+from protembed.cli import main
+
+raise SystemExit(main())

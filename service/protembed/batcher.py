@@ -1,0 +1,379 @@
+"""The micro-batcher between transports and the model.
+
+Two layers, in the shape of TEI's ``queue.rs``:
+
+* ``BatchQueue`` — plain, synchronous state with an injected clock: add items, ask for the next batch.
+  It owns every batching decision (token budget counting padding, size cap, max wait, length
+  bucketing, dedup, backpressure, dropping items whose client is gone), so it is tested with a fake
+  clock and no sleeps.
+* ``Batcher`` — the asyncio driver: ``submit`` from request handlers, one worker task that pulls
+  batches and runs the model in a dedicated thread (off the event loop), results back per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protembed.errors import (
+    DeadlineExceededError,
+    NotReadyError,
+    OverloadedError,
+    ProtembedError,
+    RequestCancelledError,
+)
+from protembed.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# infer(sequences, outputs) -> {output: [one array per sequence, in order]}; runs in a worker thread.
+InferFn = Callable[[list[str], frozenset[str]], dict[str, list[np.ndarray]]]
+Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One request's interest in one item: which output it wants and how to reach it."""
+
+    output: str
+    future: asyncio.Future[np.ndarray]
+    deadline: float | None = None
+    cancelled: Callable[[], bool] | None = None
+
+    def check(self, now: float) -> str | None:
+        """Why this waiter is gone (and fail its future accordingly), or None while it still waits."""
+        if self.future.done():  # the request task itself was cancelled or already failed
+            return "abandoned"
+        if self.cancelled is not None and self.cancelled():
+            self.future.set_exception(RequestCancelledError("client went away before inference"))
+            return "cancelled"
+        if self.deadline is not None and now >= self.deadline:
+            self.future.set_exception(DeadlineExceededError("deadline passed while queued"))
+            return "deadline"
+        return None
+
+
+@dataclass(eq=False)
+class Entry:
+    """One distinct sequence queued or in flight, shared by every request that asked for it."""
+
+    sequence: str
+    enqueued_at: float
+    outputs: set[str] = field(default_factory=set)
+    waiters: list[Waiter] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return len(self.sequence)
+
+
+class BatchQueue:
+    """Batching state and decisions; no event loop, no threads, time comes from ``clock``."""
+
+    def __init__(
+        self,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_tokens: int,
+        clock: Clock = time.monotonic,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue_tokens = max_queue_tokens
+        self.clock = clock
+        self.pending: dict[str, Entry] = {}  # insertion order = arrival order, oldest first
+        self.running: dict[str, Entry] = {}  # dispatched to the model, for in-flight dedup
+        self.queued_tokens = 0
+        self.tokens_per_s = 0.0  # measured throughput, for Retry-After
+        self.dropped: dict[str, int] = {}  # waiters dropped before the model, by reason
+        self.on_drop = on_drop
+
+    # --- admission ---------------------------------------------------------------------------------
+    def new_tokens(self, sequences: Sequence[str], output: str) -> int:
+        """Residues a request would add to the queue (identical queued/in-flight items are free)."""
+        seen: set[str] = set()
+        total = 0
+        for seq in sequences:
+            if seq in seen or seq in self.pending:
+                continue
+            run = self.running.get(seq)
+            if run is not None and output in run.outputs:
+                continue
+            seen.add(seq)
+            total += len(seq)
+        return total
+
+    def retry_after_s(self) -> float:
+        """Seconds until the queue has likely drained, from measured throughput; at least 1."""
+        if self.tokens_per_s <= 0:
+            return 1.0
+        return float(min(60.0, max(1.0, self.queued_tokens / self.tokens_per_s)))
+
+    def admit(self, tokens: int) -> None:
+        """Refuse at once when the queue would exceed its token bound.
+
+        An empty queue always admits (a single request above the bound would otherwise never run;
+        the engine's per-request residue limit keeps such requests bounded anyway).
+        """
+        if self.queued_tokens and self.queued_tokens + tokens > self.max_queue_tokens:
+            raise OverloadedError(
+                f"server overloaded: {self.queued_tokens} residues queued, this request adds {tokens}, "
+                f"limit {self.max_queue_tokens}; retry later",
+                retry_after_s=self.retry_after_s(),
+            )
+
+    def add(self, sequence: str, waiter: Waiter) -> bool:
+        """Attach ``waiter`` to the queued or in-flight entry for ``sequence``; True if deduplicated."""
+        run = self.running.get(sequence)
+        if run is not None and waiter.output in run.outputs:
+            run.waiters.append(waiter)
+            return True
+        entry = self.pending.get(sequence)
+        if entry is not None:
+            entry.outputs.add(waiter.output)
+            entry.waiters.append(waiter)
+            return True
+        self.pending[sequence] = Entry(sequence, self.clock(), {waiter.output}, [waiter])
+        self.queued_tokens += len(sequence)
+        return False
+
+    # --- batching ----------------------------------------------------------------------------------
+    def prune(self, now: float) -> None:
+        """Drop waiters whose client is gone or whose deadline passed; drop entries nobody waits for."""
+        for seq in list(self.pending):
+            entry = self.pending[seq]
+            alive = []
+            for w in entry.waiters:
+                reason = w.check(now)
+                if reason is None:
+                    alive.append(w)
+                else:
+                    self.dropped[reason] = self.dropped.get(reason, 0) + 1
+                    if self.on_drop is not None:
+                        self.on_drop(reason)
+            entry.waiters = alive
+            if not alive:
+                del self.pending[seq]
+                self.queued_tokens -= entry.tokens
+            else:
+                entry.outputs = {w.output for w in alive}
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the oldest queued item has waited ``max_wait_s``; None when empty."""
+        if not self.pending:
+            return None
+        oldest = next(iter(self.pending.values()))
+        return max(0.0, oldest.enqueued_at + self.max_wait_s - now)
+
+    def _plan(self) -> tuple[list[Entry], bool]:
+        """Greedy batch around the oldest entry, nearest lengths first (length bucketing).
+
+        Returns the batch and whether it is full: the size cap is reached, or queued work is left
+        that does not fit, so waiting longer could not make this batch better.
+        """
+        entries = list(self.pending.values())
+        seed = entries[0]
+        ranked = sorted(range(len(entries)), key=lambda i: (abs(entries[i].tokens - seed.tokens), i))
+        batch: list[Entry] = []
+        longest = 0
+        left_over = False
+        for i in ranked:
+            e = entries[i]
+            if len(batch) >= self.max_batch_size:
+                left_over = True
+                break
+            width = max(longest, e.tokens)
+            if batch and (len(batch) + 1) * width > self.max_batch_tokens:
+                left_over = True
+                continue
+            batch.append(e)
+            longest = width
+        full = left_over or len(batch) >= self.max_batch_size
+        return batch, full
+
+    def next_batch(self, now: float | None = None, *, force: bool = False) -> list[Entry] | None:
+        """The next batch to run, or None to keep waiting (not full and the oldest is not due yet)."""
+        now = self.clock() if now is None else now
+        self.prune(now)
+        if not self.pending:
+            return None
+        batch, full = self._plan()
+        due = self.due_in(now) == 0.0
+        if not (full or due or force):
+            return None
+        for e in batch:
+            del self.pending[e.sequence]
+            self.queued_tokens -= e.tokens
+            self.running[e.sequence] = e
+        return batch
+
+    def finish(self, batch: list[Entry], seconds: float) -> None:
+        """Forget a finished batch and update the throughput estimate."""
+        for e in batch:
+            if self.running.get(e.sequence) is e:
+                del self.running[e.sequence]
+        if seconds > 0:
+            rate = sum(e.tokens for e in batch) / seconds
+            self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
+
+    @property
+    def queued_items(self) -> int:
+        return len(self.pending)
+
+
+class Batcher:
+    """Asyncio driver around ``BatchQueue``: one worker task, inference in one dedicated thread."""
+
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_tokens: int,
+        clock: Clock = time.monotonic,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.infer = infer
+        self.queue = BatchQueue(
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            max_queue_tokens=max_queue_tokens,
+            clock=clock,
+            on_drop=None if metrics is None else (lambda reason: metrics.dropped_items.labels(reason).inc()),
+        )
+        self.metrics = metrics
+        self.batches_run = 0
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        # One thread: ORT parallelises inside a run; a second concurrent run would only contend.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protembed-infer")
+        self._worker = asyncio.create_task(self._loop(), name="protembed-batcher")
+
+    async def stop(self) -> None:
+        """Stop the worker and fail whatever is still queued with NotReadyError."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        for entry in list(self.queue.pending.values()) + list(self.queue.running.values()):
+            for w in entry.waiters:
+                if not w.future.done():
+                    w.future.set_exception(NotReadyError("server is shutting down"))
+        self.queue.pending.clear()
+        self.queue.running.clear()
+        self.queue.queued_tokens = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def submit(
+        self,
+        sequences: Sequence[str],
+        output: str,
+        *,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[np.ndarray]:
+        """``output`` for each (normalized) sequence, in order; raises ProtembedError subclasses."""
+        if not self.running:
+            raise NotReadyError("batcher is not running")
+        if not sequences:
+            return []
+        if deadline is not None and self.queue.clock() >= deadline:
+            raise DeadlineExceededError("deadline passed before the request was queued")
+        try:
+            self.queue.admit(self.queue.new_tokens(sequences, output))
+        except OverloadedError:
+            if self.metrics is not None:
+                self.metrics.overloaded.inc()
+            raise
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[np.ndarray]] = []
+        deduped = 0
+        for seq in sequences:
+            fut: asyncio.Future[np.ndarray] = loop.create_future()
+            deduped += self.queue.add(seq, Waiter(output, fut, deadline, cancelled))
+            futures.append(fut)
+        self._observe_queue()
+        if deduped and self.metrics is not None:
+            self.metrics.dedup_items.inc(deduped)
+        self._wake.set()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r for r in results if isinstance(r, np.ndarray)]
+
+    def _observe_queue(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_items.set(self.queue.queued_items)
+            self.metrics.queue_tokens.set(self.queue.queued_tokens)
+
+    async def _loop(self) -> None:
+        while True:
+            batch = self.queue.next_batch()
+            if batch is None:
+                self._observe_queue()
+                timeout = self.queue.due_in(self.queue.clock())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                continue
+            self._observe_queue()
+            await self._run(batch)
+
+    async def _run(self, batch: list[Entry]) -> None:
+        sequences = [e.sequence for e in batch]
+        outputs = frozenset().union(*(e.outputs for e in batch))
+        longest = max(len(s) for s in sequences)
+        padded = longest * len(batch)
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(batch))
+            self.metrics.batch_padded_tokens.observe(padded)
+            self.metrics.batch_padding_ratio.observe(1.0 - sum(map(len, sequences)) / padded)
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._executor, self.infer, sequences, outputs)
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d", len(batch))
+            err = exc if isinstance(exc, ProtembedError) else ProtembedError(f"inference failed: {exc}")
+            for e in batch:
+                for w in e.waiters:
+                    if not w.future.done():
+                        w.future.set_exception(err)
+            self.queue.finish(batch, 0.0)
+            return
+        seconds = time.perf_counter() - start
+        self.batches_run += 1
+        if self.metrics is not None:
+            self.metrics.inference_seconds.observe(seconds)
+        for i, e in enumerate(batch):
+            for w in e.waiters:
+                if not w.future.done():
+                    w.future.set_result(result[w.output][i])
+        self.queue.finish(batch, seconds)

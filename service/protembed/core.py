@@ -1,0 +1,407 @@
+"""The serving core: the one async API every transport (REST, gRPC, CLI) calls.
+
+``Engine.embed`` validates and normalizes sequences (errors name the item), applies request limits,
+resolves the requested output from the model card, answers from the cache where it can, sends the rest
+through the batcher to the model, stitches chunked long sequences back together, writes new vectors to
+the cache off the response path, and optionally L2-normalizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from protembed import __version__, tokenizer
+from protembed.artifact import LoadedModel, ModelCard, OutputSpec, load_model
+from protembed.batcher import Batcher
+from protembed.cache import Cache, cache_key, decode_array, encode_array, make_cache
+from protembed.errors import (
+    InvalidRequestError,
+    InvalidSequenceError,
+    ModelArtifactError,
+    NotReadyError,
+    RequestTooLargeError,
+    SequenceTooLongError,
+)
+from protembed.metrics import Metrics
+from protembed.runtime import Backend, OrtBackend
+from protembed.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbedInput:
+    sequence: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    output: str | None = None
+    per_residue: bool = False
+    normalize: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    index: int
+    id: str | None
+    embedding: np.ndarray  # float32 [dim] or [length, dim]
+    cached: bool
+    length: int
+
+
+@dataclass(frozen=True)
+class EmbedResponse:
+    model: str
+    model_version: str
+    output: str
+    dim: int
+    per_residue: bool
+    results: list[EmbeddingResult]
+    items: int
+    residues: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """One chunk of a long sequence: it covers [start, end) and owns [own_start, own_end) of it."""
+
+    start: int
+    end: int
+    own_start: int
+    own_end: int
+
+
+def plan_windows(length: int, max_length: int, overlap: int) -> list[Window]:
+    """Overlapping windows of at most ``max_length`` covering ``length`` residues.
+
+    Neighbouring windows share ``overlap`` residues (the last window is aligned to the end, so it may
+    share more); each shared stretch is split at its middle, so every residue is owned by exactly one
+    window — the one in which it has the most context on both sides.
+    """
+    if length <= max_length:
+        return [Window(0, length, 0, length)]
+    if not 0 <= overlap < max_length:
+        raise ValueError(f"chunk_overlap {overlap} must be in [0, max_length={max_length})")
+    stride = max_length - overlap
+    starts = [*list(range(0, length - max_length, stride)), length - max_length]
+    spans = [(s, s + max_length) for s in starts]
+    windows = []
+    for k, (s, e) in enumerate(spans):
+        own_start = 0 if k == 0 else (s + spans[k - 1][1]) // 2
+        own_end = length if k == len(spans) - 1 else (spans[k + 1][0] + e) // 2
+        windows.append(Window(s, e, own_start, own_end))
+    return windows
+
+
+def pool_windows(windows: Sequence[Window], vectors: Sequence[np.ndarray], per_residue: bool) -> np.ndarray:
+    """Per-residue: stitch each window's owned residues. Per-protein: mean weighted by owned residues.
+
+    The per-protein outputs are linear heads on a masked mean of residue states, so the residue-weighted
+    mean of the windows' outputs approximates the whole-sequence output (exact up to context effects).
+    """
+    if per_residue:
+        return np.concatenate(
+            [v[w.own_start - w.start : w.own_end - w.start] for w, v in zip(windows, vectors, strict=True)]
+        )
+    weights = np.array([w.own_end - w.own_start for w in windows], dtype=np.float64)
+    stacked = np.stack(vectors).astype(np.float64)
+    return (weights[:, None] * stacked).sum(0).astype(np.float32) / np.float32(weights.sum())
+
+
+def l2_normalize(array: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(array, axis=-1, keepdims=True)
+    return (array / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+class Engine:
+    """Model + cache + batcher behind ``embed``; one per process, shared by REST and gRPC."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: LoadedModel,
+        *,
+        metrics: Metrics | None = None,
+        backend: Backend | None = None,
+        cache: Cache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = model
+        self.card: ModelCard = model.card
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.backend: Backend | None = backend
+        self.cache: Cache | None = cache
+        if settings.long_sequences == "chunk" and settings.chunk_overlap >= self.card.max_length // 2:
+            raise ValueError(
+                f"chunk_overlap={settings.chunk_overlap} must be below half the model's max length "
+                f"({self.card.max_length}) so windows advance"
+            )
+        self.batcher = Batcher(
+            self._infer,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000.0,
+            max_queue_tokens=settings.max_queue_tokens,
+            metrics=self.metrics,
+        )
+        self._ready = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> Engine:
+        """Read and verify the artifact now (checksums, tokens); the session is built by ``start``."""
+        return cls(
+            settings, load_model(settings.model, settings.model_variant, verify_graph=False), metrics=metrics
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._ready:
+            return
+        s = self.settings
+        if self.backend is None:
+            self.backend = await asyncio.to_thread(
+                OrtBackend, self.model, s.providers, s.intra_op_threads, s.inter_op_threads
+            )
+        if s.warmup:
+            await asyncio.to_thread(self._warm_up)
+        if self.cache is None:
+            self.cache = make_cache(
+                s.redis_url,
+                max_bytes=s.cache_max_bytes,
+                ttl_s=s.cache_ttl_s,
+                timeout_s=s.redis_timeout_s,
+                metrics=self.metrics,
+            )
+        await self.batcher.start()
+        self.metrics.model_info.info(
+            {
+                "id": self.card.id,
+                "version": self.card.version,
+                "variant": self.model.variant,
+                "provider": self.provider,
+                "server_version": __version__,
+            }
+        )
+        self._ready = True
+        self.metrics.ready.set(1)
+        log.info(
+            "ready: %s %s (%s) on %s, cache %s",
+            self.card.id,
+            self.card.version,
+            self.model.variant,
+            self.provider,
+            self.cache.backend,
+        )
+
+    async def stop(self) -> None:
+        self._ready = False
+        self.metrics.ready.set(0)
+        await self.batcher.stop()
+        if self.cache is not None:
+            await self.cache.close()
+            self.cache = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def provider(self) -> str:
+        return self.backend.provider if self.backend is not None else "not started"
+
+    def _warm_up(self) -> None:
+        """One batch through every output; also checks the graph's dims against the card."""
+        assert self.backend is not None
+        length = min(16, self.card.max_length)
+        seqs = ["M" + "A" * (length - 1), "MK"[: min(2, length)]]
+        outputs = self._infer(seqs, frozenset(o.onnx_output for o in self.card.outputs))
+        for spec in self.card.outputs:
+            got = outputs[spec.onnx_output][0].shape[-1]
+            if got != spec.dim:
+                raise ModelArtifactError(
+                    f"{self.model.onnx_path}: output {spec.onnx_output} has dim {got}, "
+                    f"model.json says {spec.dim}"
+                )
+
+    # --- inference (worker thread) -----------------------------------------------------------------
+    def _infer(self, sequences: list[str], outputs: frozenset[str]) -> dict[str, list[np.ndarray]]:
+        assert self.backend is not None
+        batch = tokenizer.batch_encode(sequences)
+        raw = self.backend.run(batch, sorted(outputs))
+        lengths = batch.lengths.tolist()
+        result: dict[str, list[np.ndarray]] = {}
+        for name, arr in raw.items():
+            if arr.ndim == 3:  # per-residue: cut the padding off each row
+                result[name] = [arr[i, :n].copy() for i, n in enumerate(lengths)]
+            else:
+                result[name] = [arr[i].copy() for i in range(len(sequences))]
+        return result
+
+    # --- the API -----------------------------------------------------------------------------------
+    def resolve_output(self, options: EmbedOptions) -> OutputSpec:
+        name = options.output or self.card.default_output
+        spec = self.card.output(name)
+        choices = [o.name for o in self.card.per_protein_outputs()]
+        if spec is None or spec.level != "per_protein":
+            raise InvalidRequestError(f"unknown output {name!r}; this model offers {choices}")
+        if options.per_residue:
+            residue = self.card.per_residue_output(spec.space)
+            if residue is None:
+                with_residues = [
+                    o.name
+                    for o in self.card.per_protein_outputs()
+                    if self.card.per_residue_output(o.space) is not None
+                ]
+                raise InvalidRequestError(
+                    f"output {name!r} has no per-residue form; per_residue works with {with_residues}"
+                )
+            return residue
+        return spec
+
+    def _validate(self, inputs: Sequence[EmbedInput]) -> list[str]:
+        s = self.settings
+        if len(inputs) == 0:
+            raise InvalidRequestError("no sequences given; send at least one")
+        if len(inputs) > s.max_items_per_request:
+            raise RequestTooLargeError(
+                f"{len(inputs)} sequences in one request; the limit is {s.max_items_per_request}"
+            )
+        sequences: list[str] = []
+        for i, item in enumerate(inputs):
+            try:
+                seq = tokenizer.normalize(item.sequence, i)
+            except InvalidSequenceError as exc:
+                raise exc.with_item(i, item.id) from None
+            if len(seq) > self.card.max_length and s.long_sequences == "reject":
+                raise SequenceTooLongError(i, len(seq), self.card.max_length, item.id)
+            sequences.append(seq)
+        residues = sum(map(len, sequences))
+        if residues > s.max_residues_per_request:
+            raise RequestTooLargeError(
+                f"{residues} residues in one request; the limit is {s.max_residues_per_request}"
+            )
+        return sequences
+
+    async def embed(
+        self,
+        inputs: Sequence[EmbedInput],
+        options: EmbedOptions,
+        *,
+        deadline: float | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> EmbedResponse:
+        if not self._ready or self.cache is None:
+            raise NotReadyError("model is not loaded yet; retry shortly")
+        spec = self.resolve_output(options)
+        sequences = self._validate(inputs)
+        per_residue = spec.level == "per_residue"
+
+        unique = list(dict.fromkeys(sequences))
+        keys = [cache_key(self.card.id, self.card.version, spec.name, seq) for seq in unique]
+        found: dict[str, np.ndarray] = {}
+        for seq, raw in zip(unique, await self.cache.get_many(keys), strict=True):
+            arr = decode_array(raw) if raw is not None else None
+            expected = (len(seq), spec.dim) if per_residue else (spec.dim,)
+            if arr is not None and arr.shape == expected:
+                found[seq] = arr
+        missing = [seq for seq in unique if seq not in found]
+        computed = await self._compute(missing, spec, deadline, cancelled) if missing else {}
+        if computed:
+            self.cache.put_many(
+                [
+                    (key, encode_array(computed[seq]))
+                    for seq, key in zip(unique, keys, strict=True)
+                    if seq in computed
+                ]
+            )
+
+        results = []
+        for i, (item, seq) in enumerate(zip(inputs, sequences, strict=True)):
+            hit = seq in found
+            vec = found[seq] if hit else computed[seq]
+            if options.normalize:
+                vec = l2_normalize(vec)
+            results.append(EmbeddingResult(index=i, id=item.id, embedding=vec, cached=hit, length=len(seq)))
+        hits = sum(r.cached for r in results)
+        self.metrics.embedded_items.labels(spec.name, "cache").inc(hits)
+        self.metrics.embedded_items.labels(spec.name, "model").inc(len(results) - hits)
+        residues = sum(map(len, sequences))
+        self.metrics.embedded_residues.inc(residues)
+        name = options.output or self.card.default_output
+        return EmbedResponse(
+            model=self.card.id,
+            model_version=self.card.version,
+            output=name,
+            dim=spec.dim,
+            per_residue=per_residue,
+            results=results,
+            items=len(results),
+            residues=residues,
+        )
+
+    async def _compute(
+        self,
+        sequences: list[str],
+        spec: OutputSpec,
+        deadline: float | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> dict[str, np.ndarray]:
+        """Model output for each distinct sequence; long ones (chunk mode) go in as windows."""
+        s, max_len = self.settings, self.card.max_length
+        plans = {seq: plan_windows(len(seq), max_len, s.chunk_overlap) for seq in sequences}
+        pieces = [seq[w.start : w.end] for seq in sequences for w in plans[seq]]
+        outputs = await self.batcher.submit(pieces, spec.onnx_output, deadline=deadline, cancelled=cancelled)
+        out: dict[str, np.ndarray] = {}
+        pos = 0
+        for seq in sequences:
+            n = len(plans[seq])
+            chunk = outputs[pos : pos + n]
+            pos += n
+            out[seq] = chunk[0] if n == 1 else pool_windows(plans[seq], chunk, spec.level == "per_residue")
+        return out
+
+    def info(self) -> dict[str, object]:
+        s = self.settings
+        backend_providers = getattr(self.backend, "active_providers", [self.provider])
+        return {
+            "server_version": __version__,
+            "ready": self._ready,
+            "model": {
+                "id": self.card.id,
+                "version": self.card.version,
+                "variant": self.model.variant,
+                "file": self.model.onnx_path.name,
+                "max_length": self.card.max_length,
+            },
+            "provider": self.provider,
+            "providers": list(backend_providers),
+            "requested_providers": list(s.providers),
+            "outputs": [o.model_dump(mode="json") for o in self.card.outputs],
+            "default_output": self.card.default_output,
+            "limits": {
+                "max_items_per_request": s.max_items_per_request,
+                "max_residues_per_request": s.max_residues_per_request,
+                "max_body_bytes": s.max_body_bytes,
+                "grpc_max_message_bytes": s.grpc_max_message_bytes,
+                "max_length": self.card.max_length,
+                "long_sequences": s.long_sequences,
+                "chunk_overlap": s.chunk_overlap,
+            },
+            "batching": {
+                "max_batch_tokens": s.max_batch_tokens,
+                "max_batch_size": s.max_batch_size,
+                "max_wait_ms": s.max_wait_ms,
+                "max_queue_tokens": s.max_queue_tokens,
+                "queued_items": self.batcher.queue.queued_items,
+                "queued_tokens": self.batcher.queue.queued_tokens,
+            },
+            "cache": self.cache.describe() if self.cache is not None else {"backend": "not started"},
+            "card": self.card.model_dump(mode="json"),
+        }

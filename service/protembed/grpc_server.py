@@ -1,0 +1,423 @@
+"""The gRPC transport: ``protembed.v1.Embedder`` over the shared :class:`~protembed.core.Engine`.
+
+Runs in the same process and event loop as the FastAPI app (``start_grpc_server`` is awaited from the
+app's startup once the engine exists), so REST and gRPC share one model, one batcher and one cache.
+Like the REST handlers, these only translate wire formats and errors; validation, batching, caching and
+inference are the engine's. The service contract (errors, ordering, flow control) is documented in
+``proto/protembed/v1/embedder.proto``.
+
+Also served: the standard health service (``grpc.health.v1.Health``; SERVING for "" and
+``protembed.v1.Embedder`` while ``engine.ready``, NOT_SERVING otherwise) and server reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
+
+from protembed.core import EmbedInput, EmbedOptions, EmbedResponse, Engine
+from protembed.errors import (
+    DeadlineExceededError,
+    OverloadedError,
+    ProtembedError,
+    RequestTooLargeError,
+    UnauthenticatedError,
+)
+from protembed.proto import embedder_pb2 as pb
+from protembed.proto import embedder_pb2_grpc as pb_grpc
+from protembed.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name  # "protembed.v1.Embedder"
+DEFAULT_MAX_STREAM_IN_FLIGHT = 1024
+HEALTH_POLL_S = 0.25
+# Bytes of protobuf framing per embedding beyond its vector (index, id, shape, flags), for size checks.
+_PER_ITEM_OVERHEAD = 64
+
+
+# --- the one place errors become gRPC statuses -------------------------------------------------------
+
+
+def status_code(err: ProtembedError) -> grpc.StatusCode:
+    """The gRPC status of a domain error, from its ``grpc_code`` (errors.py is the single source)."""
+    return getattr(grpc.StatusCode, err.grpc_code, grpc.StatusCode.INTERNAL)
+
+
+def error_metadata(err: ProtembedError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata that lets clients act on an error: its type, the item, when to retry."""
+    md: list[tuple[str, str]] = [("protembed-error-type", err.error_type)]
+    index = getattr(err, "index", None)
+    if isinstance(index, int):
+        md.append(("protembed-error-index", str(index)))
+    if isinstance(err, OverloadedError):
+        md.append(("retry-after", f"{err.retry_after_s:g}"))
+    return tuple(md)
+
+
+def error_message(err: ProtembedError) -> pb.Error:
+    """A per-request error inside a stream (the stream itself goes on)."""
+    index = getattr(err, "index", None)
+    return pb.Error(
+        code=status_code(err).name,
+        message=err.message,
+        type=err.error_type,
+        index=index if isinstance(index, int) else -1,
+    )
+
+
+async def _abort(context: grpc.aio.ServicerContext, err: ProtembedError) -> None:
+    await context.abort(status_code(err), err.message, trailing_metadata=error_metadata(err))
+
+
+# --- translation -------------------------------------------------------------------------------------
+
+
+def _options(message: pb.EmbedOptions) -> EmbedOptions:
+    return EmbedOptions(
+        output=message.output or None, per_residue=message.per_residue, normalize=message.normalize
+    )
+
+
+def _inputs(sequences: Any) -> list[EmbedInput]:
+    return [EmbedInput(sequence=s.sequence, id=s.id or None) for s in sequences]
+
+
+def to_proto(response: EmbedResponse) -> pb.EmbedResponse:
+    return pb.EmbedResponse(
+        model=response.model,
+        model_version=response.model_version,
+        output=response.output,
+        dim=response.dim,
+        per_residue=response.per_residue,
+        embeddings=[
+            pb.Embedding(
+                index=r.index,
+                id=r.id or "",
+                vector=r.embedding.astype("<f4", copy=False).tobytes(order="C"),
+                shape=list(r.embedding.shape),
+                cached=r.cached,
+                length=r.length,
+            )
+            for r in response.results
+        ],
+        usage=pb.Usage(items=response.items, residues=response.residues),
+    )
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the engine's clock (time.monotonic), or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class Embedder(pb_grpc.EmbedderServicer):
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        key = getattr(settings, "api_key", None)
+        secret = key.get_secret_value() if isinstance(key, SecretStr) else key
+        self._api_key: bytes | None = secret.encode() if secret else None
+        self.max_message_bytes = int(getattr(settings, "grpc_max_message_bytes", 16 * 2**20))
+        self.max_stream_in_flight = max(
+            1, int(getattr(settings, "max_stream_in_flight", DEFAULT_MAX_STREAM_IN_FLIGHT))
+        )
+
+    # -- cross-cutting checks
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        if self._api_key is None:
+            return
+        given: str | None = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
+                given = value[7:].strip()
+            elif key == "x-api-key" and isinstance(value, str):
+                given = value.strip()
+        if given is None:
+            raise UnauthenticatedError(
+                "missing API key: send 'authorization: Bearer <key>' or 'x-api-key' metadata"
+            )
+        if not hmac.compare_digest(given.encode(), self._api_key):
+            raise UnauthenticatedError("wrong API key")
+
+    def _check_response_size(self, inputs: list[EmbedInput], options: EmbedOptions) -> None:
+        """Refuse up front a call whose answer could not be sent within the message size limit."""
+        dim = self.engine.resolve_output(options).dim
+        vectors = sum(len(i.sequence) for i in inputs) if options.per_residue else len(inputs)
+        estimate = vectors * dim * 4 + len(inputs) * _PER_ITEM_OVERHEAD
+        if estimate > self.max_message_bytes:
+            raise RequestTooLargeError(
+                f"the response would be about {estimate} bytes, more than the gRPC message limit of "
+                f"{self.max_message_bytes} (grpc_max_message_bytes); send fewer "
+                + ("residues" if options.per_residue else "sequences")
+                + " per call"
+            )
+
+    @contextlib.contextmanager
+    def _observe(self, method: str) -> Iterator[list[str]]:
+        """Count and time a call by method and final status code (the list holds the code)."""
+        code = ["OK"]
+        start = time.perf_counter()
+        try:
+            yield code
+        except asyncio.CancelledError:
+            code[0] = "CANCELLED"
+            raise
+        finally:
+            metrics = getattr(self.engine, "metrics", None)
+            if metrics is not None:
+                metrics.grpc_requests.labels(method, code[0]).inc()
+                metrics.grpc_latency.labels(method, code[0]).observe(time.perf_counter() - start)
+
+    async def _embed(
+        self, request_sequences: Any, options_message: pb.EmbedOptions, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
+        inputs = _inputs(request_sequences)
+        options = _options(options_message)
+        if inputs:
+            self._check_response_size(inputs, options)
+        response = await self.engine.embed(
+            inputs, options, deadline=_deadline(context), cancelled=context.cancelled
+        )
+        return to_proto(response)
+
+    # -- RPCs
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        with self._observe("Embed") as code:
+            try:
+                self._authorize(context)
+                return await self._embed(request.sequences, request.options, context)
+            except ProtembedError as err:
+                code[0] = status_code(err).name
+                await _abort(context, err)
+            except Exception:
+                code[0] = "INTERNAL"
+                log.exception("gRPC Embed failed")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: abort raises")
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        with self._observe("Info") as code:
+            try:
+                self._authorize(context)
+            except ProtembedError as err:
+                code[0] = status_code(err).name
+                await _abort(context, err)
+            card = self.engine.card
+            return pb.InfoResponse(
+                model=card.id,
+                model_version=card.version,
+                default_output=card.default_output,
+                output_dims={o.name: o.dim for o in card.per_protein_outputs()},
+                provider=self.engine.provider,
+                max_length=card.max_length,
+                max_stream_in_flight=self.max_stream_in_flight,
+                info_json=json.dumps(self.engine.info(), default=str),
+            )
+        raise AssertionError("unreachable")
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[pb.EmbedStreamRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        with self._observe("EmbedStream") as code:
+            try:
+                self._authorize(context)
+                await _Stream(self, request_iterator, context).run()
+            except ProtembedError as err:
+                code[0] = status_code(err).name
+                await _abort(context, err)
+            except Exception:
+                code[0] = "INTERNAL"
+                log.exception("gRPC EmbedStream failed")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+class _Stream:
+    """One EmbedStream call: a reader admits requests while fewer than ``max_stream_in_flight``
+    sequences are in flight; each request is computed as its own task; the writer sends the answers
+    in the order the requests arrived and releases their budget."""
+
+    def __init__(
+        self,
+        servicer: Embedder,
+        requests: AsyncIterator[pb.EmbedStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self.servicer = servicer
+        self.requests = requests
+        self.context = context
+        self.bound = servicer.max_stream_in_flight
+        self.in_flight = 0
+        self.changed = asyncio.Condition()
+        # Request order: (task, items); the None sentinel marks the end of the requests.
+        self.order: asyncio.Queue[tuple[asyncio.Task[pb.EmbedStreamResponse], int] | None] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.reader: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        reader = self.reader = asyncio.create_task(self._read())
+        self.tasks.add(reader)
+        try:
+            while True:
+                entry = await self._next()
+                if entry is None:
+                    break
+                task, items = entry
+                response = await task  # raises only for stream-wide errors (shutdown, deadline)
+                await self.context.write(response)
+                async with self.changed:
+                    self.in_flight -= items
+                    self.changed.notify_all()
+            await reader  # surfaces an error raised while reading
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            for task in self.tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _next(self) -> tuple[asyncio.Task[pb.EmbedStreamResponse], int] | None:
+        """The next request in order, or the reader's failure if it failed while we wait."""
+        getter = asyncio.ensure_future(self.order.get())
+        reader = self.reader
+        assert reader is not None
+        done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        reader.result()  # re-raises the reader's error; a clean finish always queues the sentinel first
+        return await self.order.get()
+
+    def _has_room(self, items: int) -> Callable[[], bool]:
+        # A request larger than the whole bound is admitted alone rather than never.
+        return lambda: self.in_flight == 0 or self.in_flight + items <= self.bound
+
+    async def _read(self) -> None:
+        async for request in self.requests:
+            items = max(1, len(request.sequences))
+            async with self.changed:
+                await self.changed.wait_for(self._has_room(items))
+                self.in_flight += items
+            task = asyncio.create_task(self._answer(request))
+            self.tasks.add(task)
+            await self.order.put((task, items))
+        await self.order.put(None)
+
+    async def _answer(self, request: pb.EmbedStreamRequest) -> pb.EmbedStreamResponse:
+        """The response for one request. Per-request problems become its ``error``; a full queue is
+        waited out (the stream's own flow control slows the client); stream-wide errors raise."""
+        while True:
+            try:
+                response = await self.servicer._embed(request.sequences, request.options, self.context)
+                return pb.EmbedStreamResponse(request_id=request.request_id, response=response)
+            except OverloadedError as err:
+                deadline = _deadline(self.context)
+                if deadline is not None and time.monotonic() + err.retry_after_s >= deadline:
+                    raise DeadlineExceededError(
+                        "the stream's deadline would pass while waiting for the full queue to drain"
+                    ) from err
+                await asyncio.sleep(err.retry_after_s)
+            except ProtembedError as err:
+                if status_code(err) == grpc.StatusCode.INVALID_ARGUMENT:
+                    return pb.EmbedStreamResponse(request_id=request.request_id, error=error_message(err))
+                raise
+
+
+# --- server lifecycle --------------------------------------------------------------------------------
+
+
+async def _follow_readiness(
+    server: grpc.aio.Server, engine: Engine, servicer: health.aio.HealthServicer
+) -> None:
+    """Mirror ``engine.ready`` into the health service until the server terminates."""
+    last: bool | None = None
+    while True:
+        ready = bool(engine.ready)
+        if ready != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            last = ready
+        # Returns False once the server has terminated; True when the poll interval elapsed.
+        if not await server.wait_for_termination(timeout=HEALTH_POLL_S):
+            return
+
+
+@dataclass
+class _Running:
+    health: health.aio.HealthServicer
+    follower: asyncio.Task[None]
+    port: int
+
+
+# Servers started here, by id(): grpc.aio.Server has no room for our state.
+_RUNNING: dict[int, _Running] = {}
+
+
+def bound_port(server: grpc.aio.Server) -> int:
+    """The port a server from :func:`start_grpc_server` listens on (useful with port 0)."""
+    return _RUNNING[id(server)].port
+
+
+async def start_grpc_server(
+    engine: Engine, settings: Settings, *, port: int | None = None
+) -> grpc.aio.Server:
+    """Start the gRPC server on ``settings.host:settings.grpc_port`` (or ``port``) in the running loop.
+
+    Returns the started server; stop it with :func:`stop_grpc_server` (which reports NOT_SERVING first)
+    or ``await server.stop(grace)``. ``bound_port(server)`` gives the port (useful with port 0).
+    """
+    max_bytes = int(getattr(settings, "grpc_max_message_bytes", 16 * 2**20))
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+        ]
+    )
+    pb_grpc.add_EmbedderServicer_to_server(Embedder(engine, settings), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    # Not serving until the readiness follower has seen the engine ready.
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    wanted = settings.grpc_port if port is None else port
+    address = f"[{settings.host}]:{wanted}" if ":" in settings.host else f"{settings.host}:{wanted}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind the gRPC server to {address}")
+    await server.start()
+    follower = asyncio.create_task(_follow_readiness(server, engine, health_servicer))
+    _RUNNING[id(server)] = _Running(health_servicer, follower, bound)
+    log.info("gRPC server listening on %s:%d (%s, health, reflection)", settings.host, bound, SERVICE_NAME)
+    return server
+
+
+async def stop_grpc_server(server: grpc.aio.Server, grace: float | None = 5.0) -> None:
+    """Report NOT_SERVING, let in-flight calls finish for ``grace`` seconds, then stop."""
+    running = _RUNNING.pop(id(server), None)
+    if running is not None:
+        await running.health.enter_graceful_shutdown()
+    await server.stop(grace)
+    if running is not None:
+        running.follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running.follower

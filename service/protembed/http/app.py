@@ -1,0 +1,350 @@
+"""The REST transport: a thin FastAPI layer that translates JSON to ``Engine.embed`` calls and back.
+
+Validation, batching, caching and inference all live in the engine; this module only parses, applies
+the body-size limit, watches for disconnected clients, encodes vectors and records HTTP metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Body, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from protembed import __version__
+from protembed.core import EmbedInput, EmbedOptions, EmbedResponse, Engine
+from protembed.errors import InvalidRequestError, NotReadyError, UnauthenticatedError
+from protembed.http.errors import error_response, install_error_handlers
+from protembed.http.schemas import (
+    EMBED_EXAMPLES,
+    OPENAI_EXAMPLES,
+    EmbedRequest,
+    EmbedResponseModel,
+    ErrorResponse,
+    OpenAIEmbeddingsRequest,
+    OpenAIEmbeddingsResponse,
+)
+from protembed.metrics import CONTENT_TYPE, Metrics
+from protembed.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 422, 429, 503)
+}
+
+
+class BodyLimitMiddleware:
+    """413 for bodies above ``max_bytes``, checked on Content-Length and again while reading
+    (chunked uploads have no length), before FastAPI parses anything."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _reject(self, send: Send, size: str) -> None:
+        resp = error_response(
+            413, "request_too_large", f"request body is {size} bytes; the limit is {self.max_bytes} bytes"
+        )
+        await send({"type": "http.response.start", "status": 413, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send, declared.decode())
+            return
+        # Read the body here (bounded), then replay it: the app never sees more than max_bytes.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._reject(send, f"more than {self.max_bytes}")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # after the body: disconnect notifications come through
+
+        await self.app(scope, replay, send)
+
+
+class MetricsMiddleware:
+    """Requests and latency by route template (low cardinality) and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: Callable[[], set[str]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_paths = known_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or scope.get("path", "")
+            label = path if path in self.known_paths() else "other"
+            method = scope.get("method", "")
+            self.metrics.http_requests.labels(label, method, str(status)).inc()
+            self.metrics.http_latency.labels(label, method, str(status)).observe(time.perf_counter() - start)
+
+
+@contextlib.asynccontextmanager
+async def _disconnect_watch(request: Request, interval_s: float = 0.05) -> AsyncIterator[Callable[[], bool]]:
+    """Yield a ``cancelled()`` callable that turns True once the client has disconnected."""
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while not gone:
+            if await request.is_disconnected():
+                gone = True
+                return
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(watch())
+    try:
+        yield lambda: gone
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _encode(vec: np.ndarray, encoding: str) -> list[Any] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode("ascii")
+    out: list[Any] = vec.tolist()
+    return out
+
+
+def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
+    return {
+        "model": resp.model,
+        "model_version": resp.model_version,
+        "output": resp.output,
+        "dim": resp.dim,
+        "per_residue": resp.per_residue,
+        "encoding": encoding,
+        "data": [
+            {
+                "index": r.index,
+                "id": r.id,
+                "embedding": _encode(r.embedding, encoding),
+                "cached": r.cached,
+                "length": r.length,
+            }
+            for r in resp.results
+        ],
+        "usage": {"items": resp.items, "residues": resp.residues},
+    }
+
+
+def get_engine(request: Request) -> Engine:
+    eng: Engine | None = request.app.state.engine
+    if eng is None or not eng.ready:
+        raise NotReadyError("model is not loaded yet; retry shortly")
+    return eng
+
+
+def check_key(request: Request) -> None:
+    """Require the API key, when one is configured (constant-time comparison)."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise UnauthenticatedError("missing or wrong API key (send 'Authorization: Bearer <key>')")
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    """The FastAPI app; its lifespan loads and starts the engine (and the gRPC server when enabled)."""
+    settings = settings if settings is not None else (engine.settings if engine is not None else Settings())
+    metrics = engine.metrics if engine is not None else Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        eng = engine
+        if eng is None:
+            eng = await asyncio.to_thread(Engine.from_settings, settings, metrics=metrics)
+        app.state.engine = eng
+        await eng.start()
+        grpc_server = await _start_grpc(eng, settings)
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+            await eng.stop()
+
+    app = FastAPI(
+        title="protembed",
+        version=__version__,
+        summary="Protein embeddings from a distilled student model (ONNX Runtime).",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    paths: set[str] = set()
+
+    def known_paths() -> set[str]:
+        if not paths:
+            paths.update(getattr(r, "path", "") for r in app.routes)
+        return paths
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known_paths)
+
+    @app.post(
+        "/embed",
+        response_model=EmbedResponseModel,
+        responses=_ERRORS,
+        dependencies=[Depends(check_key)],
+        summary="Embed protein sequences",
+    )
+    async def embed(
+        request: Request,
+        eng: EngineDep,
+        body: Annotated[EmbedRequest, Body(openapi_examples=EMBED_EXAMPLES)],
+    ) -> Response:
+        inputs = [
+            EmbedInput(sequence=item) if isinstance(item, str) else EmbedInput(item.sequence, item.id)
+            for item in body.sequences
+        ]
+        options = EmbedOptions(output=body.output, per_residue=body.per_residue, normalize=body.normalize)
+        async with _disconnect_watch(request) as cancelled:
+            resp = await eng.embed(inputs, options, cancelled=cancelled)
+        return JSONResponse(_embed_body(resp, body.encoding))
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=OpenAIEmbeddingsResponse,
+        responses=_ERRORS,
+        dependencies=[Depends(check_key)],
+        summary="OpenAI-compatible embeddings",
+    )
+    async def openai_embeddings(
+        request: Request,
+        eng: EngineDep,
+        body: Annotated[OpenAIEmbeddingsRequest, Body(openapi_examples=OPENAI_EXAMPLES)],
+    ) -> Response:
+        output = _openai_output(eng, body.model)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        options = EmbedOptions(output=output)
+        spec = eng.resolve_output(options)
+        if body.dimensions is not None and body.dimensions != spec.dim:
+            raise InvalidRequestError(
+                f"dimensions={body.dimensions} is not available; output {spec.name!r} has {spec.dim}"
+            )
+        async with _disconnect_watch(request) as cancelled:
+            resp = await eng.embed([EmbedInput(t) for t in texts], options, cancelled=cancelled)
+        model_name = eng.card.id if output is None else f"{eng.card.id}/{resp.output}"
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "object": "embedding",
+                        "index": r.index,
+                        "embedding": _encode(r.embedding, body.encoding_format),
+                    }
+                    for r in resp.results
+                ],
+                "model": model_name,
+                "usage": {"prompt_tokens": resp.residues, "total_tokens": resp.residues},
+            }
+        )
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz", summary="Readiness: model loaded and warmed up", responses={503: {"model": ErrorResponse}}
+    )
+    async def readyz(request: Request) -> Response:
+        eng: Engine | None = request.app.state.engine
+        if eng is None or not eng.ready:
+            return error_response(503, "not_ready", "model is loading")
+        return JSONResponse({"status": "ready", "model": eng.card.id, "provider": eng.provider})
+
+    @app.get("/info", dependencies=[Depends(check_key)], summary="Model card, provider, limits, batching")
+    async def info(eng: EngineDep) -> dict[str, object]:
+        return eng.info()
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _openai_output(eng: Engine, model: str | None) -> str | None:
+    """Map the OpenAI ``model`` field to an output: the model id, '<id>/<output>' or an output name."""
+    if model is None or model == eng.card.id:
+        return None
+    prefix = eng.card.id + "/"
+    name = model[len(prefix) :] if model.startswith(prefix) else model
+    if eng.card.output(name) is not None:
+        return name
+    choices = [eng.card.id] + [f"{eng.card.id}/{o.name}" for o in eng.card.per_protein_outputs()]
+    raise InvalidRequestError(f"unknown model {model!r}; this server offers {choices}")
+
+
+async def _start_grpc(engine: Engine, settings: Settings) -> Any:
+    """Start the gRPC server on the same loop and engine, when enabled and installed."""
+    if settings.grpc_port <= 0:
+        return None
+    try:
+        module = importlib.import_module("protembed.grpc_server")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("protembed.grpc_server", "grpc"):
+            raise
+        log.warning("gRPC disabled: %s is not available (%s)", "protembed.grpc_server", exc)
+        return None
+    server = await module.start_grpc_server(engine, settings)
+    log.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
+    return server

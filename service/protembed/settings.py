@@ -1,0 +1,247 @@
+"""The one typed settings object of the server.
+
+Every knob is a field here with a description; environment variables (prefix ``PROTEMBED_``), the
+``protembed serve`` flags, ``--help`` and the README settings table are all generated from these
+definitions, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "protembed-student-v1"
+
+
+def default_model_dir() -> Path:
+    """``models/protembed-student-v1`` of the source tree this package lives in.
+
+    The package sits at ``<repo>/service/protembed``; when it is installed elsewhere (a wheel), the
+    folder is looked up under the working directory instead, and ``--model`` overrides both.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file():
+        return repo / "models" / DEFAULT_MODEL_ID
+    return Path.cwd() / "models" / DEFAULT_MODEL_ID
+
+
+_PROVIDER_ALIASES = {
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+class Settings(BaseSettings):
+    """Server settings: env vars ``PROTEMBED_<FIELD>`` or ``protembed serve --<field>`` flags."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROTEMBED_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- transports -------------------------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1",
+        description="Interface the HTTP and gRPC servers bind to (0.0.0.0 in a container).",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="HTTP port (REST API, /metrics, /docs).")
+    grpc_port: int = Field(
+        default=50051,
+        ge=0,
+        le=65535,
+        description="gRPC port, served by the same process and engine; 0 disables gRPC.",
+    )
+    grpc_max_message_bytes: int = Field(
+        default=16 * 2**20, gt=0, description="Largest gRPC message accepted or sent, in bytes."
+    )
+    max_body_bytes: int = Field(
+        default=8 * 2**20, gt=0, description="Largest HTTP request body, in bytes; larger bodies get 413."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="If set, /embed, /v1/embeddings, /info and gRPC calls need 'Authorization: Bearer <key>' "
+        "(or 'x-api-key: <key>'). Health and metrics stay open.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="Log level of the server and uvicorn."
+    )
+
+    # --- model ------------------------------------------------------------------------------------
+    model: Path = Field(
+        default_factory=default_model_dir,
+        description="Model folder holding model.json and the ONNX files (default: the bundled "
+        f"models/{DEFAULT_MODEL_ID}).",
+    )
+    model_variant: str = Field(
+        default="fp32",
+        description="Which file of the model card to serve: fp32, int8 or fp16 (as listed in model.json).",
+    )
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference, comma-separated; "
+        "unavailable ones are skipped and /info reports the active one.",
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)."
+    )
+    inter_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime inter-op threads (0 = ORT default)."
+    )
+    warmup: bool = Field(default=True, description="Run a warm-up batch before reporting ready.")
+
+    # --- batching ---------------------------------------------------------------------------------
+    max_batch_tokens: int = Field(
+        default=16384,
+        gt=0,
+        description="Token budget of one batch, counting padding (batch size x longest item).",
+    )
+    max_batch_size: int = Field(default=64, gt=0, description="Most items in one batch.")
+    max_wait_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long the oldest queued item may wait for a batch to fill, in milliseconds.",
+    )
+    max_queue_tokens: int = Field(
+        default=262144,
+        gt=0,
+        description="Queue bound in residues; past it requests are refused with 429 + Retry-After.",
+    )
+
+    # --- request limits ---------------------------------------------------------------------------
+    long_sequences: Literal["reject", "chunk"] = Field(
+        default="reject",
+        description="Sequences longer than the model's max length: 'reject' (413 naming the item) or "
+        "'chunk' (overlapping windows pooled back into one vector; per-residue output stitched).",
+    )
+    chunk_overlap: int = Field(
+        default=128, ge=0, description="Residues shared by neighbouring windows when long_sequences=chunk."
+    )
+    max_items_per_request: int = Field(
+        default=256, gt=0, description="Most sequences in one request (413 beyond)."
+    )
+    max_residues_per_request: int = Field(
+        default=131072, gt=0, description="Most residues, summed over a request's sequences (413 beyond)."
+    )
+
+    # --- cache ------------------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PROTEMBED_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="Redis URL (also read from REDIS_URL); when set the cache is shared in Redis instead of "
+        "in-process.",
+    )
+    cache_ttl_s: int = Field(
+        default=7 * 86400, ge=0, description="Time to live of Redis cache entries in seconds (0 = none)."
+    )
+    cache_max_bytes: int = Field(
+        default=256 * 2**20,
+        ge=0,
+        description="Size bound of the in-process LRU cache in bytes (0 disables it).",
+    )
+    redis_timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="Per-call Redis timeout in seconds; a slower Redis is skipped and the model answers.",
+    )
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: Any) -> Any:
+        # Env vars and flags give "CUDAExecutionProvider,CPUExecutionProvider"; short names are accepted.
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        if isinstance(value, list):
+            value = [_PROVIDER_ALIASES.get(str(p).lower(), p) for p in value]
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.providers:
+            raise ValueError("providers must name at least one ONNX Runtime execution provider")
+        return self
+
+
+# --- flags generated from the fields ---------------------------------------------------------------
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[str] | None, bool]:
+    """(argparse type, choices, is_bool) of a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _flag_type(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(inner[0])
+    if origin is Literal:
+        return str, [str(a) for a in typing.get_args(annotation)], False
+    if origin is list:
+        return str, None, False
+    if annotation is bool:
+        return None, None, True
+    if annotation in (int, float, Path):
+        return annotation, None, False
+    return str, None, False
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, fields: list[str] | None = None) -> None:
+    """Add one ``--flag`` per Settings field (or the listed ones); unset flags leave env/defaults alone."""
+    group = parser.add_argument_group("settings (also env vars PROTEMBED_<NAME>)")
+    for name, info in Settings.model_fields.items():
+        if fields is not None and name not in fields:
+            continue
+        flag = "--" + name.replace("_", "-")
+        typ, choices, is_bool = _flag_type(info.annotation)
+        default = info.get_default(call_default_factory=True)
+        shown = default.get_secret_value() if isinstance(default, SecretStr) else default
+        if isinstance(shown, list):
+            shown = ",".join(shown)
+        help_text = f"{info.description} [default: {shown}]".replace("%", "%%")
+        if is_bool:
+            group.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                flag, dest=name, type=typ, choices=choices, default=argparse.SUPPRESS, help=help_text
+            )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from env vars, overridden by the flags given on the command line."""
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if hasattr(args, name)}
+    return Settings(**overrides)
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), from the same field definitions as the flags."""
+    rows = ["| Env var | Flag | Default | Description |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default)
+        if name == "model":
+            default = f"models/{DEFAULT_MODEL_ID}"
+        env = f"PROTEMBED_{name.upper()}" + (" / REDIS_URL" if name == "redis_url" else "")
+        rows.append(f"| `{env}` | `--{name.replace('_', '-')}` | `{default}` | {info.description} |")
+    return "\n".join(rows)

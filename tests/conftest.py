@@ -1,0 +1,252 @@
+"""Shared fixtures: the tiny contract-following ONNX model, settings for tests, free ports, a real
+redis-server, and real HTTP servers (in a thread, or as a ``protembed serve`` subprocess)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+
+from protembed.settings import Settings  # noqa: E402
+from tiny_model import build_tiny_model  # noqa: E402
+
+TINY_MAX_LENGTH = 64
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/protembed-tiny: fp32 + an 'int8' copy, teachers alpha (6) and beta (3), d_model 8."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("models") / "protembed-tiny", max_length=TINY_MAX_LENGTH, extra_variant="int8"
+    )
+
+
+TEST_ENV = {
+    "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
+    "PROTEMBED_INTRA_OP_THREADS": "1",
+    "PROTEMBED_INTER_OP_THREADS": "1",
+    "PROTEMBED_GRPC_PORT": "0",
+    "PROTEMBED_LOG_LEVEL": "warning",
+}
+
+
+@pytest.fixture
+def make_settings(tiny_model_dir: Path) -> Callable[..., Settings]:
+    """Settings on the tiny model, CPU, one thread, no gRPC; keyword arguments override."""
+
+    def make(**overrides: Any) -> Settings:
+        base: dict[str, Any] = {
+            "model": tiny_model_dir,
+            "providers": ["CPUExecutionProvider"],
+            "intra_op_threads": 1,
+            "inter_op_threads": 1,
+            "grpc_port": 0,
+            "host": "127.0.0.1",
+            "redis_url": None,
+        }
+        base.update(overrides)
+        return Settings(**base)
+
+    return make
+
+
+# --- redis ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a free port, no persistence; can be killed and restarted on the same port."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server binary not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+# --- HTTP servers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ThreadServer:
+    url: str
+    server: Any
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture
+def start_thread_server() -> Iterator[Callable[[Settings], ThreadServer]]:
+    """Start uvicorn with ``create_app(settings)`` in a thread on a free port; stopped at teardown."""
+    import uvicorn
+    from protembed.http import create_app
+
+    started: list[ThreadServer] = []
+
+    def start(settings: Settings) -> ThreadServer:
+        port = free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: server.started or not thread.is_alive(), 60, "uvicorn start")
+        if not server.started:
+            raise RuntimeError("server failed to start")
+        handle = ThreadServer(url, server, thread)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url + "/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def start_server_process(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Run ``python -m protembed serve`` (the real command) on a free port; env overrides via kwargs."""
+    started: list[ServerProcess] = []
+
+    def start(**env_overrides: str) -> ServerProcess:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
+        env.update(TEST_ENV)
+        env.update(
+            {
+                "PROTEMBED_MODEL": str(tiny_model_dir),
+                "PROTEMBED_PORT": str(port),
+                "PROTEMBED_HOST": "127.0.0.1",
+                "PYTHONPATH": os.pathsep.join([str(REPO / "service"), str(REPO / "distill")]),
+            }
+        )
+        env.update(env_overrides)
+        log = tmp_path / f"server-{port}.log"
+        with log.open("wb") as fh:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "protembed", "serve"],
+                cwd=tmp_path,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        handle = ServerProcess(f"http://127.0.0.1:{port}", proc, log)
+        started.append(handle)
+        try:
+            wait_until(lambda: proc.poll() is not None or _ready(handle.url), 90, "server readiness")
+        except TimeoutError:
+            handle.stop()
+            raise RuntimeError(f"server did not become ready:\n{log.read_text()[-3000:]}") from None
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
+from protembed.tokenizer import batch_encode
+from protembed_distill.data import prepare_dataset
+from protembed_distill.export import export_checkpoint, export_onnx, parity
+from protembed_distill.losses import Standardizer
+from protembed_distill.student import Student
+from protembed_distill.teacher_cache import build_caches
+from protembed_distill.train import load_checkpoint, student_from_checkpoint, train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("export")
+    corpus = write_corpus(tmp / "c.fasta", random_sequences(30, 10, 90, seed=8))
+    teachers = {"fake_nc": FakeTeacher("fake_nc", 12, 1), "fake_b": fake_teachers()["fake_b"]}
+    cfg = tiny_config(tmp, corpus, optim={"epochs": 1},
+                      teachers=[{"name": "fake_nc"}, {"name": "fake_b", "per_residue": True}])
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**teachers), progress=False)
+    return train(cfg, ds, echo=False).best_checkpoint
+
+
+def _run(path: Path, seqs: list[str]) -> dict[str, np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    enc = batch_encode(seqs)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}), strict=True))
+
+
+def test_graph_runs_on_shapes_unlike_the_export_example(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    from protembed_distill.config import StudentConfig
+
+    model = Student(StudentConfig(layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_length=300), {"t": 5}).eval()
+    path = tmp_path / "m.onnx"
+    assert export_onnx(model, path) == ["student", "teacher_t", "residue_states"]
+    assert parity(model, path) <= 1e-4  # batches of 1, 3, 5, 7 rows and lengths up to 250
+    out = _run(path, ["M" * 280, "ACD"])
+    assert out["residue_states"].shape == (2, 280, 32) and out["teacher_t"].shape == (2, 5)
+
+
+def test_export_writes_a_valid_artifact(checkpoint: Path, tmp_path: Path) -> None:
+    from protembed.artifact import read_model_card
+
+    out = tmp_path / "models" / "tiny"
+    card = export_checkpoint(checkpoint, out, model_id="tiny-student", version="0.1.0")
+    assert {f.name for f in out.iterdir()} == {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.json"}
+    parsed = read_model_card(out)
+    assert parsed.id == "tiny-student"
+    files = {f.variant: f for f in parsed.files}
+    assert files["fp32"].parity_max_abs_diff is not None and files["fp32"].parity_max_abs_diff <= 1e-4
+    for v in ("int8", "fp16"):
+        cos = files[v].metrics["cosine_to_fp32"]
+        assert cos["student"]["mean"] > 0.98, (v, cos)
+        assert files[v].parity_max_abs_diff is not None
+    assert [o.name for o in parsed.outputs] == ["student", "fake_nc", "fake_b", "residues"]
+    assert parsed.licence["weights"].startswith("non-commercial")
+    assert parsed.training_data["train_sequences"] > 0
+    assert "val_cosine" in parsed.metrics and set(parsed.metrics["val_cosine"]) == {"fake_nc", "fake_b"}
+    assert json.loads((out / "model.json").read_text())["files"][0]["sha256"] == files["fp32"].sha256
+
+    # Teacher heads answer in the teacher's original units: un-standardized PyTorch output.
+    ckpt = load_checkpoint(checkpoint)
+    model = student_from_checkpoint(ckpt).eval()
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ", "GSHM"]
+    enc = batch_encode(seqs)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask))
+    got = _run(out / "model.onnx", seqs)
+    for name, (mean, std) in ckpt["standardizers"].items():
+        expect = Standardizer(mean, std).invert(ref[f"teacher_{name}"]).numpy()
+        np.testing.assert_allclose(got[f"teacher_{name}"], expect, atol=1e-4)
+    np.testing.assert_allclose(got["student"], ref["student"].numpy(), atol=1e-4)

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
+from protembed_distill.data import Item, prepare_dataset, sequence_key
+from protembed_distill.teacher_cache import EmbeddingStore, build_caches, cache_path, embed_into, token_batches
+
+torch.set_num_threads(1)
+
+
+def _items(n: int, seed: int = 0) -> list[Item]:
+    return [Item(f"s|{i}", "s", s, sequence_key(s)) for i, s in enumerate(random_sequences(n, 5, 60, seed))]
+
+
+def test_token_batches_respect_budget_and_cover_everything() -> None:
+    lengths = [5, 50, 7, 300, 20, 20, 49, 1]
+    batches = list(token_batches(lengths, 100))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 100
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # length-sorted
+
+
+def test_cache_holds_teacher_outputs_in_float16(tmp_path: Path) -> None:
+    items = _items(15)
+    teacher = FakeTeacher("t", 8, seed=1)
+    with EmbeddingStore(tmp_path / "t.h5") as store:
+        stats = embed_into(teacher, items, store, per_residue=True, batch_tokens=120, progress=False)
+        assert stats["embedded"] == 15 and stats["residues"] == sum(len(i.sequence) for i in items)
+    ref = FakeTeacher("t", 8, seed=1).embed([i.sequence for i in items], per_residue=True)
+    with EmbeddingStore(tmp_path / "t.h5", mode="r") as store:
+        keys = [i.key for i in items][::-1]
+        np.testing.assert_allclose(store.per_protein(keys), ref.per_protein[::-1], atol=2e-3)
+        offsets, lengths = store.residue_spans(keys)
+        assert ref.per_residue is not None
+        for k, (o, n) in enumerate(zip(offsets, lengths, strict=True)):
+            np.testing.assert_allclose(store.residues()[o : o + n], ref.per_residue[len(items) - 1 - k], atol=2e-3)
+        assert store.meta["name"] == "t" and store.meta["dim"] == 8
+        with pytest.raises(Exception, match="not cached"):
+            store.per_protein([sequence_key("NOTTHERE")])
+
+
+def test_resume_after_kill_embeds_only_the_rest(tmp_path: Path) -> None:
+    items = _items(20, seed=4)
+    path = tmp_path / "t.h5"
+    killed = FakeTeacher("t", 6, seed=2, fail_after_batches=2)
+    with EmbeddingStore(path) as store, pytest.raises(KeyboardInterrupt):
+        embed_into(killed, items, store, per_residue=False, batch_tokens=100, progress=False)
+    with EmbeddingStore(path) as store:
+        assert store.count == len(killed.embedded) > 0
+        # A kill between writing data and committing leaves extra rows: they must be ignored.
+        for name in ("keys", "lengths", "per_protein"):
+            store._f[name].resize(store.count + 3, axis=0)
+        store._f["keys"][store.count :] = np.array([b"x" * 64] * 3, dtype="S64")
+    fresh = FakeTeacher("t", 6, seed=2)
+    with EmbeddingStore(path) as store:
+        assert len(store.index()) == len(killed.embedded)
+        embed_into(fresh, items, store, per_residue=False, batch_tokens=100, progress=False)
+        assert sorted(fresh.embedded) == sorted(set(i.sequence for i in items) - set(killed.embedded))
+        assert store.count == len(items)
+        full = FakeTeacher("t", 6, seed=2).embed([i.sequence for i in items]).per_protein
+        np.testing.assert_allclose(store.per_protein([i.key for i in items]), full, atol=2e-3)
+
+
+def test_build_caches_skips_complete_teachers_without_loading_them(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(25, 10, 70, seed=5))
+    cfg = tiny_config(tmp_path, corpus)
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    items = ds.train + ds.val
+    report = build_caches(cfg, items, loader=loader(**fake_teachers()), progress=False)
+    assert report["fake_a"]["embedded"] == len(items)
+    assert cache_path(cfg.teacher_cache_dir(), cfg.teachers[0]).is_file()
+
+    def no_load(name: str, **_o: object) -> FakeTeacher:
+        raise AssertionError(f"{name} loaded although its cache is complete")
+
+    again = build_caches(cfg, items, loader=no_load, progress=False)
+    assert again == {t: {"cached_before": float(len(items)), "embedded": 0.0} for t in ("fake_a", "fake_b")}
+    with EmbeddingStore(cache_path(cfg.teacher_cache_dir(), cfg.teachers[1]), mode="r") as store:
+        assert store.has_residues  # fake_b is configured per_residue
+
+
+def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
+    from protembed_distill.config import TeacherConfig
+
+    a = cache_path(tmp_path, TeacherConfig(name="esm2", options={"model": "x"}))
+    b = cache_path(tmp_path, TeacherConfig(name="esm2", options={"model": "y"}))
+    assert a != b and a.name.startswith("esm2-") and cache_path(tmp_path, TeacherConfig(name="near")).name == "near.h5"

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+from protembed_distill.data import prepare_dataset
+from protembed_distill.teacher_cache import build_caches
+from protembed_distill.train import evaluate, load_checkpoint, load_targets, make_batches, train
+from protembed_distill.student import Student
+
+torch.set_num_threads(1)
+
+
+def _setup(tmp_path: Path, n: int = 48, **sections: dict) -> tuple:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(n, 10, 90, seed=21))
+    cfg = tiny_config(tmp_path, corpus, **sections)
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    return cfg, ds
+
+
+def test_make_batches_deterministic_within_budget() -> None:
+    lengths = [((i * 37) % 90) + 5 for i in range(200)]
+    a = make_batches(lengths, 400, seed=1, epoch=0)
+    assert a == make_batches(lengths, 400, seed=1, epoch=0)
+    assert a != make_batches(lengths, 400, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(200))
+    assert all(max(lengths[i] for i in b) * len(b) <= 400 for b in a)
+
+
+def test_tiny_distillation_lowers_the_loss(tmp_path: Path) -> None:
+    cfg, ds = _setup(tmp_path, optim={"epochs": 15, "lr": 5e-3})
+    loaded = load_targets(cfg, ds)
+    torch.manual_seed(cfg.run.seed)
+    untrained = Student(cfg.student, {"fake_a": 12, "fake_b": 6}, {"fake_b": 6})
+    before = evaluate(untrained, ds.val, loaded.val, loaded, cfg, torch.device("cpu"))
+    loaded.close()
+    res = train(cfg, ds, echo=False)
+    assert res.finished and res.step > 10
+    assert res.val["val_loss"] < 0.7 * before["val_loss"]
+    for t in ("fake_a", "fake_b"):
+        assert res.val["val_cosine_std"][t] > before["val_cosine_std"][t] + 0.1
+    assert "val_residue_cosine_std" in res.val  # the per-residue teacher was aligned too
+    log = [json.loads(line) for line in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "step"]
+    assert sum(r["loss"] for r in steps[-5:]) < sum(r["loss"] for r in steps[:5])
+    assert "fake_b.residue" in steps[0]
+    assert len((cfg.run.dir / "train.csv").read_text().splitlines()) == 1 + 15
+    best = load_checkpoint(res.best_checkpoint)
+    assert best["state"]["best_epoch"] == min(best["state"]["history"], key=lambda r: r["val_loss"])["epoch"]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path) -> None:
+    sections = {"optim": {"epochs": 2, "checkpoint_every_steps": 3}, "student": {"dropout": 0.1}}
+    cfg, ds = _setup(tmp_path / "a", n=30, **sections)
+    full = train(cfg, ds, echo=False)
+    ref = load_checkpoint(full.last_checkpoint)
+
+    cfg_b, ds_b = _setup(tmp_path / "b", n=30, **sections)
+    stop = full.step // 2 + 1  # lands mid-epoch
+    part = train(cfg_b, ds_b, stop_after_steps=stop, echo=False)
+    assert not part.finished and part.step == stop
+    resumed = train(cfg_b, ds_b, echo=False)
+    assert resumed.finished and resumed.step == full.step
+    got = load_checkpoint(resumed.last_checkpoint)
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=0, atol=1e-6, msg=k)
+    assert [r["val_loss"] for r in got["state"]["history"]] == pytest.approx([r["val_loss"] for r in ref["state"]["history"]], abs=1e-6)
+    kinds = [json.loads(x)["kind"] for x in (cfg_b.run.dir / "train.jsonl").read_text().splitlines()]
+    assert "resume" in kinds
+
+
+def test_resume_refuses_a_different_student(tmp_path: Path) -> None:
+    cfg, ds = _setup(tmp_path, n=20, optim={"epochs": 1})
+    train(cfg, ds, echo=False)
+    other = cfg.model_copy(update={"student": cfg.student.model_copy(update={"d_model": 16})})
+    with pytest.raises(ValueError, match="different student"):
+        train(other, ds, echo=False)
+
+
+def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
+    # lr 0 cannot improve after the first epoch, so patience 1 stops at epoch 2 of 5.
+    cfg, ds = _setup(tmp_path, n=20, optim={"epochs": 5, "patience": 1, "lr": 1e-12, "warmup_steps": 0},
+                     loss={"kl": 1.0, "kl_temperature": 2.0})
+    res = train(cfg, ds, echo=False)
+    assert len(res.history) == 2
+    kinds = [json.loads(x)["kind"] for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    assert "early_stop" in kinds
+    steps = [json.loads(x) for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    assert any("fake_a.kl" in r for r in steps)

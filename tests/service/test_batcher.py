@@ -1,0 +1,275 @@
+"""The micro-batcher on its own: a fake clock for the queue's decisions, a fake model for the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from protembed.batcher import Batcher, BatchQueue, Waiter
+from protembed.errors import DeadlineExceededError, OverloadedError, RequestCancelledError
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_queue(clock: FakeClock, **kw: float) -> BatchQueue:
+    opts = {"max_batch_tokens": 100, "max_batch_size": 8, "max_wait_s": 0.01, "max_queue_tokens": 1000}
+    opts.update(kw)
+    return BatchQueue(clock=clock, **opts)  # type: ignore[arg-type]
+
+
+def waiter(output: str = "student", **kw: object) -> Waiter:
+    return Waiter(output, asyncio.get_running_loop().create_future(), **kw)  # type: ignore[arg-type]
+
+
+def seq(n: int, letter: str = "A") -> str:
+    return "M" + letter * (n - 1)
+
+
+async def test_waits_for_max_wait_then_releases() -> None:
+    clock = FakeClock()
+    q = make_queue(clock)
+    q.add(seq(5), waiter())
+    assert q.next_batch() is None
+    assert q.due_in(clock.now) == pytest.approx(0.01)
+    clock.now = 0.0099
+    assert q.next_batch() is None
+    clock.now = 0.01
+    batch = q.next_batch()
+    assert batch is not None and [e.sequence for e in batch] == [seq(5)]
+    assert q.queued_tokens == 0 and q.queued_items == 0
+
+
+async def test_token_budget_counts_padding() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=40)
+    # 10 + 10 + 10 fit unpadded (30) but with a 15-long item the padded cost is 4 x 15 = 60 > 40.
+    for s in (seq(10, "A"), seq(10, "C"), seq(15, "D"), seq(10, "E")):
+        q.add(s, waiter())
+    batch = q.next_batch()  # full: not everything fits, so it leaves at once without waiting
+    assert batch is not None
+    longest = max(e.tokens for e in batch)
+    assert len(batch) * longest <= 40
+    assert sorted(e.tokens for e in batch) == [10, 10, 10]  # nearest lengths grouped, 15 left for later
+    rest = q.next_batch(force=True)
+    assert rest is not None and [e.tokens for e in rest] == [15]
+
+
+async def test_max_batch_size_and_length_bucketing() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=10_000, max_batch_size=3)
+    lengths = [50, 5, 52, 6, 49, 7]
+    for i, n in enumerate(lengths):
+        q.add(seq(n, "ACDEFG"[i]), waiter())
+    first = q.next_batch()
+    assert first is not None and sorted(e.tokens for e in first) == [49, 50, 52]
+    second = q.next_batch()
+    assert second is not None and sorted(e.tokens for e in second) == [5, 6, 7]
+
+
+async def test_oversized_single_item_still_runs_alone() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=10)
+    q.add(seq(30), waiter())
+    clock.now = 1.0
+    batch = q.next_batch()
+    assert batch is not None and batch[0].tokens == 30
+
+
+async def test_dedup_queued_and_in_flight() -> None:
+    clock = FakeClock()
+    q = make_queue(clock)
+    assert q.add("MKT", waiter()) is False
+    assert q.add("MKT", waiter()) is True
+    assert q.add("MKT", waiter("residues")) is True  # another output of the same queued item joins it
+    assert q.queued_items == 1 and q.queued_tokens == 3
+    clock.now = 1.0
+    batch = q.next_batch()
+    assert batch is not None and batch[0].outputs == {"student", "residues"} and len(batch[0].waiters) == 3
+    # while in flight, the same sequence and output joins the running entry instead of queueing again
+    assert q.new_tokens(["MKT"], "student") == 0
+    assert q.add("MKT", waiter()) is True and q.queued_items == 0
+    q.finish(batch, 0.1)
+    assert q.add("MKT", waiter()) is False
+
+
+async def test_backpressure_in_tokens_with_retry_after() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_queue_tokens=20)
+    q.admit(15)
+    q.add(seq(15), waiter())
+    q.admit(5)  # exactly at the bound
+    with pytest.raises(OverloadedError) as info:
+        q.admit(6)
+    assert info.value.retry_after_s >= 1.0 and "limit 20" in info.value.message
+    q.tokens_per_s = 1.0  # measured throughput drives Retry-After
+    with pytest.raises(OverloadedError) as info:
+        q.admit(6)
+    assert info.value.retry_after_s == pytest.approx(15.0)
+
+
+async def test_empty_queue_admits_a_large_request() -> None:
+    q = make_queue(FakeClock(), max_queue_tokens=20)
+    q.admit(500)
+
+
+async def test_cancelled_and_expired_items_are_dropped_before_the_model() -> None:
+    clock = FakeClock()
+    q = make_queue(clock)
+    gone = waiter(cancelled=lambda: True)
+    late = waiter(deadline=0.005)
+    keep = waiter()
+    q.add("MAAA", gone)
+    q.add("MCCC", late)
+    q.add("MDDD", keep)
+    shared_gone = waiter(cancelled=lambda: True)
+    shared_keep = waiter()
+    q.add("MEEE", shared_gone)
+    q.add("MEEE", shared_keep)
+    clock.now = 0.01
+    batch = q.next_batch()
+    assert batch is not None
+    assert sorted(e.sequence for e in batch) == ["MDDD", "MEEE"]
+    assert isinstance(gone.future.exception(), RequestCancelledError)
+    assert isinstance(late.future.exception(), DeadlineExceededError)
+    assert {id(w) for e in batch for w in e.waiters} == {id(keep), id(shared_keep)}
+    assert q.dropped == {"cancelled": 2, "deadline": 1}
+
+
+# --- the asyncio driver with a fake model ---------------------------------------------------------
+
+
+class FakeModel:
+    """Returns, per sequence, a vector that encodes it (length, first letter); records each batch."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.gate = gate
+
+    def __call__(self, sequences: list[str], outputs: frozenset[str]) -> dict[str, list[np.ndarray]]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(sequences))
+        return {
+            o: [np.array([len(s), ord(s[0]), len(o)], dtype=np.float32) for s in sequences] for o in outputs
+        }
+
+
+def make_batcher(model: Callable[..., dict[str, list[np.ndarray]]], **kw: float) -> Batcher:
+    opts = {"max_batch_tokens": 1000, "max_batch_size": 16, "max_wait_s": 0.002, "max_queue_tokens": 10_000}
+    opts.update(kw)
+    return Batcher(model, **opts)  # type: ignore[arg-type]
+
+
+async def test_results_come_back_in_order_and_off_the_loop() -> None:
+    model = FakeModel()
+    b = make_batcher(model)
+    await b.start()
+    try:
+        seqs = ["MKTAYIAK", "AC", "WWWWWWWWWWWWW", "AC", "Y"]
+        out = await b.submit(seqs, "student")
+        assert [v[:2].tolist() for v in out] == [[len(s), ord(s[0])] for s in seqs]
+        assert sum(len(x) for x in model.batches) == 4  # the duplicate "AC" ran once
+        assert all(name.startswith("protembed-infer") for name in model.threads)
+        assert threading.main_thread().name not in model.threads
+    finally:
+        await b.stop()
+
+
+async def test_concurrent_requests_are_batched_and_deduplicated() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    b = make_batcher(model, max_wait_s=0.0)
+    await b.start()
+    try:
+        first = asyncio.create_task(b.submit(["MFIRST"], "student"))
+        await asyncio.sleep(0.05)  # the first batch is now blocked inside the model
+        tasks = [asyncio.create_task(b.submit(["MSHARED", f"MOWN{'K' * i}"], "student")) for i in range(4)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, *tasks)
+        assert model.batches[0] == ["MFIRST"]
+        # everything that queued while the model was busy went in one batch, MSHARED once
+        assert len(model.batches) == 2 and sorted(model.batches[1]).count("MSHARED") == 1
+        assert len(model.batches[1]) == 5
+        for i, res in enumerate(results[1:]):
+            assert res[0][0] == len("MSHARED") and res[1][0] == len(f"MOWN{'K' * i}")
+    finally:
+        await b.stop()
+
+
+async def test_overload_refuses_at_once() -> None:
+    gate = threading.Event()
+    b = make_batcher(FakeModel(gate), max_queue_tokens=10, max_wait_s=0.0)
+    await b.start()
+    try:
+        busy = asyncio.create_task(b.submit(["MAAAAAAAA"], "student"))  # taken by the model, blocked
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.submit(["MCCCCCCC"], "student"))  # 8 tokens queued
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError):
+            await b.submit(["MDDDD"], "student")  # 8 + 5 > 10
+        gate.set()
+        await asyncio.gather(busy, queued)
+    finally:
+        await b.stop()
+
+
+async def test_disconnected_client_never_reaches_the_model() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    b = make_batcher(model, max_wait_s=0.0)
+    await b.start()
+    try:
+        busy = asyncio.create_task(b.submit(["MBUSY"], "student"))
+        await asyncio.sleep(0.05)
+        client_gone = False
+        doomed = asyncio.create_task(b.submit(["MGONE"], "student", cancelled=lambda: client_gone))
+        expired = asyncio.create_task(b.submit(["MLATE"], "student", deadline=b.queue.clock() + 0.01))
+        task_cancelled = asyncio.create_task(b.submit(["MTASK"], "student"))
+        await asyncio.sleep(0.05)
+        client_gone = True
+        task_cancelled.cancel()
+        gate.set()
+        await busy
+        with pytest.raises(RequestCancelledError):
+            await doomed
+        with pytest.raises(DeadlineExceededError):
+            await expired
+        with pytest.raises(asyncio.CancelledError):
+            await task_cancelled
+        await b.submit(["MNEXT"], "student")
+        ran = [s for batch in model.batches for s in batch]
+        assert ran == ["MBUSY", "MNEXT"]
+    finally:
+        await b.stop()
+
+
+async def test_model_error_reaches_every_waiter_and_batcher_survives() -> None:
+    calls = 0
+
+    def flaky(sequences: list[str], outputs: frozenset[str]) -> dict[str, list[np.ndarray]]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+        return {o: [np.zeros(2, np.float32) for _ in sequences] for o in outputs}
+
+    b = make_batcher(flaky)
+    await b.start()
+    try:
+        with pytest.raises(Exception, match="inference failed: boom"):
+            await b.submit(["MA", "MC"], "student")
+        assert len(await b.submit(["MA"], "student")) == 1
+    finally:
+        await b.stop()

@@ -1,0 +1,148 @@
+"""The Engine in-process on the tiny ONNX model: outputs, limits, chunking, caching, cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from protembed.core import EmbedInput, EmbedOptions, Engine, plan_windows, pool_windows
+from protembed.errors import (
+    InvalidRequestError,
+    InvalidSequenceError,
+    NotReadyError,
+    RequestCancelledError,
+    RequestTooLargeError,
+    SequenceTooLongError,
+)
+from protembed.settings import Settings
+from tiny_model import reference_embeddings
+
+SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "ac", "WYWYWYWYWYWYWYWYWYWYWYWYWYWYWYWYWYWY", "mkuzob*"]
+
+
+@pytest.fixture
+async def engine(make_settings: Callable[..., Settings]) -> AsyncIterator[Engine]:
+    eng = Engine.from_settings(make_settings(max_items_per_request=8, max_residues_per_request=200))
+    await eng.start()
+    yield eng
+    await eng.stop()
+
+
+def inputs(*seqs: str) -> list[EmbedInput]:
+    return [EmbedInput(s, id=f"id{i}") for i, s in enumerate(seqs)]
+
+
+async def test_mixed_batch_equals_each_alone(engine: Engine, tiny_model_dir: Path) -> None:
+    resp = await engine.embed(inputs(*SEQS), EmbedOptions())
+    assert (resp.model, resp.output, resp.dim, resp.items) == ("protembed-tiny", "student", 8, 4)
+    assert resp.residues == sum(len(s.rstrip("*")) for s in SEQS)
+    for r, s in zip(resp.results, SEQS, strict=True):
+        assert r.embedding.dtype == np.float32
+        assert np.abs(r.embedding - reference_embeddings(tiny_model_dir, s)["student"]).max() <= 1e-4
+    assert [r.id for r in resp.results] == ["id0", "id1", "id2", "id3"]
+
+
+async def test_teacher_output_per_residue_and_normalize(engine: Engine, tiny_model_dir: Path) -> None:
+    alpha = await engine.embed(inputs(*SEQS), EmbedOptions(output="alpha"))
+    assert alpha.dim == 6 and alpha.output == "alpha"
+    ref = reference_embeddings(tiny_model_dir, SEQS[0])
+    assert np.abs(alpha.results[0].embedding - ref["teacher_alpha"]).max() <= 1e-4
+    res = await engine.embed(inputs(*SEQS), EmbedOptions(per_residue=True))
+    assert res.per_residue and [r.embedding.shape for r in res.results] == [(22, 8), (2, 8), (36, 8), (6, 8)]
+    assert np.abs(res.results[0].embedding - ref["residue_states"]).max() <= 1e-4
+    norm = await engine.embed(inputs(*SEQS), EmbedOptions(output="beta", normalize=True))
+    assert all(abs(float(np.linalg.norm(r.embedding)) - 1) < 1e-5 for r in norm.results)
+
+
+async def test_second_request_is_a_cache_hit_per_output(engine: Engine) -> None:
+    first = await engine.embed(inputs("MKTAYIAK"), EmbedOptions())
+    again = await engine.embed(inputs("mktayiak "), EmbedOptions())  # same normalized sequence
+    other = await engine.embed(inputs("MKTAYIAK"), EmbedOptions(output="alpha"))
+    assert [first.results[0].cached, again.results[0].cached, other.results[0].cached] == [False, True, False]
+    assert np.array_equal(first.results[0].embedding, again.results[0].embedding)
+
+
+@pytest.mark.parametrize(
+    ("items", "options", "error", "message"),
+    [
+        ([], EmbedOptions(), InvalidRequestError, "no sequences given"),
+        (["A"] * 9, EmbedOptions(), RequestTooLargeError, "9 sequences in one request; the limit is 8"),
+        (
+            ["M" * 60] * 4,
+            EmbedOptions(),
+            RequestTooLargeError,
+            "240 residues in one request; the limit is 200",
+        ),
+        (
+            ["MK", "M" * 65],
+            EmbedOptions(),
+            SequenceTooLongError,
+            "item 1 (id 'id1'): sequence has 65 residues",
+        ),
+        (["MK", "M1"], EmbedOptions(), InvalidSequenceError, "item 1 (id 'id1'): invalid character '1'"),
+        (["MK", "  "], EmbedOptions(), InvalidSequenceError, "item 1 (id 'id1'): sequence is empty"),
+        (["MK"], EmbedOptions(output="nope"), InvalidRequestError, "unknown output 'nope'"),
+        (["MK"], EmbedOptions(output="residues"), InvalidRequestError, "unknown output 'residues'"),
+        (["MK"], EmbedOptions(output="alpha", per_residue=True), InvalidRequestError, "no per-residue form"),
+    ],
+)
+async def test_bad_requests(
+    engine: Engine, items: list[str], options: EmbedOptions, error: type, message: str
+) -> None:
+    with pytest.raises(error) as info:
+        await engine.embed(inputs(*items), options)
+    assert message in info.value.message
+
+
+async def test_cancelled_request_never_runs(engine: Engine) -> None:
+    before = engine.batcher.batches_run
+    with pytest.raises(RequestCancelledError):
+        await engine.embed(inputs("MCANCELLED"), EmbedOptions(), cancelled=lambda: True)
+    assert engine.batcher.batches_run == before
+
+
+async def test_not_ready_before_start(make_settings: Callable[..., Settings]) -> None:
+    eng = Engine.from_settings(make_settings())
+    with pytest.raises(NotReadyError):
+        await eng.embed(inputs("MK"), EmbedOptions())
+
+
+def test_windows_cover_every_residue_once() -> None:
+    for length in (64, 65, 100, 129, 300):
+        windows = plan_windows(length, 64, 16)
+        owned = [i for w in windows for i in range(w.own_start, w.own_end)]
+        assert owned == list(range(length))
+        assert all(w.end - w.start <= 64 and w.start <= w.own_start < w.own_end <= w.end for w in windows)
+
+
+async def test_chunk_mode_stitches_long_sequences(
+    make_settings: Callable[..., Settings], tiny_model_dir: Path
+) -> None:
+    eng = Engine.from_settings(make_settings(long_sequences="chunk", chunk_overlap=16))
+    await eng.start()
+    try:
+        rng = np.random.default_rng(1)
+        long = "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), 150))
+        ref = reference_embeddings(tiny_model_dir, long)  # the model itself takes any length
+        res = await eng.embed(inputs(long), EmbedOptions(per_residue=True))
+        # residue states are per-position here, so stitching is exact
+        assert np.abs(res.results[0].embedding - ref["residue_states"]).max() <= 1e-5
+        vec = (await eng.embed(inputs(long), EmbedOptions())).results[0].embedding
+        windows = plan_windows(150, 64, 16)
+        pieces = [reference_embeddings(tiny_model_dir, long[w.start : w.end])["student"] for w in windows]
+        assert np.abs(vec - pool_windows(windows, pieces, per_residue=False)).max() <= 1e-5
+        cos = float(vec @ ref["student"] / np.linalg.norm(vec) / np.linalg.norm(ref["student"]))
+        assert cos > 0.99  # and close to the whole-sequence vector
+    finally:
+        await eng.stop()
+
+
+async def test_info_reports_provider_limits_and_batching(engine: Engine) -> None:
+    info: dict[str, Any] = engine.info()
+    assert info["provider"] == "CPUExecutionProvider" and info["ready"] is True
+    assert info["limits"]["max_items_per_request"] == 8 and info["limits"]["max_length"] == 64
+    assert info["batching"]["max_batch_tokens"] == engine.settings.max_batch_tokens
+    assert info["cache"]["backend"] == "memory" and info["card"]["id"] == "protembed-tiny"
