@@ -27,7 +27,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -259,6 +259,21 @@ def parse_grpc_response(response: Any) -> EmbedResult:
         )
         result.cached.append(e.cached)
     return result
+
+
+def _iter_embeddings(response: Any) -> Iterator[tuple[str, np.ndarray]]:
+    parsed = parse_grpc_response(response)
+    for rid, vector in zip(parsed.ids, parsed.embeddings, strict=True):
+        yield rid or "", vector
+
+
+async def _aiter(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
 
 
 def _grpc_error(err: Any) -> RemoteError:
@@ -631,6 +646,67 @@ class AsyncClient(_ClientBase):
         normalize: bool = False,
     ) -> np.ndarray | list[np.ndarray]:
         return (await self.embed_result(sequences, ids, output, per_residue, normalize)).array()
+
+    async def embed_stream(
+        self,
+        items: Iterable[tuple[str, str]] | AsyncIterable[tuple[str, str]],
+        *,
+        per_request: int = 64,
+        output: str | None = None,
+        per_residue: bool = False,
+        normalize: bool = False,
+    ) -> AsyncIterator[tuple[str, np.ndarray]]:
+        """Embed ``(id, sequence)`` pairs over one gRPC ``EmbedStream`` and yield ``(id, vector)`` in
+        input order, reading the input lazily (the server's flow control paces it). A bad item raises
+        :class:`RemoteError` with its index in the whole input; nothing is retried inside a stream."""
+        import grpc
+
+        from protembed.proto import embedder_pb2 as pb
+
+        if self._stub is None:
+            raise ValueError("embed_stream needs a grpc:// URL")
+        options = pb.EmbedOptions(output=output or "", per_residue=per_residue, normalize=normalize)
+        starts: dict[str, int] = {}
+
+        async def requests() -> AsyncIterator[Any]:
+            batch: list[tuple[str, str]] = []
+            sent = 0
+
+            def message() -> Any:
+                request_id = str(len(starts))
+                starts[request_id] = sent
+                return pb.EmbedStreamRequest(
+                    request_id=request_id,
+                    sequences=[pb.Sequence(id=i, sequence=s) for i, s in batch],
+                    options=options,
+                )
+
+            async for pair in _aiter(items):
+                batch.append(pair)
+                if len(batch) >= per_request:
+                    yield message()
+                    sent += len(batch)
+                    batch = []
+            if batch:
+                yield message()
+
+        call = self._stub.EmbedStream(requests(), metadata=self.metadata)
+        try:
+            async for response in call:
+                if response.WhichOneof("result") == "error":
+                    e = response.error
+                    raise RemoteError(
+                        f"{e.code}: {e.message}",
+                        grpc_code=e.code,
+                        error_type=e.type,
+                        index=starts[response.request_id] + e.index if e.index >= 0 else None,
+                    )
+                for vector_result in _iter_embeddings(response.response):
+                    yield vector_result
+        except grpc.RpcError as err:
+            raise _grpc_error(err) from None
+        finally:
+            call.cancel()
 
     async def info(self) -> dict[str, Any]:
         if self._http is not None:

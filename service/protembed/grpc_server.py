@@ -357,6 +357,7 @@ async def _follow_readiness(
             last = ready
         # Returns False once the server has terminated; True when the poll interval elapsed.
         if not await server.wait_for_termination(timeout=HEALTH_POLL_S):
+            _RUNNING.pop(id(server), None)  # stopped with server.stop(): forget it
             return
 
 

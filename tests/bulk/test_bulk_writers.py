@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from protembed.bulk import BulkOutputError, BulkWriter, Embedded, OutputMeta, format_for, read_embeddings
 
 META = OutputMeta(model="m", model_version="1", output="student", per_residue=False, dim=4)
@@ -22,8 +21,14 @@ def _records(n: int, per_residue: bool, start: int = 0) -> list[Embedded]:
     for i in range(start, start + n):
         length = 3 + i % 5
         shape = (length, 4) if per_residue else (4,)
-        out.append(Embedded(f"id/{i}" if i % 4 == 0 else f"id{i}", f"id{i} header text", length,
-                            rng.normal(size=shape).astype(np.float32)))
+        out.append(
+            Embedded(
+                f"id/{i}" if i % 4 == 0 else f"id{i}",
+                f"id{i} header text",
+                length,
+                rng.normal(size=shape).astype(np.float32),
+            )
+        )
     return out
 
 
@@ -141,5 +146,5 @@ def test_refuses_to_mix_outputs(tmp_path: Path) -> None:
 
 
 def test_unknown_suffix_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BulkOutputError, match="unknown output format '.csv'"):
+    with pytest.raises(BulkOutputError, match=r"unknown output format '\.csv'"):
         BulkWriter(tmp_path / "out.csv")

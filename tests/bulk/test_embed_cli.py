@@ -14,11 +14,10 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from protembed_testing import corpus_sequences
-
 from protembed.bulk import read_embeddings
 from protembed.client import Client
 from protembed.commands.embed import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, main
+from protembed_testing import corpus_sequences
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 LOCAL = ["--providers", "cpu", "--intra-op-threads", "1", "--inter-op-threads", "1", "--no-progress"]
@@ -82,8 +81,12 @@ def test_server_run_over_grpc_matches_the_server(
     fasta = tmp_path / "in.fasta"
     _write_fasta(fasta, corpus)
     out = tmp_path / "out.npz"
-    assert main([str(fasta), "-o", str(out), "--server", server.grpc_url, "--batch-items", "25",
-                 "--no-progress"]) == EXIT_OK
+    assert (
+        main(
+            [str(fasta), "-o", str(out), "--server", server.grpc_url, "--batch-items", "25", "--no-progress"]
+        )
+        == EXIT_OK
+    )
     got = read_embeddings(out)
     assert set(got) == set(server_vectors)
     assert all(np.array_equal(got[k], v) for k, v in server_vectors.items())
@@ -103,7 +106,10 @@ def test_per_residue_over_rest_with_a_bad_record(
 
 
 def test_on_error_fail_stops_but_keeps_what_came_before(
-    tmp_path: Path, tiny_model_dir: Path, corpus: list[tuple[str, str, str]], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    corpus: list[tuple[str, str, str]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     fasta = tmp_path / "in.fasta"
     _write_fasta(fasta, corpus[:5], extra=">x\nMK1\n" + "".join(f">{r}\n{s}\n" for r, _, s in corpus[5:8]))
@@ -115,7 +121,10 @@ def test_on_error_fail_stops_but_keeps_what_came_before(
 
 
 def test_resume_after_a_killed_run(
-    tmp_path: Path, tiny_model_dir: Path, server_vectors: dict[str, np.ndarray], corpus: list[tuple[str, str, str]]
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    server_vectors: dict[str, np.ndarray],
+    corpus: list[tuple[str, str, str]],
 ) -> None:
     """Kill a real `protembed embed` process mid-run (SIGKILL: no cleanup at all), rerun the same command,
     and every id is in the output exactly once with the right vector."""
@@ -128,9 +137,21 @@ def test_resume_after_a_killed_run(
     slow = ["--batch-items", "4", "--concurrency", "1", "--max-wait-ms", "40", "--checkpoint-every", "8"]
     env = {**os.environ, "PYTHONPATH": str(SERVICE)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "protembed.commands.embed", str(fasta), "-o", str(out),
-         "--model", str(tiny_model_dir), *LOCAL, *slow],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "protembed.commands.embed",
+            str(fasta),
+            "-o",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            *LOCAL,
+            *slow,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30

@@ -13,10 +13,9 @@ import grpc.aio
 import httpx
 import numpy as np
 import pytest
-from protembed_testing import corpus_sequences
-
 from protembed.client import AsyncClient, Client, RemoteError, RetryPolicy, split_chunks
 from protembed.proto import embedder_pb2_grpc as pb_grpc
+from protembed_testing import corpus_sequences
 
 FAST_RETRY = RetryPolicy(max_attempts=4, backoff_s=0.05, max_backoff_s=0.2)
 
@@ -95,7 +94,9 @@ class _RefusingProxy:
                     error = b'{"error": {"type": "overloaded", "message": "queue full"}}'
                     self._send(429, error, {"retry-after": retry_after, "content-type": "application/json"})
                     return
-                r = httpx.post(upstream + self.path, content=body, headers={"content-type": "application/json"})
+                r = httpx.post(
+                    upstream + self.path, content=body, headers={"content-type": "application/json"}
+                )
                 self._send(r.status_code, r.content, {"content-type": "application/json"})
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -184,3 +185,20 @@ def test_client_rejects_bad_arguments(server: Any) -> None:
             client.embed("MKV")
         with pytest.raises(ValueError, match="2 sequences but 1 ids"):
             client.embed(["MKV", "MKW"], ids=["a"])
+
+
+async def test_async_grpc_stream_yields_every_id_in_input_order(server: Any) -> None:
+    records = corpus_sequences(500, max_length=30, skip=200)
+    pairs = [(f"{n}", seq) for n, (_, _, seq) in enumerate(records)]
+    async with AsyncClient(server.grpc_url) as client:
+        streamed = [pair async for pair in client.embed_stream(iter(pairs), per_request=37)]
+        expected = await client.embed([s for _, s in pairs])
+        bad = [*pairs[:50], ("bad", "MK*V")]
+        with pytest.raises(RemoteError) as caught:
+            _ = [pair async for pair in client.embed_stream(bad, per_request=20)]
+    assert [i for i, _ in streamed] == [i for i, _ in pairs]
+    assert np.array_equal(np.stack([v for _, v in streamed]), np.asarray(expected))
+    assert caught.value.index == 50 and caught.value.error_type == "invalid_sequence"
+    async with AsyncClient(server.http_url) as rest_async:
+        with pytest.raises(ValueError, match="grpc://"):
+            _ = [pair async for pair in rest_async.embed_stream(pairs)]

@@ -9,10 +9,12 @@ PROTEMBED_* variable is a real field of protembed.settings.Settings and parses t
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import yaml
 from deploy_helpers import CHART_DIR, FULLNAME, NAMESPACE, Rendered
 from protembed.settings import Settings
 
@@ -23,6 +25,7 @@ kubernetes_validate = pytest.importorskip(
 # Chart.yaml kubeVersion floor, and the newest schema set the validator ships.
 KUBE_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
 SECRET_FIELDS = {"api_key", "redis_url"}
+JSON_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -307,9 +310,21 @@ def test_schema_settings_are_exactly_the_settings_fields() -> None:
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     settings_schema = schema["properties"]["settings"]
     assert settings_schema["additionalProperties"] is False
-    assert set(settings_schema["properties"]) == set(Settings.model_fields) - SECRET_FIELDS
+    in_schema, in_settings = set(settings_schema["properties"]), set(Settings.model_fields) - SECRET_FIELDS
+    assert in_schema == in_settings, (
+        "values.schema.json settings out of sync with protembed.settings.Settings: "
+        f"add {in_settings - in_schema}, remove {in_schema - in_settings} "
+        "(in values.schema.json and values.yaml settings)"
+    )
     for name, prop in settings_schema["properties"].items():
         assert prop["description"].startswith(f"PROTEMBED_{name.upper()}:"), name
+        annotation = Settings.model_fields[name].annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            assert [v for v in prop["enum"] if v is not None] == list(typing.get_args(annotation)), name
+        elif annotation in JSON_TYPES:
+            assert JSON_TYPES[annotation] in prop["type"], name
+    values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    assert set(values["settings"]) == in_settings, "values.yaml lists every setting (null = server default)"
 
 
 def test_changing_a_setting_rolls_the_pods(render: Callable[..., Rendered]) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from protembed.tokenizer import STANDARD_RESIDUES, encode
 from protembed_distill.config import DistillConfig, parse_config
 from protembed_distill.teachers.base import Teacher, TeacherOutput
@@ -69,11 +68,20 @@ def write_corpus(path: Path, seqs: Sequence[str], source: str = "src") -> Path:
 def tiny_config(tmp_path: Path, corpus: Path, **sections: dict[str, Any]) -> DistillConfig:
     raw: dict[str, Any] = {
         "run": {"dir": str(tmp_path / "run"), "seed": 3, "threads": 1, "embed_batch_tokens": 400},
-        "teachers": [{"name": "fake_a", "weight": 1.0}, {"name": "fake_b", "weight": 0.5, "per_residue": True}],
+        "teachers": [
+            {"name": "fake_a", "weight": 1.0},
+            {"name": "fake_b", "weight": 0.5, "per_residue": True},
+        ],
         "data": {"corpus": str(corpus), "max_length": 80, "validation_fraction": 0.2, "min_length": 5},
         "student": {"layers": 1, "d_model": 32, "heads": 4, "ffn": 64, "dropout": 0.0, "max_length": 128},
-        "optim": {"lr": 3e-3, "epochs": 3, "batch_tokens": 600, "warmup_steps": 2, "log_every_steps": 1,
-                  "patience": 0},
+        "optim": {
+            "lr": 3e-3,
+            "epochs": 3,
+            "batch_tokens": 600,
+            "warmup_steps": 2,
+            "log_every_steps": 1,
+            "patience": 0,
+        },
         "output": {"teacher_cache_dir": str(tmp_path / "cache"), "model_dir": str(tmp_path / "model")},
     }
     for key, value in sections.items():

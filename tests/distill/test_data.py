@@ -4,7 +4,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from distill_fakes import random_sequences, write_corpus
 from protembed.tokenizer import STANDARD_RESIDUES
 from protembed_distill import data as data_mod
@@ -12,7 +11,8 @@ from protembed_distill.config import DataConfig, EvalSetConfig
 from protembed_distill.data import DataError, prepare_dataset, read_eval_sequences, read_fasta, sequence_key
 
 needs_mmseqs = pytest.mark.skipif(
-    data_mod.shutil.which("mmseqs") is None, reason="mmseqs (MMseqs2) not installed: apt-get install -y mmseqs2"
+    data_mod.shutil.which("mmseqs") is None,
+    reason="mmseqs (MMseqs2) not installed: apt-get install -y mmseqs2",
 )
 
 
@@ -28,7 +28,10 @@ def test_read_fasta_normalizes_and_names_bad_records(tmp_path: Path) -> None:
     f = tmp_path / "c.fasta"
     f.write_text(">a|1\nmkta\nyiu\n\n>plain\nACDE*\n")
     recs = read_fasta(f)
-    assert [(r.source, r.id, r.sequence) for r in recs] == [("a", "1", "MKTAYIX"), ("unknown", "plain", "ACDE")]
+    assert [(r.source, r.id, r.sequence) for r in recs] == [
+        ("a", "1", "MKTAYIX"),
+        ("unknown", "plain", "ACDE"),
+    ]
     f.write_text(">a|1\nMK-TA\n")
     with pytest.raises(DataError, match=r"record 'a\|1'.*'-' at position 3"):
         read_fasta(f)
@@ -82,11 +85,15 @@ def test_subset_split_and_crop_are_deterministic(tmp_path: Path) -> None:
     base = DataConfig(corpus=corpus, max_length=100, validation_fraction=0.25, max_sequences=40)
     a = prepare_dataset(base, tmp_path / "run", log=False)
     b = prepare_dataset(base, tmp_path / "run", log=False)
-    assert [i.key for i in a.train] == [i.key for i in b.train] and [i.key for i in a.val] == [i.key for i in b.val]
+    assert [i.key for i in a.train] == [i.key for i in b.train] and [i.key for i in a.val] == [
+        i.key for i in b.val
+    ]
     assert len(a.train) + len(a.val) == 40
     assert not {i.key for i in a.train} & {i.key for i in a.val}
     assert all(len(i.sequence) <= 100 and i.key == sequence_key(i.sequence) for i in a.train + a.val)
-    assert a.stats["cropped"] == sum(1 for s in seqs if len(s) > 100 and any(s[:100] == i.sequence for i in a.train + a.val))
+    assert a.stats["cropped"] == sum(
+        1 for s in seqs if len(s) > 100 and any(s[:100] == i.sequence for i in a.train + a.val)
+    )
     bigger = prepare_dataset(base.model_copy(update={"max_sequences": 50}), tmp_path / "run", log=False)
     assert {i.key for i in a.train} <= {i.key for i in bigger.train}  # growing the subset keeps the old one
     assert {i.key for i in a.val} <= {i.key for i in bigger.val}

@@ -7,7 +7,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
 from protembed.tokenizer import batch_encode
 from protembed_distill.data import prepare_dataset
@@ -25,8 +24,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("export")
     corpus = write_corpus(tmp / "c.fasta", random_sequences(30, 10, 90, seed=8))
     teachers = {"fake_nc": FakeTeacher("fake_nc", 12, 1), "fake_b": fake_teachers()["fake_b"]}
-    cfg = tiny_config(tmp, corpus, optim={"epochs": 1},
-                      teachers=[{"name": "fake_nc"}, {"name": "fake_b", "per_residue": True}])
+    cfg = tiny_config(
+        tmp,
+        corpus,
+        optim={"epochs": 1},
+        teachers=[{"name": "fake_nc"}, {"name": "fake_b", "per_residue": True}],
+    )
     ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
     build_caches(cfg, ds.train + ds.val, loader=loader(**teachers), progress=False)
     return train(cfg, ds, echo=False).best_checkpoint
@@ -38,14 +41,22 @@ def _run(path: Path, seqs: list[str]) -> dict[str, np.ndarray]:
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     enc = batch_encode(seqs)
     names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}), strict=True))
+    return dict(
+        zip(
+            names,
+            sess.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}),
+            strict=True,
+        )
+    )
 
 
 def test_graph_runs_on_shapes_unlike_the_export_example(tmp_path: Path) -> None:
     torch.manual_seed(0)
     from protembed_distill.config import StudentConfig
 
-    model = Student(StudentConfig(layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_length=300), {"t": 5}).eval()
+    model = Student(
+        StudentConfig(layers=2, d_model=32, heads=4, ffn=64, dropout=0.0, max_length=300), {"t": 5}
+    ).eval()
     path = tmp_path / "m.onnx"
     assert export_onnx(model, path) == ["student", "teacher_t", "residue_states"]
     assert parity(model, path) <= 1e-4  # batches of 1, 3, 5, 7 rows and lengths up to 250
@@ -57,8 +68,13 @@ def test_export_writes_a_valid_artifact(checkpoint: Path, tmp_path: Path) -> Non
     from protembed.artifact import read_model_card
 
     out = tmp_path / "models" / "tiny"
-    card = export_checkpoint(checkpoint, out, model_id="tiny-student", version="0.1.0")
-    assert {f.name for f in out.iterdir()} == {"model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.json"}
+    export_checkpoint(checkpoint, out, model_id="tiny-student", version="0.1.0")
+    assert {f.name for f in out.iterdir()} == {
+        "model.onnx",
+        "model.int8.onnx",
+        "model.fp16.onnx",
+        "model.json",
+    }
     parsed = read_model_card(out)
     assert parsed.id == "tiny-student"
     files = {f.variant: f for f in parsed.files}

@@ -5,10 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
 from protembed_distill.data import Item, prepare_dataset, sequence_key
-from protembed_distill.teacher_cache import EmbeddingStore, build_caches, cache_path, embed_into, token_batches
+from protembed_distill.teacher_cache import (
+    EmbeddingStore,
+    build_caches,
+    cache_path,
+    embed_into,
+    token_batches,
+)
 
 torch.set_num_threads(1)
 
@@ -40,7 +45,9 @@ def test_cache_holds_teacher_outputs_in_float16(tmp_path: Path) -> None:
         offsets, lengths = store.residue_spans(keys)
         assert ref.per_residue is not None
         for k, (o, n) in enumerate(zip(offsets, lengths, strict=True)):
-            np.testing.assert_allclose(store.residues()[o : o + n], ref.per_residue[len(items) - 1 - k], atol=2e-3)
+            np.testing.assert_allclose(
+                store.residues()[o : o + n], ref.per_residue[len(items) - 1 - k], atol=2e-3
+            )
         assert store.meta["name"] == "t" and store.meta["dim"] == 8
         with pytest.raises(Exception, match="not cached"):
             store.per_protein([sequence_key("NOTTHERE")])
@@ -91,4 +98,8 @@ def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
 
     a = cache_path(tmp_path, TeacherConfig(name="esm2", options={"model": "x"}))
     b = cache_path(tmp_path, TeacherConfig(name="esm2", options={"model": "y"}))
-    assert a != b and a.name.startswith("esm2-") and cache_path(tmp_path, TeacherConfig(name="near")).name == "near.h5"
+    assert (
+        a != b
+        and a.name.startswith("esm2-")
+        and cache_path(tmp_path, TeacherConfig(name="near")).name == "near.h5"
+    )

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
 from protembed_distill.data import prepare_dataset
+from protembed_distill.student import Student
 from protembed_distill.teacher_cache import build_caches
 from protembed_distill.train import evaluate, load_checkpoint, load_targets, make_batches, train
-from protembed_distill.student import Student
 
 torch.set_num_threads(1)
 
@@ -70,7 +69,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path) -> 
     got = load_checkpoint(resumed.last_checkpoint)
     for k, v in ref["model"].items():
         torch.testing.assert_close(got["model"][k], v, rtol=0, atol=1e-6, msg=k)
-    assert [r["val_loss"] for r in got["state"]["history"]] == pytest.approx([r["val_loss"] for r in ref["state"]["history"]], abs=1e-6)
+    assert [r["val_loss"] for r in got["state"]["history"]] == pytest.approx(
+        [r["val_loss"] for r in ref["state"]["history"]], abs=1e-6
+    )
     kinds = [json.loads(x)["kind"] for x in (cfg_b.run.dir / "train.jsonl").read_text().splitlines()]
     assert "resume" in kinds
 
@@ -85,8 +86,12 @@ def test_resume_refuses_a_different_student(tmp_path: Path) -> None:
 
 def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
     # lr 0 cannot improve after the first epoch, so patience 1 stops at epoch 2 of 5.
-    cfg, ds = _setup(tmp_path, n=20, optim={"epochs": 5, "patience": 1, "lr": 1e-12, "warmup_steps": 0},
-                     loss={"kl": 1.0, "kl_temperature": 2.0})
+    cfg, ds = _setup(
+        tmp_path,
+        n=20,
+        optim={"epochs": 5, "patience": 1, "lr": 1e-12, "warmup_steps": 0},
+        loss={"kl": 1.0, "kl_temperature": 2.0},
+    )
     res = train(cfg, ds, echo=False)
     assert len(res.history) == 2
     kinds = [json.loads(x)["kind"] for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]

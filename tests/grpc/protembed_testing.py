@@ -1,5 +1,6 @@
-"""Test helpers shared by tests/grpc, tests/client and tests/bulk: the tiny ONNX model fixture and a real
-server (FastAPI + gRPC, as `protembed serve` runs them) in a background thread with its own event loop.
+"""Test helpers shared by tests/grpc, tests/client and tests/bulk: a real server (FastAPI + gRPC in one
+process, as `protembed serve` runs them) in a background thread with its own event loop, and corpus data.
+The tiny ONNX model comes from the ``tiny_model_dir`` fixture of tests/conftest.py.
 
 The other folders' conftest.py put this folder on sys.path and import from here.
 """
@@ -7,9 +8,7 @@ The other folders' conftest.py put this folder on sys.path and import from here.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
-import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -19,26 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-TESTS = Path(__file__).resolve().parents[1]
 DATA = Path("/work/shared/data")
 T = TypeVar("T")
-
-
-def _tiny_model_module() -> Any:
-    name = "protembed_tests_tiny_model"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, TESTS / "fixtures" / "tiny_model.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def build_tiny_model(folder: Path, **kwargs: Any) -> Path:
-    """The core's tiny ONNX model (d_model 8, outputs student/alpha/beta/residues)."""
-    return Path(_tiny_model_module().build_tiny_model(folder, **kwargs))
 
 
 def free_port() -> int:
@@ -78,7 +59,6 @@ class ServerThread:
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
-
         from protembed.http.app import create_app
 
         self.settings = settings

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from protembed_testing import corpus_sequences
-
 from protembed.client import Client
 from protembed.grpc_server import bound_port, start_grpc_server, stop_grpc_server
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 from protembed.settings import Settings
+from protembed_testing import corpus_sequences
 
 
 def _vectors(response: Any) -> list[np.ndarray]:
@@ -46,9 +45,9 @@ def test_rest_and_grpc_give_identical_vectors(server: Any, tiny_model_dir: Path)
         plain = grpc_client.embed(seqs[:1])
     assert result.ids == ids[:3] and result.model == "protembed-tiny" and result.model_version == "0.0.1"
     # and both equal the model run on each sequence alone (up to float summation order)
-    from protembed_testing import _tiny_model_module
+    from tiny_model import reference_embeddings  # tests/fixtures, on sys.path via tests/conftest.py
 
-    ref = _tiny_model_module().reference_embeddings(tiny_model_dir, seqs[0])["student"]
+    ref = reference_embeddings(tiny_model_dir, seqs[0])["student"]
     np.testing.assert_allclose(plain[0], ref, atol=1e-5)
 
 
@@ -75,14 +74,25 @@ async def test_unary_fields_and_cached_flag(server: Any) -> None:
 @pytest.mark.parametrize(
     ("sequences", "options", "error_type", "index", "fragment"),
     [
-        (["MKV", "MK1V"], {}, "invalid_sequence", "1", "item 1 (id 's1'): invalid character '1' at position 3"),
+        (
+            ["MKV", "MK1V"],
+            {},
+            "invalid_sequence",
+            "1",
+            "item 1 (id 's1'): invalid character '1' at position 3",
+        ),
         (["MKV", "M" * 65], {}, "sequence_too_long", "1", "65 residues"),
         (["MKV"], {"output": "nope"}, "invalid_request", None, "unknown output 'nope'"),
         ([], {}, "invalid_request", None, "no sequences"),
     ],
 )
 async def test_bad_input_is_invalid_argument_naming_the_item(
-    server: Any, sequences: list[str], options: dict[str, Any], error_type: str, index: str | None, fragment: str
+    server: Any,
+    sequences: list[str],
+    options: dict[str, Any],
+    error_type: str,
+    index: str | None,
+    fragment: str,
 ) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.settings.grpc_port}") as channel:
         stub = pb_grpc.EmbedderStub(channel)
@@ -100,7 +110,9 @@ async def test_bad_input_is_invalid_argument_naming_the_item(
     assert trailing.get("protembed-error-index") == index
 
 
-async def _requests(batches: list[list[tuple[str, str]]], sent: list[str]) -> AsyncIterator[pb.EmbedStreamRequest]:
+async def _requests(
+    batches: list[list[tuple[str, str]]], sent: list[str]
+) -> AsyncIterator[pb.EmbedStreamRequest]:
     for n, batch in enumerate(batches):
         sent.append(f"r{n}")
         yield pb.EmbedStreamRequest(
@@ -201,12 +213,12 @@ async def test_call_deadline_and_cancellation_reach_the_engine(server: Any) -> N
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.settings.grpc_port}") as channel:
             stub = pb_grpc.EmbedderStub(channel)
-            await stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKV")]), timeout=5)
+            await stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKV")]), timeout=30)
             with_deadline = dict(seen)
             await stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKV")]))
     finally:
         del engine.embed
-    assert 4.0 < with_deadline["deadline"] - with_deadline["now"] <= 5.0
+    assert 20.0 < with_deadline["deadline"] - with_deadline["now"] <= 30.0, with_deadline
     assert with_deadline["cancelled_now"] is False
     assert seen["deadline"] is None
 

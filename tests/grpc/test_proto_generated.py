@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("grpc_tools", reason="grpcio-tools (a dev dependency) regenerates the code")
 
-from protembed.proto import generate as gen  # noqa: E402
+from protembed.proto import generate as gen
 
 
 def test_committed_code_matches_proto(tmp_path: Path) -> None:
