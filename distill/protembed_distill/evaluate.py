@@ -18,21 +18,23 @@ also the distillation crop, so cache keys match).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from protembed import tokenizer
-from protembed_distill import probes
-from protembed_distill.probes import Interval, ProbeResult, TaskKind
+
+if TYPE_CHECKING:  # scikit-learn is imported only when probes run, so the CLI parser stays light
+    from protembed_distill.probes import Interval, ProbeResult, TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,11 @@ def load_tasks(
         for split, k in (("train", max_train), ("test", max_test)):
             seqs, labels = read_tsv(data_dir / "eval" / folder / f"{split}.tsv", columns, crop)
             keep = subsample(len(seqs), k, seed)
-            splits[split] = (len(seqs), [seqs[i] for i in keep], {c: [v[i] for i in keep] for c, v in labels.items()})
+            splits[split] = (
+                len(seqs),
+                [seqs[i] for i in keep],
+                {c: [v[i] for i in keep] for c, v in labels.items()},
+            )
         for spec in specs:
             parts: dict[str, Split] = {}
             sizes: dict[str, int] = {}
@@ -244,7 +250,9 @@ class OnnxStudent:
         limit = self.card.max_length
         for i, s in enumerate(sequences):
             if len(s) > limit:
-                raise ValueError(f"sequence {i} has {len(s)} residues; the model takes at most {limit} (crop first)")
+                raise ValueError(
+                    f"sequence {i} has {len(s)} residues; the model takes at most {limit} (crop first)"
+                )
         per_item: dict[str, list[np.ndarray]] = {o: [np.empty(0)] * len(sequences) for o in outputs}
         for batch in token_batches([len(s) for s in sequences], batch_tokens):
             enc = tokenizer.batch_encode([sequences[i] for i in batch])
@@ -276,7 +284,9 @@ def student_features(
         label = (f"head:{spec.space.split(':', 1)[1]}" if is_head else "student") + suffix
         matrix = values[onnx_name]
         assert isinstance(matrix, np.ndarray)
-        sets.append(FeatureSet(label, "head" if is_head else "student", matrix, seconds, f"ONNX Runtime {variant}"))
+        sets.append(
+            FeatureSet(label, "head" if is_head else "student", matrix, seconds, f"ONNX Runtime {variant}")
+        )
     return sets
 
 
@@ -323,7 +333,9 @@ def teacher_features(
     start = time.perf_counter()
     found = _lookup_cached([main, side], keys)
     hits = sum(k in found for k in keys)
-    missing = [Item(f"eval|{k[:16]}", "eval", s, k) for s, k in zip(sequences, keys, strict=True) if k not in found]
+    missing = [
+        Item(f"eval|{k[:16]}", "eval", s, k) for s, k in zip(sequences, keys, strict=True) if k not in found
+    ]
     missing = list({it.key: it for it in missing}.values())
     if missing:
         target = main
@@ -331,10 +343,19 @@ def teacher_features(
             with EmbeddingStore(main, mode="r") as store:
                 if store.initialized and store.has_residues:
                     target = side
-        log.info("%s: %d of %d sequences cached; embedding %d -> %s", spec.name, hits, len(keys), len(missing), target)
+        log.info(
+            "%s: %d of %d sequences cached; embedding %d -> %s",
+            spec.name,
+            hits,
+            len(keys),
+            len(missing),
+            target,
+        )
         teacher = spec.load()
         with EmbeddingStore(target) as store:
-            embed_into(teacher, missing, store, per_residue=False, batch_tokens=batch_tokens, progress=progress)
+            embed_into(
+                teacher, missing, store, per_residue=False, batch_tokens=batch_tokens, progress=progress
+            )
         found.update(_lookup_cached([target], [it.key for it in missing]))
     matrix = np.stack([found[k] for k in keys]).astype(np.float32)
     note = f"{hits} of {len(keys)} from cache ({main.parent})"
@@ -354,6 +375,8 @@ def _retention(
     data: TaskData, y_test: np.ndarray, results: dict[str, ProbeResult], boot_idx: np.ndarray
 ) -> tuple[str | None, dict[str, dict[str, Any]]]:
     """Every non-teacher model against the best teacher, and each head against its own teacher."""
+    from protembed_distill import probes
+
     primary = data.spec.metrics[0]
     teachers = {n: r for n, r in results.items() if n.startswith("teacher:")}
     if not teachers:
@@ -373,15 +396,13 @@ def _retention(
         if name.startswith("head:"):
             own = "teacher:" + name.split(":")[1]
             if own in teachers:
-                try:
+                with contextlib.suppress(ValueError):  # that teacher scored <= 0
                     entry["vs_own_teacher"] = {
                         "teacher": own,
                         **probes.paired_ratio_interval(
                             y_test, res.predictions, teachers[own].predictions, primary, boot_idx
                         ).to_dict(),
                     }
-                except ValueError:
-                    pass
         out[name] = entry
     return best, out
 
@@ -389,6 +410,8 @@ def _retention(
 def probe_task(
     data: TaskData, features: Sequence[FeatureSet], row_of: dict[str, int], cfg: EvalConfig
 ) -> TaskOutcome:
+    from protembed_distill import probes
+
     y_train, y_test, _ = probes.encode_labels(data.train.labels, data.test.labels)
     train_rows = np.array([row_of[s] for s in data.train.sequences])
     test_rows = np.array([row_of[s] for s in data.test.sequences])
@@ -409,8 +432,14 @@ def probe_task(
             seed=cfg.seed,
         )
         point = results[fs.name].metrics[data.spec.metrics[0]].point
-        log.info("%s / %s: %s %.3f (%.1fs)", data.spec.name, fs.name, data.spec.metrics[0], point,
-                 time.perf_counter() - start)
+        log.info(
+            "%s / %s: %s %.3f (%.1fs)",
+            data.spec.name,
+            fs.name,
+            data.spec.metrics[0],
+            point,
+            time.perf_counter() - start,
+        )
     best, retention = _retention(data, y_test, results, boot_idx)
     return TaskOutcome(data, results, retention, best)
 
@@ -427,8 +456,12 @@ def _window_onehot(seq: str, half: int) -> np.ndarray:
     return out.reshape(len(seq), -1)
 
 
-def _chain_bootstrap(correct: np.ndarray, chain: np.ndarray, n_chains: int, resamples: int, seed: int) -> Interval:
+def _chain_bootstrap(
+    correct: np.ndarray, chain: np.ndarray, n_chains: int, resamples: int, seed: int
+) -> Interval:
     """Q3 with a bootstrap over chains (residues of one chain are not independent)."""
+    from protembed_distill import probes
+
     hits = np.bincount(chain, weights=correct.astype(np.float64), minlength=n_chains)
     sizes = np.bincount(chain, minlength=n_chains).astype(np.float64)
     idx = probes.bootstrap_indices(n_chains, resamples, seed)
@@ -438,6 +471,8 @@ def _chain_bootstrap(correct: np.ndarray, chain: np.ndarray, n_chains: int, resa
 
 def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
     """Per-residue Q3 of a linear probe on the student's residue states, against a one-hot window."""
+    from protembed_distill import probes
+
     path = cfg.data_dir / "eval" / "secondary_structure" / "sampled.tsv"
     seqs, cols = read_tsv(path, ["dssp3", "set"], crop)
     labels = [lab[:crop] for lab in cols["dssp3"]]
@@ -473,7 +508,9 @@ def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
             f["train"][keep], ys["train"][keep], f["test"], ys["test"], "classification",
             metrics=("accuracy",), boot_idx=dummy_idx, folds=min(cfg.folds, 3), seed=cfg.seed,
         )  # fmt: skip
-        q3 = _chain_bootstrap(res.predictions == ys["test"], chains["test"], len(chosen["test"]), cfg.resamples, cfg.seed)
+        q3 = _chain_bootstrap(
+            res.predictions == ys["test"], chains["test"], len(chosen["test"]), cfg.resamples, cfg.seed
+        )
         res = replace(res, metrics={"q3": q3})
         results[name] = res.to_dict()
     return {
@@ -481,8 +518,8 @@ def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
         "chains": {k: len(v) for k, v in chosen.items()},
         "residues": {"train_used": len(keep), "train_available": len(ys["train"]), "test": len(ys["test"])},
         "results": results,
-        "note": "these chains are in the distillation corpus (source flip_ss): a check of per-residue output, "
-        "not a retention claim",
+        "note": "these chains are in the distillation corpus (source flip_ss): a check of per-residue "
+        "output, not a retention claim",
     }
 
 
@@ -490,6 +527,7 @@ def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
 def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """Embed, probe and compare; returns the report body (without command/machine, added by the caller)."""
     from protembed.artifact import read_model_card
+    from protembed_distill import probes
 
     card = read_model_card(cfg.model_dir)
     crop = cfg.crop or card.max_length
@@ -499,12 +537,25 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     unique = list(dict.fromkeys(s for t in tasks.values() for s in (*t.train.sequences, *t.test.sequences)))
     row_of = {s: i for i, s in enumerate(unique)}
     residues = sum(len(s) for s in unique)
-    log.info("evaluation: %d tasks, %d unique sequences, %d residues (crop %d)", len(tasks), len(unique), residues, crop)
+    log.info(
+        "evaluation: %d tasks, %d unique sequences, %d residues (crop %d)",
+        len(tasks),
+        len(unique),
+        residues,
+        crop,
+    )
 
     features: list[FeatureSet] = []
     start = time.perf_counter()
-    features.append(FeatureSet("composition", "baseline", probes.composition_features(unique),
-                               time.perf_counter() - start, "20 amino-acid frequencies + log length"))
+    features.append(
+        FeatureSet(
+            "composition",
+            "baseline",
+            probes.composition_features(unique),
+            time.perf_counter() - start,
+            "20 amino-acid frequencies + log length",
+        )
+    )
     variants = ["fp32"] + (["int8"] if cfg.int8 and card.file("int8") is not None else [])
     for variant in variants:
         features.extend(student_features(cfg.model_dir, variant, unique, cfg.threads, cfg.batch_tokens))
@@ -515,20 +566,32 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
 
     outcomes = {name: probe_task(data, features, row_of, cfg) for name, data in tasks.items()}
     report: dict[str, Any] = {
-        "model": {"folder": str(cfg.model_dir), "id": card.id, "version": card.version,
-                  "variants": variants},
+        "model": {"folder": str(cfg.model_dir), "id": card.id, "version": card.version, "variants": variants},
         "settings": {
-            "tasks": list(tasks), "max_train": cfg.max_train, "max_test": cfg.max_test, "crop": crop,
-            "seed": cfg.seed, "cv_folds": cfg.folds, "bootstrap_resamples": cfg.resamples,
-            "threads": cfg.threads, "teachers": [t.name for t in cfg.teachers],
+            "tasks": list(tasks),
+            "max_train": cfg.max_train,
+            "max_test": cfg.max_test,
+            "crop": crop,
+            "seed": cfg.seed,
+            "cv_folds": cfg.folds,
+            "bootstrap_resamples": cfg.resamples,
+            "threads": cfg.threads,
+            "teachers": [t.name for t in cfg.teachers],
             "teacher_cache_dir": str(cfg.cache_dir),
             "probe": "StandardScaler + LogisticRegression(lbfgs), C by stratified K-fold CV on train; "
             f"grid {list(probes.DEFAULT_C_GRID)}",
         },
         "unique_sequences": len(unique),
         "unique_residues": residues,
-        "models": {fs.name: {"group": fs.group, "dim": int(fs.matrix.shape[1]), "seconds": round(fs.seconds, 3),
-                             "note": fs.note} for fs in features},
+        "models": {
+            fs.name: {
+                "group": fs.group,
+                "dim": int(fs.matrix.shape[1]),
+                "seconds": round(fs.seconds, 3),
+                "note": fs.note,
+            }
+            for fs in features
+        },
         "tasks": {
             name: {
                 "metric": o.data.spec.metrics[0],
@@ -548,7 +611,9 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         name: o.retention["student"]["point"] for name, o in outcomes.items() if "student" in o.retention
     }
     report["retention_int8"] = {
-        name: o.retention["student:int8"]["point"] for name, o in outcomes.items() if "student:int8" in o.retention
+        name: o.retention["student:int8"]["point"]
+        for name, o in outcomes.items()
+        if "student:int8" in o.retention
     }
     if cfg.secondary_structure:
         report["secondary_structure"] = secondary_structure(cfg, crop)
@@ -560,15 +625,16 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
 
     s = report["settings"]
     lines = [head]
+    m = report["model"]
     lines += [
-        f"Model `{report['model']['id']}` {report['model']['version']} ({report['model']['folder']}), variants "
-        f"{', '.join(report['model']['variants'])}. Teachers: {', '.join(s['teachers']) or 'none'}.",
+        f"Model `{m['id']}` {m['version']} ({m['folder']}), variants {', '.join(m['variants'])}. "
+        f"Teachers: {', '.join(s['teachers']) or 'none'}.",
         "",
         f"Linear probes: {s['probe']}; {s['cv_folds']}-fold CV; test scores with 95% bootstrap intervals "
-        f"({s['bootstrap_resamples']} resamples, seed {s['seed']}). Sequences cropped to {s['crop']} residues "
-        f"for every model. Subsets: at most {s['max_train'] or 'all'} train / {s['max_test'] or 'all'} test "
-        f"sequences per set (seeded, the same for every model); {report['unique_sequences']} unique sequences, "
-        f"{report['unique_residues']} residues.",
+        f"({s['bootstrap_resamples']} resamples, seed {s['seed']}). Sequences cropped to {s['crop']} "
+        f"residues for every model. Subsets: at most {s['max_train'] or 'all'} train / "
+        f"{s['max_test'] or 'all'} test sequences per set (seeded, the same for every model); "
+        f"{report['unique_sequences']} unique sequences, {report['unique_residues']} residues.",
         "",
         "## Retention (student score / best teacher score, paired bootstrap interval)",
         "",
@@ -578,15 +644,26 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
         for model in ("student", "student:int8"):
             r = t["retention"].get(model)
             if r:
-                rows.append([name, model, t["metric"], t["best_teacher"] or "—",
-                             f"{fmt(r['point'])} [{fmt(r['low'])}, {fmt(r['high'])}]"])
-    lines += [table(["set", "model", "metric", "best teacher", "retention"], rows) if rows else "No teachers.", ""]
+                rows.append(
+                    [
+                        name,
+                        model,
+                        t["metric"],
+                        t["best_teacher"] or "—",
+                        f"{fmt(r['point'])} [{fmt(r['low'])}, {fmt(r['high'])}]",
+                    ]
+                )
+    lines += [
+        table(["set", "model", "metric", "best teacher", "retention"], rows) if rows else "No teachers.",
+        "",
+    ]
     for name, t in report["tasks"].items():
         sz = t["sizes"]
         lines += [
             f"## {name} (`{t['label']}`, {t['classes']} classes; train {sz['train_used']} of "
             f"{sz['train_available']}, test {sz['test_used']} of {sz['test_available']}"
-            + (f"; rows labelled {t['excluded_labels']} excluded" if t["excluded_labels"] else "") + ")",
+            + (f"; rows labelled {t['excluded_labels']} excluded" if t["excluded_labels"] else "")
+            + ")",
             "",
         ]
         rows = []
@@ -597,7 +674,9 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
                 cells.append(f"{fmt(m['point'])} [{fmt(m['low'])}, {fmt(m['high'])}]")
             ret = t["retention"].get(model)
             cells.append(fmt(ret["point"]) if ret else "—")
-            cells.append(f"{r['regularisation']:g}" + (" (grid edge)" if r["regularisation_at_grid_edge"] else ""))
+            cells.append(
+                f"{r['regularisation']:g}" + (" (grid edge)" if r["regularisation_at_grid_edge"] else "")
+            )
             rows.append(cells)
         lines += [table(["model", *t["metrics"], "vs best teacher", "C"], rows), ""]
     ss = report.get("secondary_structure")
@@ -607,15 +686,26 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
             "",
             f"{ss['metric']}; chains {ss['chains']}, residues {ss['residues']}. {ss['note']}.",
             "",
-            table(["features", "Q3"], [[n, f"{fmt(r['metrics']['q3']['point'])} [{fmt(r['metrics']['q3']['low'])}, "
-                                          f"{fmt(r['metrics']['q3']['high'])}]"] for n, r in ss["results"].items()]),
+            table(
+                ["features", "Q3"],
+                [
+                    [
+                        n,
+                        f"{fmt(r['metrics']['q3']['point'])} [{fmt(r['metrics']['q3']['low'])}, "
+                        f"{fmt(r['metrics']['q3']['high'])}]",
+                    ]
+                    for n, r in ss["results"].items()
+                ],
+            ),
             "",
         ]
-    lines += ["## Models", "",
-              table(["model", "dim", "embedding seconds", "source"],
-                    [[n, str(m["dim"]), fmt(m["seconds"], 1), m["note"]] for n, m in report["models"].items()]),
-              ""]
+    lines += [
+        "## Models",
+        "",
+        table(
+            ["model", "dim", "embedding seconds", "source"],
+            [[n, str(m["dim"]), fmt(m["seconds"], 1), m["note"]] for n, m in report["models"].items()],
+        ),
+        "",
+    ]
     return "\n".join(lines)
-
-
-ProgressLog = Callable[[str], None]

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from protembed.tokenizer import STANDARD_RESIDUES
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
+
+from protembed.tokenizer import STANDARD_RESIDUES
 
 TaskKind = Literal["classification", "regression"]
 
@@ -223,7 +224,9 @@ def run_probe(
     """
     metrics = tuple(metrics or (CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS))
     if x_train.ndim != 2 or x_test.ndim != 2 or x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"features must be 2-D with equal widths (train {x_train.shape}, test {x_test.shape})")
+        raise ValueError(
+            f"features must be 2-D with equal widths (train {x_train.shape}, test {x_test.shape})"
+        )
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise ValueError("features and labels differ in length")
     if boot_idx.ndim != 2 or boot_idx.shape[1] != len(y_test):

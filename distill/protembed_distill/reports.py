@@ -30,8 +30,18 @@ SUMMARY_KEYS = {
     "padding_ratio_fifo": "bench_serve",
     "cache_hit_speedup": "bench_serve",
 }
-_VERSIONED = ("onnxruntime-gpu", "onnxruntime", "torch", "numpy", "scikit-learn", "transformers", "httpx",
-              "grpcio", "fastapi", "uvicorn")
+_VERSIONED = (
+    "onnxruntime-gpu",
+    "onnxruntime",
+    "torch",
+    "numpy",
+    "scikit-learn",
+    "transformers",
+    "httpx",
+    "grpcio",
+    "fastapi",
+    "uvicorn",
+)
 
 
 def invocation(argv: list[str] | None = None) -> str:

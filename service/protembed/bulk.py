@@ -341,7 +341,11 @@ class BulkWriter:
         self._buffer_bytes = 0
         self._last_checkpoint = clock()
         self._meta: OutputMeta | None = None
-        self._tmp.unlink(missing_ok=True)  # left by a run killed while merging; the parts are still there
+        # Left by a run killed while merging (the parts are still there) or while checkpointing.
+        self._tmp.unlink(missing_ok=True)
+        if self.parts_dir.is_dir():
+            for stale in self.parts_dir.glob("tmp-*.npz"):
+                stale.unlink()
         self._existing_meta = self._read_existing_meta()
 
     # -- what is already done
@@ -413,7 +417,7 @@ class BulkWriter:
         parts = self._part_files()
         number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 1
         target = self.parts_dir / f"part-{number:06d}.npz"
-        tmp = self.parts_dir / f"part-{number:06d}.tmp.npz"
+        tmp = self.parts_dir / f"tmp-{number:06d}.npz"  # np.savez insists on .npz; not a part- name
         np.savez(
             tmp,
             ids=np.array([r.id for r in self._buffer], dtype=np.str_),

@@ -84,6 +84,11 @@ class SequenceTooLongError(ProtembedError):
             "split it, or run the server with long_sequences=chunk"
         )
 
+    def to_dict(self) -> dict[str, object]:
+        d = super().to_dict()
+        d.update({"index": self.index, "id": self.item_id, "length": self.length, "max_length": self.max_length})
+        return d
+
 
 class RequestTooLargeError(ProtembedError):
     """Too many items, residues or bytes in one request."""

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         default=16 * 2**20, gt=0, description="Largest gRPC message accepted or sent, in bytes."
     )
+    max_stream_in_flight: int = Field(
+        default=1024,
+        gt=0,
+        description="Most sequences in flight per gRPC stream; the server stops reading the stream at this bound.",
+    )
     max_body_bytes: int = Field(
         default=8 * 2**20, gt=0, description="Largest HTTP request body, in bytes; larger bodies get 413."
     )

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from protembed.bulk import BulkOutputError, BulkWriter, Embedded, OutputMeta, format_for, read_embeddings
 
 META = OutputMeta(model="m", model_version="1", output="student", per_residue=False, dim=4)
@@ -126,9 +127,11 @@ def test_a_run_killed_while_merging_leaves_the_output_intact(tmp_path: Path) -> 
         writer.add(rec)
     writer.checkpoint()
     (tmp_path / "out.h5.tmp").write_bytes(b"half a merge")  # what a kill during the merge leaves
+    half_part = tmp_path / "out.h5.parts" / "tmp-000002.npz"
+    half_part.write_bytes(b"half a checkpoint")  # ... and a kill during a checkpoint
     assert path.read_bytes() == before
-    resumed = BulkWriter(path)  # removes the stale temporary file, keeps the parts
-    assert not (tmp_path / "out.h5.tmp").exists()
+    resumed = BulkWriter(path)  # removes the stale temporary files, keeps the parts
+    assert not (tmp_path / "out.h5.tmp").exists() and not half_part.exists()
     assert len(resumed.done_ids()) == 5
     resumed.finish()
     assert len(read_embeddings(path)) == 5

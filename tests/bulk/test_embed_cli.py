@@ -14,10 +14,11 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
+from protembed_testing import corpus_sequences
+
 from protembed.bulk import read_embeddings
 from protembed.client import Client
 from protembed.commands.embed import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, main
-from protembed_testing import corpus_sequences
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 LOCAL = ["--providers", "cpu", "--intra-op-threads", "1", "--inter-op-threads", "1", "--no-progress"]

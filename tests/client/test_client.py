@@ -13,9 +13,10 @@ import grpc.aio
 import httpx
 import numpy as np
 import pytest
+from protembed_testing import corpus_sequences
+
 from protembed.client import AsyncClient, Client, RemoteError, RetryPolicy, split_chunks
 from protembed.proto import embedder_pb2_grpc as pb_grpc
-from protembed_testing import corpus_sequences
 
 FAST_RETRY = RetryPolicy(max_attempts=4, backoff_s=0.05, max_backoff_s=0.2)
 

@@ -59,6 +59,7 @@ class ServerThread:
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
+
         from protembed.http.app import create_app
 
         self.settings = settings

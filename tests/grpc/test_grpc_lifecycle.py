@@ -14,9 +14,10 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from protembed_testing import make_settings, running_server
+
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
-from protembed_testing import make_settings, running_server
 
 HOLD_S = 1.5
 

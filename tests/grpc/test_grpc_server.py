@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from protembed_testing import corpus_sequences
+
 from protembed.client import Client
 from protembed.grpc_server import bound_port, start_grpc_server, stop_grpc_server
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 from protembed.settings import Settings
-from protembed_testing import corpus_sequences
 
 
 def _vectors(response: Any) -> list[np.ndarray]:
@@ -218,7 +219,8 @@ async def test_call_deadline_and_cancellation_reach_the_engine(server: Any) -> N
             await stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKV")]))
     finally:
         del engine.embed
-    assert 20.0 < with_deadline["deadline"] - with_deadline["now"] <= 30.0, with_deadline
+    # grpc rounds the deadline on the wire (up to ~0.1 s late); the engine gets it on its own clock
+    assert 29.0 < with_deadline["deadline"] - with_deadline["now"] <= 30.5, with_deadline
     assert with_deadline["cancelled_now"] is False
     assert seen["deadline"] is None
 

@@ -1,18 +1,18 @@
 """``protembed embed INPUT.fasta -o OUT.h5``: bulk embedding of a FASTA file.
 
-Vectors come from the model in this process (the same Engine the server runs) or, with ``--server``,
-from a running server over REST (``http://``) or gRPC (``grpc://``). The FASTA file is read lazily and
-the output written incrementally in crash-safe checkpoints (see :mod:`protembed.bulk`), so memory stays
+Vectors come from the model in this process (the same engine the server runs) or, with --server, from a
+running server over REST (http://) or gRPC (grpc://). The FASTA file is read lazily and the output is
+written incrementally in crash-safe checkpoints (OUT.parts/, merged into OUT at the end), so memory stays
 bounded and an interrupted run resumes where it stopped: ids already in the output are skipped.
 
-Bad records — an empty or duplicate id, characters that are not residues, a sequence the model refuses
-(e.g. too long) — are reported on stderr with their record number. With ``--on-error skip`` (default) the
-rest of the file is embedded and the exit status is 2 when anything was skipped; with
-``--on-error fail`` the run stops at the first bad record with exit status 1 (what was embedded before
-it is kept, so a rerun after fixing the file resumes).
+Bad records (an empty or duplicate id, characters that are not residues, a sequence the model refuses,
+e.g. too long) are reported on stderr with their record number. With --on-error skip (default) the rest
+of the file is embedded and the exit status is 3 when anything was skipped; with --on-error fail the run
+stops at the first bad record with exit status 1 (what was embedded before it is kept, so a rerun after
+fixing the file resumes).
 
-Exit status: 0 every record is in the output; 2 finished, but some records were skipped (listed on
-stderr); 1 stopped early (an error, or ``--on-error fail``).
+Exit status: 0 every record is in the output; 3 finished, but some records were skipped (listed on
+stderr); 1 stopped early (an error, or --on-error fail); 2 bad command-line arguments.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
 
 # Settings of the in-process engine that make sense for a bulk run (the rest are server-only).
 _LOCAL_SETTINGS = [
@@ -87,7 +87,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--on-error",
         choices=("skip", "fail"),
         default="skip",
-        help="bad records: report and skip them (exit status 2 at the end), or stop at the first "
+        help="bad records: report and skip them (exit status 3 at the end), or stop at the first "
         "(exit status 1) [default: skip]",
     )
     parser.add_argument("--batch-items", type=int, default=64, help="sequences per request [default: 64]")

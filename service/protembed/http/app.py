@@ -215,7 +215,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             yield
         finally:
             if grpc_server is not None:
-                await grpc_server.stop(grace=5)
+                from protembed.grpc_server import stop_grpc_server
+
+                # Health flips to NOT_SERVING first, so a load balancer stops routing during the grace period.
+                await stop_grpc_server(grpc_server, grace=5)
             await eng.stop()
 
     app = FastAPI(
