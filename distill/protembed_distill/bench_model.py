@@ -55,6 +55,7 @@ class BenchConfig:
     max_repeats: int = 20
     int8: bool = True
     timeout_s: float = 1800.0
+    rounds: int = 1
     teacher_options: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
@@ -87,7 +88,9 @@ def model_specs(cfg: BenchConfig, available_variants: Sequence[str]) -> list[Mod
     specs = []
     for text in cfg.teachers:
         t = parse_teacher(text)
-        specs.append(ModelSpec(f"teacher:{t.name}", "teacher", text, dict(cfg.teacher_options.get(t.name, {}))))
+        specs.append(
+            ModelSpec(f"teacher:{t.name}", "teacher", text, dict(cfg.teacher_options.get(t.name, {})))
+        )
     if cfg.checkpoint is not None:
         specs.append(ModelSpec("student:torch", "torch_student", checkpoint=str(cfg.checkpoint)))
     specs.append(ModelSpec("student", "onnx", model_dir=str(cfg.model_dir), variant="fp32"))
@@ -161,7 +164,9 @@ def worker(spec_path: Path, out_path: Path) -> None:
     embed = _embedder(spec, threads)
     load_seconds = time.perf_counter() - start
     rss_loaded = _status_mb("VmRSS")
-    batches = [[sequences[i] for i in b] for b in token_batches([len(s) for s in sequences], job["batch_tokens"])]
+    batches = [
+        [sequences[i] for i in b] for b in token_batches([len(s) for s in sequences], job["batch_tokens"])
+    ]
     embed(batches[0])  # warm-up: lazy initialisation, allocator growth
     residues = sum(len(s) for s in sequences)
     passes = 0
@@ -219,8 +224,14 @@ def measure(spec: ModelSpec, sequences: list[str], cfg: BenchConfig, work: Path)
     spec_path.write_text(json.dumps(job))
     cmd = [sys.executable, "-m", "protembed_distill.bench_model", "worker", str(spec_path), str(out_path)]
     try:
-        proc = subprocess.run(cmd, env=_child_env(cfg.threads), capture_output=True, text=True,
-                              timeout=cfg.timeout_s, check=False)  # fmt: skip
+        proc = subprocess.run(
+            cmd,
+            env=_child_env(cfg.threads),
+            capture_output=True,
+            text=True,
+            timeout=cfg.timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"name": spec.name, "kind": spec.kind, "error": f"timed out after {cfg.timeout_s:.0f}s"}
     if proc.returncode != 0 or not out_path.is_file():
@@ -256,22 +267,44 @@ def run_bench(cfg: BenchConfig, work: Path, log: Callable[[str], None] = print) 
     sequences = sample_sequences(cfg.corpus, cfg.sequences, cfg.seed, crop)
     specs = model_specs(cfg, [f.variant for f in card.files])
     results: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        log(f"bench model: measuring {spec.name} ...")
-        results[spec.name] = r = measure(spec, sequences, cfg, work)
-        if "error" in r:
-            log(f"bench model: {spec.name} FAILED: {r['error']}")
-        else:
-            log(f"bench model: {spec.name}: {r['residues_per_s']:.0f} residues/s, peak RSS {r['peak_rss_mb']:.0f} MiB")
+    # Rounds interleave the models (A B C, A B C, ...) and keep each one's fastest round: on a shared
+    # machine a burst of someone else's load then slows one round, not one model.
+    for round_no in range(cfg.rounds):
+        for spec in specs:
+            log(f"bench model: measuring {spec.name} (round {round_no + 1} of {cfg.rounds}) ...")
+            r = measure(spec, sequences, cfg, work)
+            if "error" in r:
+                log(f"bench model: {spec.name} FAILED: {r['error']}")
+                results[spec.name] = r
+                continue
+            log(
+                f"bench model: {spec.name}: {r['residues_per_s']:.0f} residues/s, "
+                f"peak RSS {r['peak_rss_mb']:.0f} MiB"
+            )
+            best = results.get(spec.name)
+            rounds = (
+                [*best.get("rounds_residues_per_s", []), r["residues_per_s"]]
+                if best
+                else [r["residues_per_s"]]
+            )
+            if best is None or "error" in best or r["residues_per_s"] > best["residues_per_s"]:
+                best = r
+            results[spec.name] = {**best, "rounds_residues_per_s": rounds}
     return {
         "model": {"folder": str(cfg.model_dir), "id": card.id, "version": card.version},
         "settings": {
-            "corpus": str(cfg.corpus), "seed": cfg.seed, "crop": crop, "threads": cfg.threads,
-            "batch_tokens": cfg.batch_tokens, "min_seconds": cfg.min_seconds, "max_repeats": cfg.max_repeats,
+            "corpus": str(cfg.corpus),
+            "seed": cfg.seed,
+            "crop": crop,
+            "threads": cfg.threads,
+            "batch_tokens": cfg.batch_tokens,
+            "rounds": cfg.rounds,
+            "min_seconds": cfg.min_seconds,
+            "max_repeats": cfg.max_repeats,
             "batching": "length-sorted, (rows x longest) <= batch_tokens; one warm-up batch per model",
             "memory": "peak RSS (VmHWM) of a fresh subprocess per model; delta = peak - RSS after importing "
             "the runtime, before loading the model",
-        },  # fmt: skip
+        },
         "set": length_stats(sequences),
         "results": results,
         "ratios": ratios(results),
@@ -284,9 +317,10 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
     s, st = report["settings"], report["set"]
     lines = [
         head,
-        f"Model `{report['model']['id']}` {report['model']['version']}. Set: {st['sequences']} corpus sequences "
-        f"(seed {s['seed']}, cropped to {s['crop']}), {st['residues']} residues, length min {st['min']} / "
-        f"median {st['median']} / mean {st['mean']} / max {st['max']}. Threads: {s['threads']} for every model. "
+        f"Model `{report['model']['id']}` {report['model']['version']}. Set: {st['sequences']} corpus "
+        f"sequences (seed {s['seed']}, cropped to {s['crop']}), {st['residues']} residues, length min "
+        f"{st['min']} / median {st['median']} / mean {st['mean']} / max {st['max']}. Threads: "
+        f"{s['threads']} for every model; {s['rounds']} interleaved round(s), the fastest kept. "
         f"Batching: {s['batching']}. Memory: {s['memory']}.",
         "",
         "## Throughput",
@@ -297,21 +331,41 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
         if "error" in r:
             rows.append([name, "failed: " + r["error"], "", "", "", "", ""])
             continue
-        rows.append([
-            name, fmt(r["sequences_per_s"], 1), f"{r['residues_per_s']:.0f}", f"{r['peak_rss_mb']:.0f}",
-            f"{r['peak_delta_mb']:.0f}", fmt(r["load_seconds"], 2), str(r["passes"]),
-        ])  # fmt: skip
-    lines += [table(["model", "sequences/s", "residues/s", "peak RSS MiB", "model RSS delta MiB", "load s",
-                     "passes"], rows), ""]  # fmt: skip
+        rows.append(
+            [
+                name,
+                fmt(r["sequences_per_s"], 1),
+                f"{r['residues_per_s']:.0f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['peak_delta_mb']:.0f}",
+                fmt(r["load_seconds"], 2),
+                str(r["passes"]),
+            ]
+        )
+    lines += [
+        table(
+            ["model", "sequences/s", "residues/s", "peak RSS MiB", "model RSS delta MiB", "load s", "passes"],
+            rows,
+        ),
+        "",
+    ]
     rat = report["ratios"]
-    teachers = [n for n in report["results"] if n.startswith("teacher:") and "error" not in report["results"][n]]
+    teachers = [
+        n for n in report["results"] if n.startswith("teacher:") and "error" not in report["results"][n]
+    ]
     students = [n for n in rat if n != "teachers_combined_residues_per_s"]
     if teachers and students:
         cols = [*teachers, "teachers_combined"]
         lines += ["## Speed-up (student residues/s over teacher residues/s)", ""]
-        lines += [table(["student", *cols], [[s, *(fmt(rat[s].get(c), 1) + "x" for c in cols)] for s in students])]
-        lines += ["", f"Teachers combined: {fmt(rat.get('teachers_combined_residues_per_s'), 0)} residues/s "
-                  "(the set's residues over the summed time of every teacher).", ""]  # fmt: skip
+        lines += [
+            table(["student", *cols], [[s, *(fmt(rat[s].get(c), 1) + "x" for c in cols)] for s in students])
+        ]
+        lines += [
+            "",
+            f"Teachers combined: {fmt(rat.get('teachers_combined_residues_per_s'), 0)} residues/s "
+            "(the set's residues over the summed time of every teacher).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -320,7 +374,9 @@ def summary_values(report: dict[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "teachers_combined" in rat:
         values["speedup_vs_teachers"] = rat["teachers_combined"]
-        values["speedup_vs_each_teacher"] = {k.split(":", 1)[1]: v for k, v in rat.items() if k.startswith("teacher:")}
+        values["speedup_vs_each_teacher"] = {
+            k.split(":", 1)[1]: v for k, v in rat.items() if k.startswith("teacher:")
+        }
     return values
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from protembed.errors import InvalidSequenceError
 from protembed.tokenizer import normalize
-
 from protembed_distill.config import DataConfig, EvalSetConfig
 
 __all__ = [
@@ -72,6 +71,7 @@ class Dataset:
     train: list[Item]
     val: list[Item]
     stats: dict[str, object]
+    ranked: list[Item]  # train + val in subset-rank order: embed in this order so a partial cache is a prefix
 
 
 csv.field_size_limit(sys.maxsize)
@@ -237,7 +237,9 @@ def _dedupe_key(cfg: DataConfig) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _kept_records(cfg: DataConfig, run_dir: Path, threads: int, log: bool) -> tuple[list[FastaRecord], dict]:
+def _kept_records(
+    cfg: DataConfig, run_dir: Path, threads: int, log: bool, shared_cache: Path | None
+) -> tuple[list[FastaRecord], dict]:
     """Corpus records that survive length/source filters and the eval-overlap filter (cached)."""
     records = read_fasta(cfg.corpus)
     if not records:
@@ -251,6 +253,10 @@ def _kept_records(cfg: DataConfig, run_dir: Path, threads: int, log: bool) -> tu
 
     cache_dir = run_dir / "data"
     cache_file = cache_dir / f"dedupe-{_dedupe_key(cfg)}.json"
+    shared_file = shared_cache / cache_file.name if shared_cache is not None else None
+    if not cache_file.is_file() and shared_file is not None and shared_file.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shared_file, cache_file)  # same inputs, same answer: reuse another run's search
     if cache_file.is_file():
         cached = json.loads(cache_file.read_text())
         removed_ids = set(cached["removed_ids"])
@@ -283,6 +289,9 @@ def _kept_records(cfg: DataConfig, run_dir: Path, threads: int, log: bool) -> tu
         tmp = cache_file.with_suffix(".part")
         tmp.write_text(json.dumps(cached, indent=1))
         tmp.replace(cache_file)
+        if shared_file is not None:
+            shared_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(cache_file, shared_file)
     kept = [r for r in records if f"{r.source}|{r.id}" not in removed_ids]
     removed_by_source = Counter(r.source for r in records if f"{r.source}|{r.id}" in removed_ids)
     stats = {
@@ -303,9 +312,12 @@ def _rank(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
-def prepare_dataset(cfg: DataConfig, run_dir: Path, threads: int = 1, log: bool = True) -> Dataset:
-    """Filtered, subset, cropped and split data; deterministic for a given config."""
-    kept, stats = _kept_records(cfg, run_dir, threads, log)
+def prepare_dataset(
+    cfg: DataConfig, run_dir: Path, threads: int = 1, log: bool = True, shared_cache: Path | None = None
+) -> Dataset:
+    """Filtered, subset, cropped and split data; deterministic for a given config. The overlap search
+    result is cached in ``run_dir/data`` and, if given, in ``shared_cache`` for other run dirs."""
+    kept, stats = _kept_records(cfg, run_dir, threads, log, shared_cache)
     kept.sort(key=lambda r: _rank(cfg.seed, r.sequence))
     if cfg.max_sequences:
         kept = kept[: cfg.max_sequences]
@@ -339,7 +351,7 @@ def prepare_dataset(cfg: DataConfig, run_dir: Path, threads: int = 1, log: bool 
             "train_by_source": dict(sorted(Counter(i.source for i in train).items())),
         }
     )
-    return Dataset(train, val, stats)
+    return Dataset(train, val, stats, items)
 
 
 def dataset_summary(ds: Dataset) -> str:

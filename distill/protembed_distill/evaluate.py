@@ -505,9 +505,16 @@ def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, f in feats.items():
         res = probes.run_probe(
-            f["train"][keep], ys["train"][keep], f["test"], ys["test"], "classification",
-            metrics=("accuracy",), boot_idx=dummy_idx, folds=min(cfg.folds, 3), seed=cfg.seed,
-        )  # fmt: skip
+            f["train"][keep],
+            ys["train"][keep],
+            f["test"],
+            ys["test"],
+            "classification",
+            metrics=("accuracy",),
+            boot_idx=dummy_idx,
+            folds=min(cfg.folds, 3),
+            seed=cfg.seed,
+        )
         q3 = _chain_bootstrap(
             res.predictions == ys["test"], chains["test"], len(chosen["test"]), cfg.resamples, cfg.seed
         )

@@ -10,6 +10,7 @@ outputs to fp32's on held-out sequences, which is what a user of the vectors car
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import tempfile
 import time
@@ -20,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from protembed import tokenizer
 from protembed.tokenizer import batch_encode
-
 from protembed_distill.student import Student
 from protembed_distill.train import load_checkpoint, student_from_checkpoint
 
@@ -172,6 +173,17 @@ def _variant_quality(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
+    # onnxruntime.quantization logs every tensor at INFO on the root logger; keep the CLI readable.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        _quantize(src, dst)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(src: Path, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # MatMul only: Gather (the embedding) and LayerNorm stay fp32, where int8 would cost accuracy
@@ -223,6 +235,9 @@ def _licence_summary(meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
             f"non-commercial use only: distilled from {', '.join(noncommercial)} whose weights are "
             f"{'; '.join(lic[n] for n in noncommercial)}"
         )
+        others = [f"{n}: {lic[n]}" for n in lic if n not in noncommercial]
+        if others:
+            weights += "; the other teachers' terms also apply (" + "; ".join(others) + ")"
     else:
         weights = "inherits the teachers' licences: " + "; ".join(f"{n}: {t}" for n, t in lic.items())
     return {
@@ -231,6 +246,15 @@ def _licence_summary(meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "notes": "The student reproduces the teachers' embedding spaces, so it is treated as a derivative of "
         "every teacher's weights; the most restrictive teacher licence governs its use.",
     }
+
+
+def _teacher_source(name: str) -> str:
+    """The registry's one-line description (weights and version) for a teacher, without loading it."""
+    try:
+        from protembed_distill.teachers.registry import describe_teachers
+    except ImportError:
+        return ""
+    return describe_teachers().get(name, "")
 
 
 def export_checkpoint(
@@ -344,7 +368,9 @@ def export_checkpoint(
         "files": files,
         "input": {
             **{k: v for k, v in tokenizer.describe().items() if k != "normalization"},
-            "max_length": int(scfg["max_length"]),
+            # The longest input the student was trained on: the server chunks longer sequences
+            # into windows of this size rather than feed positions the model never saw.
+            "max_length": min(int(scfg["max_length"]), int(cfg.get("data", {}).get("max_length", 10**9))),
             "onnx_inputs": ["input_ids", "attention_mask"],
             "normalization": tokenizer.describe()["normalization"],
         },
@@ -366,7 +392,7 @@ def export_checkpoint(
             {
                 "name": n,
                 "dim": int(ckpt["teacher_dims"][n]),
-                "source": str(m.get("source", "")),
+                "source": str(m.get("source") or _teacher_source(n)),
                 "licence": str(m.get("licence", "")),
                 "representation": str(m.get("representation", "")),
                 "weight": ckpt.get("teacher_weights", {}).get(n),

@@ -8,6 +8,7 @@ so evaluation and the two benchmarks can run separately without clobbering each 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -135,6 +136,13 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def finish(report: dict[str, Any], seconds: float) -> None:
+    """Record the run's wall time and how busy the (possibly shared) machine was by its end."""
+    report["seconds"] = round(seconds, 1)
+    with contextlib.suppress(OSError):
+        report["machine"]["load_average_1_5_15_end"] = [round(x, 2) for x in os.getloadavg()]
+
+
 def header(title: str, report: Mapping[str, Any]) -> str:
     """The common top of every markdown report: command, date, machine."""
     m = report["machine"]
@@ -146,8 +154,10 @@ def header(title: str, report: Mapping[str, Any]) -> str:
             f"- Command: `{report['command']}`",
             f"- Date (UTC): {report['date']}",
             f"- Machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
-            f"{m['memory_gib']} GiB RAM, load average {m['load_average_1_5_15']} at start",
+            f"{m['memory_gib']} GiB RAM, load average {m['load_average_1_5_15']} at start"
+            + (f", {m['load_average_1_5_15_end']} at the end" if m.get("load_average_1_5_15_end") else ""),
             f"- Software: Python {m['python']}, {versions}",
+            *([f"- Wall time: {report['seconds']:.0f} s"] if "seconds" in report else []),
             "",
         ]
     )

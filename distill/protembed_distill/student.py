@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 
 import torch
-from protembed.tokenizer import PAD_ID, VOCAB_SIZE
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from protembed.tokenizer import PAD_ID, VOCAB_SIZE
 from protembed_distill.config import StudentConfig
 
 __all__ = ["Student", "masked_mean"]

@@ -17,7 +17,9 @@ def size_tag(s: StudentConfig) -> str:
     return f"L{s.layers}-d{s.d_model}-h{s.heads}-f{s.ffn}"
 
 
-def run_sweep(cfg: DistillConfig, ds: Dataset, threads: int, echo: bool = True) -> dict[str, Any]:
+def run_sweep(
+    cfg: DistillConfig, ds: Dataset, threads: int, echo: bool = True, bench_seconds: float = 3.0
+) -> dict[str, Any]:
     from protembed_distill.export import export_temp_fp32, onnx_throughput
     from protembed_distill.train import load_checkpoint, student_from_checkpoint, train
 
@@ -42,7 +44,7 @@ def run_sweep(cfg: DistillConfig, ds: Dataset, threads: int, echo: bool = True) 
         model = student_from_checkpoint(load_checkpoint(res.last_checkpoint)).eval()
         tmp, path = export_temp_fp32(model)
         with tmp:
-            rate = onnx_throughput(path, bench_seqs, threads)
+            rate = onnx_throughput(path, bench_seqs, threads, min_seconds=bench_seconds)
         rows.append(
             {
                 "size": tag,

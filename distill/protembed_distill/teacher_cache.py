@@ -214,6 +214,7 @@ def embed_into(
     per_residue: bool,
     batch_tokens: int,
     progress: bool = True,
+    chunk_size: int = 512,
 ) -> dict[str, float]:
     """Embed the items not yet in ``store``; returns counts and the measured residues/s."""
     residue_dim = teacher.per_residue_dim if per_residue else None
@@ -234,6 +235,10 @@ def embed_into(
         return stats
     from tqdm import tqdm
 
+    # Work through the items in their given (subset-rank) order, a chunk at a time, length-sorting
+    # only within a chunk: a run killed part-way leaves a cached prefix of the ranked subset, so a
+    # smaller data.max_sequences is then fully cached instead of missing its long sequences.
+    chunks = [list(range(i, min(i + chunk_size, len(seqs)))) for i in range(0, len(seqs), chunk_size)]
     bar = tqdm(
         total=total,
         unit="res",
@@ -245,7 +250,10 @@ def embed_into(
     )
     t0 = time.perf_counter()
     try:
-        for batch in token_batches([len(s) for s in seqs], batch_tokens):
+        for chunk, local in (
+            (c, b) for c in chunks for b in token_batches([len(seqs[i]) for i in c], batch_tokens)
+        ):
+            batch = [chunk[j] for j in local]
             bseqs = [seqs[i] for i in batch]
             out = teacher.embed(bseqs, per_residue=per_residue)
             pp = np.asarray(out.per_protein, dtype=np.float32)

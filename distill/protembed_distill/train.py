@@ -2,7 +2,7 @@
 validation, early stopping, JSONL/CSV logs, DDP under torchrun (WORLD_SIZE > 1).
 
 Resume is exact, not approximate: the batch plan of an epoch is a pure function of (seed, epoch), and a
-checkpoint stores model, optimizer, scheduler, RNG, and the position inside the epoch, so a run
+checkpoint stores model, optimizer, schedule position, RNG, and the position inside the epoch, so a run
 interrupted at step k and resumed ends with the same weights as an uninterrupted one (tested).
 """
 
@@ -15,16 +15,16 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from protembed.tokenizer import batch_encode
 from torch import Tensor
 
+from protembed.tokenizer import batch_encode
 from protembed_distill.config import DistillConfig, StudentConfig
 from protembed_distill.data import Dataset, Item
 from protembed_distill.losses import Standardizer, embedding_loss, residue_loss
@@ -168,14 +168,14 @@ def residue_targets(
 
 # ---------------------------------------------------------------------------------------------------
 # schedule, checkpoints
-def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return f
+def lr_factor(step: int, warmup: int, total: int, time_fraction: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 2% of the peak. Progress is the larger of the step fraction
+    and ``time_fraction`` (elapsed / optim.time_budget_s), so a run cut by its time budget still ends
+    with a decayed learning rate instead of stopping at the peak."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -385,7 +385,14 @@ def _train_loop(
     if per_epoch == 0:
         raise ValueError(f"fewer training batches ({per_epoch * world}) than processes ({world})")
     total_steps = cfg.optim.max_steps or per_epoch * cfg.optim.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim.warmup_steps, total_steps))
+
+    def set_lr() -> float:
+        budget = cfg.optim.time_budget_s
+        frac = state["train_seconds"] / budget if budget else 0.0
+        lr = cfg.optim.lr * lr_factor(state["step"], cfg.optim.warmup_steps, total_steps, frac)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        return lr
 
     state: dict[str, Any] = {
         "step": 0,
@@ -410,7 +417,6 @@ def _train_loop(
             )
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
         state.update(ckpt["state"])
         _set_rng_state(ckpt["rng"])
         log.event({"kind": "resume", "step": state["step"], "epoch": state["epoch"], "batch": state["batch"]})
@@ -452,7 +458,6 @@ def _train_loop(
                 "val_sequences": [i.sequence for i in ds.val],
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
                 "state": state,
                 "rng": _rng_state(),
             },
@@ -498,12 +503,12 @@ def _train_loop(
                     lr_ = residue_loss(rp, rt, mask, cfg.loss)
                     loss = loss + cfg.loss.per_residue * t.weight / wsum * lr_
                     parts[f"{t.name}.residue"] = float(lr_.detach())
+            set_lr()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             opt.step()
-            sched.step()
             dt = time.perf_counter() - t0
             nres = int(mask.sum())
             state["step"] += 1
@@ -520,7 +525,7 @@ def _train_loop(
                         "step": state["step"],
                         "epoch": epoch,
                         "loss": float(loss.detach()),
-                        "lr": sched.get_last_lr()[0],
+                        "lr": opt.param_groups[0]["lr"],
                         "residues_per_s": nres / dt if dt else 0.0,
                         **parts,
                     }
@@ -551,7 +556,7 @@ def _train_loop(
             "step": state["step"],
             "train_loss": loss_sum / max(1, n_loss),
             "train_residues_per_s": res_epoch / max(1e-9, time.perf_counter() - t_epoch),
-            "lr": sched.get_last_lr()[0],
+            "lr": opt.param_groups[0]["lr"],
             "elapsed_s": time.perf_counter() - t_start,
             **val,
         }

@@ -3,11 +3,17 @@
 Two layers, in the shape of TEI's ``queue.rs``:
 
 * ``BatchQueue`` — plain, synchronous state with an injected clock: add items, ask for the next batch.
-  It owns every batching decision (token budget counting padding, size cap, max wait, length
-  bucketing, dedup, backpressure, dropping items whose client is gone), so it is tested with a fake
-  clock and no sleeps.
+  It owns every batching decision (token budget counting padding, size cap, padding bound, max wait,
+  length bucketing or arrival order, dedup, backpressure, dropping items whose client is gone), so it
+  is tested with a fake clock and no sleeps.
 * ``Batcher`` — the asyncio driver: ``submit`` from request handlers, one worker task that pulls
   batches and runs the model in a dedicated thread (off the event loop), results back per item.
+
+When a batch leaves: at once while the model is idle (as TEI does: a lone request never waits for
+company that may not come; items pile up, and so batch, while the model is busy); with a batch still
+running, only when full or due. Which batch: with ``bucketed``, the fullest group of similar lengths;
+once the oldest item has waited ``max_wait_s`` the next batch is built around it, so an odd length is
+passed over for fuller batches at most that long. The ``Batcher`` runs one batch at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -36,6 +43,9 @@ log = logging.getLogger(__name__)
 # infer(sequences, outputs) -> {output: [one array per sequence, in order]}; runs in a worker thread.
 InferFn = Callable[[list[str], frozenset[str]], dict[str, list[np.ndarray]]]
 Clock = Callable[[], float]
+# bucketed: batches of similar lengths, padding share bounded; fifo: arrival order (the baseline).
+Policy = Literal["bucketed", "fifo"]
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 @dataclass(eq=False)
@@ -84,9 +94,17 @@ class BatchQueue:
         max_batch_size: int,
         max_wait_s: float,
         max_queue_tokens: int,
+        max_padding_ratio: float = 0.1,
+        policy: Policy = "bucketed",
         clock: Clock = time.monotonic,
         on_drop: Callable[[str], None] | None = None,
     ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"batching policy {policy!r} is not one of {list(POLICIES)}")
+        if not 0.0 <= max_padding_ratio <= 1.0:
+            raise ValueError(f"max_padding_ratio {max_padding_ratio} must be in [0, 1]")
+        self.policy: Policy = policy
+        self.max_padding_ratio = max_padding_ratio
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -176,41 +194,97 @@ class BatchQueue:
         oldest = next(iter(self.pending.values()))
         return max(0.0, oldest.enqueued_at + self.max_wait_s - now)
 
-    def _plan(self) -> tuple[list[Entry], bool]:
-        """Greedy batch around the oldest entry, nearest lengths first (length bucketing).
+    def _fits(self, count: int, longest: int) -> bool:
+        """Size cap and token budget (padding counted); a single item always fits, however long."""
+        return count == 1 or (count <= self.max_batch_size and count * longest <= self.max_batch_tokens)
 
-        Returns the batch and whether it is full: the size cap is reached, or queued work is left
-        that does not fit, so waiting longer could not make this batch better.
+    def _is_full(self, count: int, longest: int) -> bool:
+        """No further item, not even one as short as the rest, could join: waiting cannot help."""
+        return not self._fits(count + 1, longest)
+
+    def _plan_fifo(self) -> list[Entry]:
+        """Arrival order from the oldest, until the next item would break the size cap or token budget.
+
+        No padding bound: this is plain arrival-order batching, the baseline bucketing is measured against.
         """
-        entries = list(self.pending.values())
-        seed = entries[0]
-        ranked = sorted(range(len(entries)), key=lambda i: (abs(entries[i].tokens - seed.tokens), i))
         batch: list[Entry] = []
         longest = 0
-        left_over = False
-        for i in ranked:
-            e = entries[i]
-            if len(batch) >= self.max_batch_size:
-                left_over = True
-                break
+        for e in self.pending.values():
             width = max(longest, e.tokens)
-            if batch and (len(batch) + 1) * width > self.max_batch_tokens:
-                left_over = True
-                continue
+            if batch and not self._fits(len(batch) + 1, width):
+                break
             batch.append(e)
             longest = width
-        full = left_over or len(batch) >= self.max_batch_size
-        return batch, full
+        return batch
+
+    def _plan_bucketed(self, due: bool) -> list[Entry]:
+        """The fullest run of queued items adjacent in length order whose padding share stays <=
+        ``max_padding_ratio`` within the size cap and token budget; when the oldest item is due, only
+        runs that include it (so odd lengths cannot starve).
+
+        Fullest = the largest share of what a batch of that longest length could hold (then the most
+        real tokens): the batch that waiting could improve least, so the others keep filling.
+
+        In a length-sorted run ``[l..r]`` the longest is ``r``, and for a fixed ``r`` the padding share
+        only grows as shorter items are added, so the shortest start that keeps the bound is found by
+        bisection: O(n log max_batch_size) per plan.
+        """
+        entries = list(self.pending.values())  # arrival order: entries[0] is the oldest
+        order = sorted(range(len(entries)), key=lambda i: entries[i].tokens)  # stable: ties by age
+        toks = [entries[i].tokens for i in order]
+        prefix = [0]
+        for t in toks:
+            prefix.append(prefix[-1] + t)
+        # the bound as "real >= keep x padded"; a relative epsilon so a run exactly at the bound counts
+        # as within it despite float rounding
+        keep = (1.0 - self.max_padding_ratio) * (1.0 - 1e-12)
+        max_size, max_tokens = self.max_batch_size, self.max_batch_tokens
+        seed = order.index(0) if due else -1
+        best = (0.0, 0, 0, -1)  # (fill, real tokens, l, r)
+        for r in range(max(seed, 0), len(toks)):  # hot loop at large queues: kept inline
+            longest = toks[r]
+            cap = max(1, min(max_size, max_tokens // longest))
+            lo = r - cap + 1
+            end = prefix[r + 1]
+            if seed >= 0:
+                if lo > seed:
+                    break  # longer ends only shrink the cap: no later run can reach the oldest item
+                hi = seed
+                if end - prefix[seed] < keep * (r - seed + 1) * longest:
+                    continue  # even the shortest run from the oldest item to r pads too much
+            else:
+                hi = r  # [r..r] always qualifies
+            if lo < 0:
+                lo = 0
+            while lo < hi:  # the smallest start that keeps the padding bound
+                mid = (lo + hi) // 2
+                if end - prefix[mid] >= keep * (r - mid + 1) * longest:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            real = end - prefix[lo]
+            fill = real / (cap * longest)
+            if fill > best[0] or (fill == best[0] and real > best[1]):
+                best = (fill, real, lo, r)
+        _, _, lo, r = best
+        return [entries[i] for i in order[lo : r + 1]]
 
     def next_batch(self, now: float | None = None, *, force: bool = False) -> list[Entry] | None:
-        """The next batch to run, or None to keep waiting (not full and the oldest is not due yet)."""
+        """The next batch to run, or None to keep waiting.
+
+        A batch leaves at once when nothing is running (the model is idle), when it is full, when its
+        oldest item is due (waited ``max_wait_s``; the batch then always includes that item), or when
+        ``force`` is set; otherwise None (the caller waits ``due_in`` or for new items).
+        """
         now = self.clock() if now is None else now
         self.prune(now)
         if not self.pending:
             return None
-        batch, full = self._plan()
         due = self.due_in(now) == 0.0
-        if not (full or due or force):
+        batch = self._plan_fifo() if self.policy == "fifo" else self._plan_bucketed(due)
+        longest = max(e.tokens for e in batch)
+        idle = not self.running
+        if not (idle or due or force or self._is_full(len(batch), longest)):
             return None
         for e in batch:
             del self.pending[e.sequence]
@@ -243,6 +317,8 @@ class Batcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue_tokens: int,
+        max_padding_ratio: float = 0.1,
+        policy: Policy = "bucketed",
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
     ) -> None:
@@ -252,6 +328,8 @@ class Batcher:
             max_batch_size=max_batch_size,
             max_wait_s=max_wait_s,
             max_queue_tokens=max_queue_tokens,
+            max_padding_ratio=max_padding_ratio,
+            policy=policy,
             clock=clock,
             on_drop=None if metrics is None else (lambda reason: metrics.dropped_items.labels(reason).inc()),
         )

@@ -149,6 +149,8 @@ class Engine:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue_tokens=settings.max_queue_tokens,
+            max_padding_ratio=settings.max_padding_ratio,
+            policy=settings.batching,
             metrics=self.metrics,
         )
         self._ready = False
@@ -238,10 +240,11 @@ class Engine:
         lengths = batch.lengths.tolist()
         result: dict[str, list[np.ndarray]] = {}
         for name, arr in raw.items():
-            if arr.ndim == 3:  # per-residue: cut the padding off each row
+            if arr.ndim == 3:  # per-residue: cut the padding off each row (a copy, so the padded
+                # [batch, longest, dim] block is not kept alive by the rows)
                 result[name] = [arr[i, :n].copy() for i, n in enumerate(lengths)]
-            else:
-                result[name] = [arr[i].copy() for i in range(len(sequences))]
+            else:  # per-protein: row views of the small [batch, dim] output, no per-item copy
+                result[name] = list(arr)
         return result
 
     # --- the API -----------------------------------------------------------------------------------
@@ -399,6 +402,8 @@ class Engine:
                 "max_batch_size": s.max_batch_size,
                 "max_wait_ms": s.max_wait_ms,
                 "max_queue_tokens": s.max_queue_tokens,
+                "policy": s.batching,
+                "max_padding_ratio": s.max_padding_ratio,
                 "queued_items": self.batcher.queue.queued_items,
                 "queued_tokens": self.batcher.queue.queued_tokens,
             },

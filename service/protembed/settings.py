@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     max_stream_in_flight: int = Field(
         default=1024,
         gt=0,
-        description="Most sequences in flight per gRPC stream; the server stops reading the stream at this bound.",
+        description="Most sequences in flight per gRPC stream; the server stops reading the stream at "
+        "this bound.",
     )
     max_body_bytes: int = Field(
         default=8 * 2**20, gt=0, description="Largest HTTP request body, in bytes; larger bodies get 413."
@@ -116,12 +117,26 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         default=5.0,
         ge=0,
-        description="How long the oldest queued item may wait for a batch to fill, in milliseconds.",
+        description="With batching=bucketed, how long the oldest queued item may be passed over for "
+        "fuller batches of other lengths, in milliseconds; then the next batch is built around it. An "
+        "idle model takes queued items at once.",
     )
     max_queue_tokens: int = Field(
         default=262144,
         gt=0,
         description="Queue bound in residues; past it requests are refused with 429 + Retry-After.",
+    )
+    batching: Literal["bucketed", "fifo"] = Field(
+        default="bucketed",
+        description="How queued items are grouped: 'bucketed' (similar lengths together, padding share "
+        "bounded by max_padding_ratio) or 'fifo' (arrival order, no padding bound; a baseline).",
+    )
+    max_padding_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Bucketed batching: most padding share of a batch's padded tokens (1 = no bound); "
+        "an item that would push a batch past it waits for a batch of its own length.",
     )
 
     # --- request limits ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from protembed.tokenizer import STANDARD_RESIDUES, encode
 from protembed_distill.config import DistillConfig, parse_config
 from protembed_distill.teachers.base import Teacher, TeacherOutput

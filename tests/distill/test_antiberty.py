@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from protembed_distill.teachers import antiberty
 from protembed_distill.teachers.base import TeacherUnavailableError
 from protembed_distill.teachers.hf import HFEncoderTeacher

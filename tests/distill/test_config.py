@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from protembed_distill.config import ConfigError, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]

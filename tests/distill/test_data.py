@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from distill_fakes import random_sequences, write_corpus
+
 from protembed.tokenizer import STANDARD_RESIDUES
 from protembed_distill import data as data_mod
 from protembed_distill.config import DataConfig, EvalSetConfig

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
+
 from protembed.tokenizer import batch_encode
 from protembed_distill.data import prepare_dataset
 from protembed_distill.export import export_checkpoint, export_onnx, parity
@@ -101,3 +102,12 @@ def test_export_writes_a_valid_artifact(checkpoint: Path, tmp_path: Path) -> Non
         expect = Standardizer(mean, std).invert(ref[f"teacher_{name}"]).numpy()
         np.testing.assert_allclose(got[f"teacher_{name}"], expect, atol=1e-4)
     np.testing.assert_allclose(got["student"], ref["student"].numpy(), atol=1e-4)
+
+
+def test_card_max_length_is_the_training_crop(checkpoint: Path, tmp_path: Path) -> None:
+    from protembed.artifact import read_model_card
+
+    export_checkpoint(checkpoint, tmp_path / "m", int8=False, fp16=False)
+    card = read_model_card(tmp_path / "m")
+    assert card.input.max_length == load_checkpoint(checkpoint)["config"]["data"]["max_length"] == 80
+    assert [f.variant for f in card.files] == ["fp32"]

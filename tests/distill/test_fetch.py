@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from protembed_distill.commands import teachers as teachers_cmd
 from protembed_distill.teachers import fetch
 

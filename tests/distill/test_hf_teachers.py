@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+
 from protembed_distill.teachers import hf
 from protembed_distill.teachers.base import TeacherUnavailableError
-from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 # ESM-2's alphabet in its own order (esm.data.Alphabet for ESM-1b/2).
 ESM_TOKENS = [

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from protembed_distill.teachers import near
 from protembed_distill.teachers.base import TeacherUnavailableError
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from protembed.tokenizer import batch_encode
 from protembed_distill.config import StudentConfig
 from protembed_distill.losses import Standardizer

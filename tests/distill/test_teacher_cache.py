@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
+
 from protembed_distill.data import Item, prepare_dataset, sequence_key
 from protembed_distill.teacher_cache import (
     EmbeddingStore,
@@ -103,3 +104,12 @@ def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
         and a.name.startswith("esm2-")
         and cache_path(tmp_path, TeacherConfig(name="near")).name == "near.h5"
     )
+
+
+def test_a_killed_run_leaves_a_prefix_of_the_given_order(tmp_path: Path) -> None:
+    items = _items(30, seed=9)  # the order given is the subset rank order
+    killed = FakeTeacher("t", 4, seed=3, fail_after_batches=2)
+    with EmbeddingStore(tmp_path / "t.h5") as store, pytest.raises(KeyboardInterrupt):
+        embed_into(killed, items, store, per_residue=False, batch_tokens=10_000, progress=False, chunk_size=6)
+    with EmbeddingStore(tmp_path / "t.h5") as store:
+        assert set(store.index()) == {i.key for i in items[:12]}  # two whole chunks, nothing from later ones

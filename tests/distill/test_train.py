@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+
 from protembed_distill.data import prepare_dataset
 from protembed_distill.student import Student
 from protembed_distill.teacher_cache import build_caches
@@ -98,3 +99,30 @@ def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
     assert "early_stop" in kinds
     steps = [json.loads(x) for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
     assert any("fake_a.kl" in r for r in steps)
+
+
+def test_lr_schedule_warms_up_and_decays_on_steps_or_time() -> None:
+    from protembed_distill.train import lr_factor
+
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.02)
+    assert lr_factor(20, 10, 100, time_fraction=1.0) == pytest.approx(0.02)  # time budget used up
+    assert lr_factor(55, 10, 100) < lr_factor(30, 10, 100)
+
+
+def test_size_sweep_reports_quality_and_speed_per_size(tmp_path: Path) -> None:
+    from protembed_distill.sweep import run_sweep
+
+    sizes = [
+        {"layers": 1, "d_model": 16, "heads": 2, "ffn": 32, "max_length": 128},
+        {"layers": 2, "d_model": 32, "heads": 4, "ffn": 64, "max_length": 128},
+    ]
+    cfg, ds = _setup(tmp_path, n=24, sweep={"sizes": sizes, "steps": 3})
+    report = run_sweep(cfg, ds, threads=1, echo=False, bench_seconds=0.1)
+    assert [r["size"] for r in report["sizes"]] == ["L1-d16-h2-f32", "L2-d32-h4-f64"]
+    for row in report["sizes"]:
+        assert row["steps"] == 3 and row["onnx_cpu_residues_per_s"] > 0
+        assert set(row["val_cosine"]) == {"fake_a", "fake_b"}
+    md = (cfg.run.dir / "sweep" / "sweep.md").read_text()
+    assert "L2-d32-h4-f64" in md and "ONNX CPU res/s" in md

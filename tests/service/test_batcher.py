@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from protembed.batcher import Batcher, BatchQueue, Waiter
+
+from protembed.batcher import Batcher, BatchQueue, Entry, Waiter
 from protembed.errors import DeadlineExceededError, OverloadedError, RequestCancelledError
 
 
@@ -20,8 +21,13 @@ class FakeClock:
         return self.now
 
 
-def make_queue(clock: FakeClock, **kw: float) -> BatchQueue:
-    opts = {"max_batch_tokens": 100, "max_batch_size": 8, "max_wait_s": 0.01, "max_queue_tokens": 1000}
+def make_queue(clock: FakeClock, **kw: object) -> BatchQueue:
+    opts: dict[str, object] = {
+        "max_batch_tokens": 100,
+        "max_batch_size": 8,
+        "max_wait_s": 0.01,
+        "max_queue_tokens": 1000,
+    }
     opts.update(kw)
     return BatchQueue(clock=clock, **opts)  # type: ignore[arg-type]
 
@@ -34,9 +40,36 @@ def seq(n: int, letter: str = "A") -> str:
     return "M" + letter * (n - 1)
 
 
-async def test_waits_for_max_wait_then_releases() -> None:
+def busy(q: BatchQueue) -> list[Entry]:
+    """Put one batch in flight (not finished), so the queue is no longer idle."""
+    q.add("MBUSY", waiter())
+    batch = q.next_batch()
+    assert batch is not None and [e.sequence for e in batch] == ["MBUSY"]
+    return batch
+
+
+def padding(batch: list[Entry]) -> float:
+    longest = max(e.tokens for e in batch)
+    return 1.0 - sum(e.tokens for e in batch) / (len(batch) * longest)
+
+
+async def test_idle_queue_dispatches_at_once() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_wait_s=10.0)
+    q.add(seq(5), waiter())
+    first = q.next_batch()  # nothing running: no wait at all, the clock has not moved
+    assert first is not None and [e.sequence for e in first] == [seq(5)]
+    q.add(seq(6), waiter())
+    assert q.next_batch() is None  # a batch is running: this one waits for company
+    q.finish(first, 0.001)
+    second = q.next_batch()  # the model went idle: what is queued leaves at once
+    assert second is not None and [e.sequence for e in second] == [seq(6)] and clock.now == 0.0
+
+
+async def test_waits_for_max_wait_then_releases_while_busy() -> None:
     clock = FakeClock()
     q = make_queue(clock)
+    busy(q)
     q.add(seq(5), waiter())
     assert q.next_batch() is None
     assert q.due_in(clock.now) == pytest.approx(0.01)
@@ -48,31 +81,132 @@ async def test_waits_for_max_wait_then_releases() -> None:
     assert q.queued_tokens == 0 and q.queued_items == 0
 
 
-async def test_token_budget_counts_padding() -> None:
+async def test_token_budget_counts_padding_and_full_batch_leaves_while_busy() -> None:
     clock = FakeClock()
-    q = make_queue(clock, max_batch_tokens=40)
-    # 10 + 10 + 10 fit unpadded (30) but with a 15-long item the padded cost is 4 x 15 = 60 > 40.
+    q = make_queue(clock, max_batch_tokens=30, max_padding_ratio=1.0)
+    busy(q)
+    # 10 + 10 + 10 fit (30); with the 15-long item the padded cost would be 4 x 15 = 60 > 30.
     for s in (seq(10, "A"), seq(10, "C"), seq(15, "D"), seq(10, "E")):
         q.add(s, waiter())
-    batch = q.next_batch()  # full: not everything fits, so it leaves at once without waiting
+    batch = q.next_batch()  # full (a 4th item of any length would pass 30): leaves without waiting
     assert batch is not None
     longest = max(e.tokens for e in batch)
-    assert len(batch) * longest <= 40
+    assert len(batch) * longest <= 30
     assert sorted(e.tokens for e in batch) == [10, 10, 10]  # nearest lengths grouped, 15 left for later
+    assert q.next_batch() is None  # 15 alone is not full and not due
     rest = q.next_batch(force=True)
     assert rest is not None and [e.tokens for e in rest] == [15]
 
 
 async def test_max_batch_size_and_length_bucketing() -> None:
     clock = FakeClock()
-    q = make_queue(clock, max_batch_tokens=10_000, max_batch_size=3)
+    q = make_queue(clock, max_batch_tokens=10_000, max_batch_size=3, max_padding_ratio=0.2)
     lengths = [50, 5, 52, 6, 49, 7]
     for i, n in enumerate(lengths):
         q.add(seq(n, "ACDEFG"[i]), waiter())
     first = q.next_batch()
     assert first is not None and sorted(e.tokens for e in first) == [49, 50, 52]
-    second = q.next_batch()
+    second = q.next_batch()  # full at the size cap, so it leaves although the first is running
     assert second is not None and sorted(e.tokens for e in second) == [5, 6, 7]
+
+
+@pytest.mark.parametrize("bound", [0.0, 0.05, 0.1, 0.3])
+async def test_padding_share_of_every_batch_stays_within_the_bound(bound: float) -> None:
+    clock = FakeClock()
+    q = make_queue(
+        clock, max_batch_tokens=4096, max_batch_size=16, max_queue_tokens=10**9, max_padding_ratio=bound
+    )
+    rng = np.random.default_rng(3)
+    lengths = np.clip(rng.lognormal(np.log(200), 0.7, 400).astype(int), 5, 1000)
+    sent = [f"M{i:04d}" + "A" * int(n) for i, n in enumerate(lengths)]
+    for s in sent:
+        q.add(s, waiter())
+    ran: list[str] = []
+    sizes = []
+    while q.queued_items:
+        batch = q.next_batch(force=True)
+        assert batch is not None
+        assert padding(batch) <= bound + 1e-9, [e.tokens for e in batch]
+        assert len(batch) <= 16 and (len(batch) == 1 or len(batch) * max(e.tokens for e in batch) <= 4096)
+        ran += [e.sequence for e in batch]
+        sizes.append(len(batch))
+        q.finish(batch, 0.01)
+    assert sorted(ran) == sorted(sent)  # every item exactly once
+    if bound >= 0.1:
+        assert np.mean(sizes) > 4  # the bound still leaves room for real batches on this stream
+
+
+async def test_bucketing_pads_far_less_than_arrival_order() -> None:
+    rng = np.random.default_rng(4)
+    lengths = np.clip(rng.lognormal(np.log(230), 0.7, 300).astype(int), 20, 1024)
+    sent = [f"M{i:04d}" + "A" * int(n) for i, n in enumerate(lengths)]
+    shares = {}
+    for policy in ("bucketed", "fifo"):
+        q = make_queue(
+            FakeClock(), max_batch_tokens=16384, max_batch_size=64, max_queue_tokens=10**9, policy=policy
+        )
+        for s in sent:
+            q.add(s, waiter())
+        padded = real = 0
+        while q.queued_items:
+            batch = q.next_batch(force=True)
+            assert batch is not None
+            padded += len(batch) * max(e.tokens for e in batch)
+            real += sum(e.tokens for e in batch)
+            q.finish(batch, 0.01)
+        shares[policy] = 1 - real / padded
+    assert shares["bucketed"] < 0.1 < 0.3 < shares["fifo"], shares
+
+
+async def test_oldest_item_is_in_the_next_batch_once_due() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=10_000, max_batch_size=4)
+    busy(q)
+    q.add(seq(300, "W"), waiter())  # an odd length, oldest in the queue
+    for i in range(4):
+        q.add(seq(40, "ACDE"[i]), waiter())
+    early = q.next_batch()  # full batch of the common length; the odd one is not due yet
+    assert early is not None and [e.tokens for e in early] == [40] * 4
+    for i in range(4):
+        q.add(seq(41, "FGHI"[i]), waiter())
+    clock.now = 0.01  # now the odd item is due: it rides the next batch even though a fuller one exists
+    due = q.next_batch()
+    assert due is not None and seq(300, "W") in [e.sequence for e in due]
+    assert padding(due) <= 0.1
+
+
+async def test_fifo_policy_keeps_arrival_order() -> None:
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=200, max_batch_size=3, policy="fifo")
+    lengths = [50, 5, 52, 6, 49, 7, 60, 61]
+    sent = [seq(n, "ACDEFGHI"[i]) for i, n in enumerate(lengths)]
+    for s in sent:
+        q.add(s, waiter())
+    ran = []
+    while q.queued_items:
+        batch = q.next_batch(force=True)
+        assert batch is not None
+        ran.append([e.sequence for e in batch])
+    # size cap 3, then the token budget (4 x 61 > 200 is never reached; 3 x 61 = 183 fits)
+    assert ran == [sent[0:3], sent[3:6], sent[6:8]]
+    assert [s for b in ran for s in b] == sent  # arrival order, no bucketing, no padding bound
+
+
+async def test_fifo_stops_at_the_token_budget_in_arrival_order() -> None:
+    q = make_queue(FakeClock(), max_batch_tokens=100, max_batch_size=8, policy="fifo")
+    sent = [seq(10, "A"), seq(40, "C"), seq(10, "D"), seq(10, "E")]
+    for s in sent:
+        q.add(s, waiter())
+    first = q.next_batch()
+    # a third item would make 3 x 40 = 120 > 100; the short item after it does not jump the queue
+    assert first is not None and [e.sequence for e in first] == sent[:2]
+
+
+def test_bad_policy_and_bound_are_refused() -> None:
+    with pytest.raises(ValueError, match="batching policy 'lifo'"):
+        make_queue(FakeClock(), policy="lifo")
+    with pytest.raises(ValueError, match=r"max_padding_ratio 1\.5"):
+        make_queue(FakeClock(), max_padding_ratio=1.5)
 
 
 async def test_oversized_single_item_still_runs_alone() -> None:
@@ -165,8 +299,13 @@ class FakeModel:
         }
 
 
-def make_batcher(model: Callable[..., dict[str, list[np.ndarray]]], **kw: float) -> Batcher:
-    opts = {"max_batch_tokens": 1000, "max_batch_size": 16, "max_wait_s": 0.002, "max_queue_tokens": 10_000}
+def make_batcher(model: Callable[..., dict[str, list[np.ndarray]]], **kw: object) -> Batcher:
+    opts: dict[str, object] = {
+        "max_batch_tokens": 1000,
+        "max_batch_size": 16,
+        "max_wait_s": 0.002,
+        "max_queue_tokens": 10_000,
+    }
     opts.update(kw)
     return Batcher(model, **opts)  # type: ignore[arg-type]
 
@@ -189,7 +328,7 @@ async def test_results_come_back_in_order_and_off_the_loop() -> None:
 async def test_concurrent_requests_are_batched_and_deduplicated() -> None:
     gate = threading.Event()
     model = FakeModel(gate)
-    b = make_batcher(model, max_wait_s=0.0)
+    b = make_batcher(model, max_wait_s=0.0, max_padding_ratio=1.0)  # lengths 4-7: no padding bound here
     await b.start()
     try:
         first = asyncio.create_task(b.submit(["MFIRST"], "student"))
@@ -271,5 +410,37 @@ async def test_model_error_reaches_every_waiter_and_batcher_survives() -> None:
         with pytest.raises(Exception, match="inference failed: boom"):
             await b.submit(["MA", "MC"], "student")
         assert len(await b.submit(["MA"], "student")) == 1
+    finally:
+        await b.stop()
+
+
+async def test_lone_request_does_not_wait_for_max_wait() -> None:
+    model = FakeModel()
+    b = make_batcher(model, max_wait_s=30.0)  # were the wait applied, this test would time out
+    await b.start()
+    try:
+        out = await asyncio.wait_for(b.submit(["MKTAYIAK"], "student"), 5.0)
+        assert out[0][0] == 8 and model.batches == [["MKTAYIAK"]]
+    finally:
+        await b.stop()
+
+
+async def test_batches_formed_while_busy_respect_the_padding_bound() -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    b = make_batcher(model, max_wait_s=0.0, max_batch_tokens=100_000, max_batch_size=64)
+    await b.start()
+    try:
+        first = asyncio.create_task(b.submit(["MFIRST"], "student"))
+        await asyncio.sleep(0.05)  # blocked in the model; the rest queues behind it
+        lengths = [10, 200, 11, 190, 12, 205, 100, 95]
+        tasks = [
+            asyncio.create_task(b.submit([seq(n, "ACDEFGHI"[i])], "student")) for i, n in enumerate(lengths)
+        ]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, *tasks)
+        groups = sorted(sorted(len(s) for s in batch) for batch in model.batches[1:])
+        assert groups == [[10, 11, 12], [95, 100], [190, 200, 205]]
     finally:
         await b.stop()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
 from protembed.core import EmbedInput, EmbedOptions, Engine, plan_windows, pool_windows
 from protembed.errors import (
+    DeadlineExceededError,
     InvalidRequestError,
     InvalidSequenceError,
     NotReadyError,
+    ProtembedError,
     RequestCancelledError,
     RequestTooLargeError,
     SequenceTooLongError,
@@ -90,7 +96,7 @@ async def test_second_request_is_a_cache_hit_per_output(engine: Engine) -> None:
     ],
 )
 async def test_bad_requests(
-    engine: Engine, items: list[str], options: EmbedOptions, error: type, message: str
+    engine: Engine, items: list[str], options: EmbedOptions, error: type[ProtembedError], message: str
 ) -> None:
     with pytest.raises(error) as info:
         await engine.embed(inputs(*items), options)
@@ -146,3 +152,74 @@ async def test_info_reports_provider_limits_and_batching(engine: Engine) -> None
     assert info["limits"]["max_items_per_request"] == 8 and info["limits"]["max_length"] == 64
     assert info["batching"]["max_batch_tokens"] == engine.settings.max_batch_tokens
     assert info["cache"]["backend"] == "memory" and info["card"]["id"] == "protembed-tiny"
+
+
+async def test_cache_hit_touches_neither_batcher_nor_threads(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await engine.embed(inputs("MKTAYIAK", "MCCHIT"), EmbedOptions())
+
+    async def no_batcher(*args: object, **kwargs: object) -> list[np.ndarray]:
+        raise AssertionError("a cache hit reached the batcher")
+
+    def no_thread(*args: object, **kwargs: object) -> object:
+        raise AssertionError("a cache hit used a thread")
+
+    monkeypatch.setattr(engine.batcher, "submit", no_batcher)
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    monkeypatch.setattr(asyncio.get_running_loop(), "run_in_executor", no_thread)
+    hit = await engine.embed(inputs("MCCHIT", "mktayiak"), EmbedOptions(normalize=True))
+    assert [r.cached for r in hit.results] == [True, True]
+
+
+async def test_lone_request_is_not_held_for_max_wait(make_settings: Callable[..., Settings]) -> None:
+    eng = Engine.from_settings(make_settings(max_wait_ms=20_000))  # an idle model must not wait 20 s
+    await eng.start()
+    try:
+        start = time.monotonic()
+        resp = await asyncio.wait_for(eng.embed(inputs("MKTAYIAKQ"), EmbedOptions()), 10.0)
+        assert not resp.results[0].cached and time.monotonic() - start < 10.0
+    finally:
+        await eng.stop()
+
+
+async def test_batching_policy_and_padding_bound_come_from_settings(
+    make_settings: Callable[..., Settings],
+) -> None:
+    eng = Engine.from_settings(make_settings(batching="fifo", max_padding_ratio=0.25))
+    assert (eng.batcher.queue.policy, eng.batcher.queue.max_padding_ratio) == ("fifo", 0.25)
+    batching: Any = eng.info()["batching"]
+    assert (batching["policy"], batching["max_padding_ratio"]) == ("fifo", 0.25)
+    default = Engine.from_settings(make_settings())
+    assert (default.batcher.queue.policy, default.batcher.queue.max_padding_ratio) == ("bucketed", 0.1)
+
+
+class GatedBackend:
+    """The real backend, held at a gate: keeps the model busy so later items stay queued."""
+
+    def __init__(self, inner: Any, gate: threading.Event) -> None:
+        self.inner, self.gate = inner, gate
+        self.provider = inner.provider
+
+    def run(self, batch: Any, outputs: Any) -> Any:
+        self.gate.wait(10)
+        return self.inner.run(batch, outputs)
+
+
+async def test_items_queued_behind_a_busy_model_expire_before_it(engine: Engine) -> None:
+    gate = threading.Event()
+    engine.backend = GatedBackend(engine.backend, gate)
+    before = engine.batcher.batches_run
+    try:
+        blocker = asyncio.create_task(engine.embed(inputs("MBLOCKER"), EmbedOptions()))
+        await asyncio.sleep(0.05)  # dispatched at once (idle model), now held in the model
+        late = asyncio.create_task(
+            engine.embed(inputs("MLATE"), EmbedOptions(), deadline=time.monotonic() + 0.1)
+        )
+        await asyncio.sleep(0.3)
+    finally:
+        gate.set()
+    assert not (await blocker).results[0].cached
+    with pytest.raises(DeadlineExceededError):
+        await late
+    assert engine.batcher.batches_run == before + 1  # only the blocker reached the model

@@ -27,6 +27,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("config", type=Path, help="distillation config (.toml, .yaml)")
     p.add_argument("--stage", choices=STAGES, default="all", help="which stage to run (default: all)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (overrides run.threads)")
+    p.add_argument("--max-sequences", type=int, default=None, help="override data.max_sequences")
+    p.add_argument("--time-budget", type=float, default=None, help="override optim.time_budget_s (training)")
     p.add_argument("--no-resume", action="store_true", help="train from scratch even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true", help="do not echo training log lines to stderr")
@@ -47,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads is not None:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"threads": args.threads})})
+    if args.max_sequences is not None:
+        cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"max_sequences": args.max_sequences})}
+        )
+    if args.time_budget is not None:
+        cfg = cfg.model_copy(
+            update={"optim": cfg.optim.model_copy(update={"time_budget_s": args.time_budget})}
+        )
     threads = cfg.threads()
 
     from protembed_distill.data import DataError, prepare_dataset
@@ -55,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
     set_threads(threads)
     run_dir = Path(cfg.run.dir)
     try:
-        ds = prepare_dataset(cfg.data, run_dir, threads=max(1, threads))
+        ds = prepare_dataset(
+            cfg.data, run_dir, threads=max(1, threads), shared_cache=cfg.teacher_cache_dir().parent / "dedupe"
+        )
     except DataError as err:
         print(f"protembed distill: {err}", file=sys.stderr)
         return 2
@@ -78,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if stage in ("all", "embed", "sweep"):
         from protembed_distill.teacher_cache import build_caches
 
-        report = build_caches(cfg, [*ds.train, *ds.val], progress=not args.no_progress, log=_log)
+        report = build_caches(cfg, ds.ranked, progress=not args.no_progress, log=_log)
         (run_dir / "embed_report.json").write_text(json.dumps(report, indent=1))
         _log("embed: " + json.dumps(report))
         if stage == "embed":

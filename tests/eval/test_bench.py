@@ -1,0 +1,212 @@
+"""`protembed bench model` / `bench serve` in smoke mode on the tiny model, and the batching replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_TEACHERS
+
+from protembed.cli import main
+from protembed_distill import bench_serve
+
+
+def _corpus(data_dir: Path) -> Path:
+    return data_dir / "corpus" / "corpus.fasta"
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A distillation checkpoint of a tiny student, in the format train.py writes."""
+    import torch
+
+    from protembed_distill.config import StudentConfig
+    from protembed_distill.student import Student
+    from protembed_distill.train import CHECKPOINT_FORMAT
+
+    cfg = StudentConfig(layers=1, d_model=8, heads=2, ffn=16, max_length=64)
+    model = Student(cfg, {"alpha": 6, "beta": 3})
+    path = tmp_path / "best.pt"
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "student_config": cfg.model_dump(mode="json"),
+            "teacher_dims": {"alpha": 6, "beta": 3},
+            "residue_dims": {},
+            "model": model.state_dict(),
+        },
+        path,
+    )
+    return path
+
+
+def test_bench_model_smoke(
+    tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, tiny_checkpoint: Path
+) -> None:
+    start = time.monotonic()
+    rc = main(
+        [
+            "bench",
+            "model",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(_corpus(eval_data_dir)),
+            "--teachers",
+            *TINY_TEACHERS,
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--threads",
+            "1",
+            "--reports",
+            str(tmp_path),
+            "--smoke",
+        ]
+    )
+    assert rc == 0
+    assert time.monotonic() - start < 90
+    report = json.loads((tmp_path / "smoke" / "bench_model.json").read_text())
+    results = report["results"]
+    assert set(results) == {"teacher:alpha", "teacher:beta", "student:torch", "student", "student:int8"}
+    for name, r in results.items():
+        assert "error" not in r, name
+        assert r["residues"] == report["set"]["residues"]  # one fixed set for every model
+        assert r["residues_per_s"] > 0 and r["peak_rss_mb"] >= r["rss_baseline_mb"] > 0
+    assert report["set"]["sequences"] == 12 and report["set"]["max"] <= 64
+    ratios = report["ratios"]
+    assert ratios["student"]["teacher:alpha"] == pytest.approx(
+        results["student"]["residues_per_s"] / results["teacher:alpha"]["residues_per_s"]
+    )
+    combined = report["set"]["residues"] / (
+        results["teacher:alpha"]["seconds_per_pass"] + results["teacher:beta"]["seconds_per_pass"]
+    )
+    assert ratios["student"]["teachers_combined"] == pytest.approx(
+        results["student"]["residues_per_s"] / combined
+    )
+    summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
+    assert summary["speedup_vs_teachers"] == pytest.approx(ratios["student"]["teachers_combined"])
+    assert "## Speed-up" in (tmp_path / "smoke" / "bench_model.md").read_text()
+
+
+def test_bench_model_reports_a_failing_model(
+    tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path
+) -> None:
+    rc = main(
+        [
+            "bench",
+            "model",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(_corpus(eval_data_dir)),
+            "--teachers",
+            "ghost=eval_tiny_teachers:nothing_here",
+            "--threads",
+            "1",
+            "--reports",
+            str(tmp_path),
+            "--smoke",
+            "--no-int8",
+            "--rounds",
+            "2",
+        ]
+    )
+    assert rc == 1
+    report = json.loads((tmp_path / "smoke" / "bench_model.json").read_text())
+    assert "nothing_here" in report["results"]["teacher:ghost"]["error"]
+    assert "error" not in report["results"]["student"]
+    student = report["results"]["student"]
+    assert len(student["rounds_residues_per_s"]) == 2  # interleaved rounds, the fastest kept
+    assert student["residues_per_s"] == max(student["rounds_residues_per_s"])
+
+
+def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path) -> None:
+    start = time.monotonic()
+    rc = main(
+        [
+            "bench",
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--corpus",
+            str(_corpus(eval_data_dir)),
+            "--threads",
+            "1",
+            "--reports",
+            str(tmp_path),
+            "--smoke",
+        ]
+    )
+    assert rc == 0
+    assert time.monotonic() - start < 90
+    out = tmp_path / "smoke"
+    report = json.loads((out / "bench_serve.json").read_text())
+    for transport in ("http", "grpc"):
+        rows = report["levels"][transport]
+        assert [r["concurrency"] for r in rows] == [1, 4]
+        for r in rows:
+            assert r["errors"] == 0 and r["requests"] > 0, r["first_errors"]
+            assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+            assert r["server_batching"]["batches"] >= 1
+    assert report["raw_ort"]["residues_per_s"] > 0 and report["server_vs_raw_ort"] > 0
+    assert report["cache"]["hit_median_ms"] > 0 and report["cache"]["speedup"] > 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("server_vs_raw_ort", "padding_ratio_bucketed", "padding_ratio_fifo", "cache_hit_speedup"):
+        assert isinstance(summary[key], float)
+    assert (out / "latency_vs_throughput.png").stat().st_size > 1000
+    assert "## Padding" in (out / "bench_serve.md").read_text()
+
+
+def _stream(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(230), 0.7, n).astype(int), 20, 1024)
+    return [f"M{i:05d}" + "A" * (int(n_) - 6) for i, n_ in enumerate(lengths)]  # distinct, real-like lengths
+
+
+def test_replay_bucketing_beats_arrival_order() -> None:
+    seqs = _stream(600, 0)
+    kw = {"max_batch_tokens": 16384, "max_batch_size": 64, "max_wait_s": 0.005, "tokens_per_s": 30000.0}
+    for concurrency, margin in ((64, 0.1), (256, 0.3)):
+        bucketed = bench_serve.replay_padding(seqs, fifo=False, concurrency=concurrency, **kw)
+        fifo = bench_serve.replay_padding(seqs, fifo=True, concurrency=concurrency, **kw)
+        assert bucketed["padding_ratio"] < fifo["padding_ratio"] - margin, concurrency
+        assert fifo["padding_ratio"] > 0.3
+    one = bench_serve.replay_padding(seqs[:20], fifo=False, concurrency=1, **kw)
+    assert one == {"batches": 20, "mean_batch_size": 1.0, "padding_ratio": 0.0}  # one in flight: no padding
+
+
+def test_replay_takes_the_servers_queue_settings() -> None:
+    kwargs = bench_serve.queue_kwargs(
+        {
+            "max_batch_tokens": 100,
+            "max_batch_size": 3,
+            "max_wait_ms": 7.0,
+            "queued_items": 0,
+            "not_a_queue_setting": 1,
+        }
+    )
+    assert kwargs == {"max_batch_tokens": 100, "max_batch_size": 3, "max_wait_s": 0.007}
+
+
+def test_closed_loop_is_bounded_in_time() -> None:
+    async def slow(seq: str) -> bool:
+        await asyncio.sleep(0.05)
+        return False
+
+    start = time.monotonic()
+    row = asyncio.run(bench_serve.closed_loop(slow, ["MK"] * 1000, concurrency=4, seconds=0.3))
+    assert time.monotonic() - start < 2.0
+    assert 0 < row["requests"] < 1000 and row["errors"] == 0
+    assert row["requests_per_s"] == pytest.approx(row["requests"] / row["seconds"])
+
+
+def test_closed_loop_counts_errors() -> None:
+    async def failing(seq: str) -> bool:
+        raise RuntimeError("HTTP 500")
+
+    row = asyncio.run(bench_serve.closed_loop(failing, ["MK"] * 5, concurrency=2, seconds=5))
+    assert row["errors"] == 5 and row["requests"] == 0 and "HTTP 500" in row["first_errors"][0]
