@@ -152,6 +152,11 @@ class ThreadServer:
     server: Any
     thread: threading.Thread
 
+    @property
+    def engine(self) -> Any:
+        """The engine the app's lifespan started (``app.state.engine``)."""
+        return self.server.config.app.state.engine
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(15)
@@ -161,6 +166,7 @@ class ThreadServer:
 def start_thread_server() -> Iterator[Callable[[Settings], ThreadServer]]:
     """Start uvicorn with ``create_app(settings)`` in a thread on a free port; stopped at teardown."""
     import uvicorn
+
     from protembed.http import create_app
 
     started: list[ThreadServer] = []

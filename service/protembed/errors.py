@@ -86,7 +86,9 @@ class SequenceTooLongError(ProtembedError):
 
     def to_dict(self) -> dict[str, object]:
         d = super().to_dict()
-        d.update({"index": self.index, "id": self.item_id, "length": self.length, "max_length": self.max_length})
+        d.update(
+            {"index": self.index, "id": self.item_id, "length": self.length, "max_length": self.max_length}
+        )
         return d
 
 

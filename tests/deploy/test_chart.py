@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from deploy_helpers import CHART_DIR, FULLNAME, NAMESPACE, Rendered
+
 from protembed.settings import Settings
 
 kubernetes_validate = pytest.importorskip(

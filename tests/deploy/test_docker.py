@@ -25,6 +25,7 @@ from types import ModuleType
 import pytest
 import yaml
 from deploy_helpers import CHART_DIR, DOCKER_DIR, REPO
+
 from protembed.settings import Settings
 
 DOCKERFILES = {"cpu": DOCKER_DIR / "Dockerfile", "gpu": DOCKER_DIR / "Dockerfile.gpu"}

@@ -1,6 +1,10 @@
-"""Deadlines, cancellation and health against a real server whose batcher holds items for 1.5 s
-(max_wait_ms=1500: a lone small request waits that long for its batch to fill), so a call can expire
-or be cancelled while its items are still queued — and must then never reach the model."""
+"""Deadlines, cancellation and health against a real server.
+
+The batcher dispatches at once while the model is idle, so to keep a call's items queued the tests hold
+the model busy: a blocker call goes first and waits in the model at a gate (``gated_backend``); the
+call under test queues behind it and can expire or be cancelled there — and must then never reach the
+model. The server's max_wait is long (1.5 s), so the lone call that is answered proves an idle model
+does not hold it for company."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protembed_testing import make_settings, running_server
 
+from gated_backend import GatedBackend, gated_backend
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 
@@ -43,39 +48,64 @@ def _dropped(server: Any) -> float:
     )
 
 
+async def _block(stub: Any, gated: GatedBackend, sequence: str) -> Any:
+    """Send a blocker call (runs on its own; await it for the response) and wait until it sits in the
+    (gated) model."""
+    blocker = stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence=sequence)]))
+    assert await asyncio.to_thread(gated.entered.wait, 5), "the blocker never reached the model"
+    return blocker
+
+
+async def _until(check: Any, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not check() and time.monotonic() < end:
+        await asyncio.sleep(0.02)
+
+
 async def test_deadline_drops_queued_items_before_the_model(slow_server: Any) -> None:
     batches, dropped = _batches(slow_server), _dropped(slow_server)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{slow_server.settings.grpc_port}") as channel:
         stub = pb_grpc.EmbedderStub(channel)
-        request = pb.EmbedRequest(sequences=[pb.Sequence(id="late", sequence="MKTAYIAKQRQISFVK")])
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.Embed(request, timeout=0.3)
+        with gated_backend(slow_server.engine) as gated:
+            blocker = await _block(stub, gated, "MBLOCKERDEADLINE")
+            request = pb.EmbedRequest(sequences=[pb.Sequence(id="late", sequence="MKTAYIAKQRQISFVK")])
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Embed(request, timeout=0.3)
+        assert (await blocker).dim == 8
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await asyncio.sleep(HOLD_S + 0.3)  # past the moment the batch would have run
+    await _until(lambda: _dropped(slow_server) > dropped)
     assert _dropped(slow_server) == dropped + 1
-    assert _batches(slow_server) == batches  # the model never saw it
+    assert _batches(slow_server) == batches + 1  # only the blocker reached the model
 
 
 async def test_cancelled_call_drops_queued_items_before_the_model(slow_server: Any) -> None:
     batches, dropped = _batches(slow_server), _dropped(slow_server)
+    queue = slow_server.engine.batcher.queue
     async with grpc.aio.insecure_channel(f"127.0.0.1:{slow_server.settings.grpc_port}") as channel:
         stub = pb_grpc.EmbedderStub(channel)
-        call = stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKVLAAGIVGLLLA")]))
-        await asyncio.sleep(0.3)
-        assert call.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await call
-    await asyncio.sleep(HOLD_S + 0.3)
+        with gated_backend(slow_server.engine) as gated:
+            blocker = await _block(stub, gated, "MBLOCKERCANCEL")
+            call = stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKVLAAGIVGLLLA")]))
+            await _until(lambda: "MKVLAAGIVGLLLA" in queue.pending)
+            assert "MKVLAAGIVGLLLA" in queue.pending  # queued behind the blocker
+            assert call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(0.1)  # let the server see the cancellation while the item is queued
+        assert (await blocker).dim == 8
+    await _until(lambda: _dropped(slow_server) > dropped)
     assert _dropped(slow_server) == dropped + 1
-    assert _batches(slow_server) == batches
+    assert _batches(slow_server) == batches + 1  # only the blocker reached the model
 
 
 async def test_a_call_within_its_deadline_is_answered(slow_server: Any) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{slow_server.settings.grpc_port}") as channel:
+        await channel.channel_ready()
         stub = pb_grpc.EmbedderStub(channel)
         start = time.monotonic()
         response = await stub.Embed(pb.EmbedRequest(sequences=[pb.Sequence(sequence="MKVW")]), timeout=10)
-    assert response.dim == 8 and time.monotonic() - start >= HOLD_S * 0.9  # it did wait for its batch
+    # an idle model takes a lone call at once: it must not wait max_wait (HOLD_S) for company
+    assert response.dim == 8 and time.monotonic() - start < HOLD_S / 2
 
 
 async def _status(stub: Any, service: str) -> int:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from protembed import tokenizer
 from protembed.artifact import load_model, read_model_card, sha256_file, write_model_card
 from protembed.errors import ModelArtifactError

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from protembed.cache import MemoryCache, RedisCache, cache_key, decode_array, encode_array
 from protembed.metrics import Metrics
 

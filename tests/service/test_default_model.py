@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
 from protembed.settings import Settings, default_model_dir
 
 pytestmark = pytest.mark.slow

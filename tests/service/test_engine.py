@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gated_backend import gated_backend
 from protembed.core import EmbedInput, EmbedOptions, Engine, plan_windows, pool_windows
 from protembed.errors import (
     DeadlineExceededError,
@@ -194,31 +194,16 @@ async def test_batching_policy_and_padding_bound_come_from_settings(
     assert (default.batcher.queue.policy, default.batcher.queue.max_padding_ratio) == ("bucketed", 0.1)
 
 
-class GatedBackend:
-    """The real backend, held at a gate: keeps the model busy so later items stay queued."""
-
-    def __init__(self, inner: Any, gate: threading.Event) -> None:
-        self.inner, self.gate = inner, gate
-        self.provider = inner.provider
-
-    def run(self, batch: Any, outputs: Any) -> Any:
-        self.gate.wait(10)
-        return self.inner.run(batch, outputs)
-
-
 async def test_items_queued_behind_a_busy_model_expire_before_it(engine: Engine) -> None:
-    gate = threading.Event()
-    engine.backend = GatedBackend(engine.backend, gate)
     before = engine.batcher.batches_run
-    try:
+    with gated_backend(engine) as gated:
         blocker = asyncio.create_task(engine.embed(inputs("MBLOCKER"), EmbedOptions()))
-        await asyncio.sleep(0.05)  # dispatched at once (idle model), now held in the model
+        # dispatched at once (idle model), now held in the model
+        assert await asyncio.to_thread(gated.entered.wait, 5)
         late = asyncio.create_task(
             engine.embed(inputs("MLATE"), EmbedOptions(), deadline=time.monotonic() + 0.1)
         )
         await asyncio.sleep(0.3)
-    finally:
-        gate.set()
     assert not (await blocker).results[0].cached
     with pytest.raises(DeadlineExceededError):
         await late

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from protembed.core import EmbedInput, EmbedOptions, Engine
 from protembed.settings import Settings
 from tiny_model import reference_embeddings

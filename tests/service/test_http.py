@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
+from gated_backend import GatedBackend, gated_backend
 from protembed.settings import Settings
 from tiny_model import reference_embeddings
 
@@ -195,18 +197,24 @@ def test_health_ready_info_metrics_docs(server: str) -> None:
 def test_overload_is_429_with_retry_after(
     start_thread_server: Callable[[Settings], Any], make_settings: Callable[..., Settings]
 ) -> None:
-    # The first request sits in the queue for max_wait (1 s); the second would exceed the queue bound.
-    url = start_thread_server(make_settings(max_queue_tokens=10, max_wait_ms=1000)).url
+    # A blocker holds the model busy at a gate; the first request queues behind it (8 of 10 residues
+    # queued); the second would exceed the queue bound and is refused at once.
+    handle = start_thread_server(make_settings(max_queue_tokens=10))
 
-    async def go() -> tuple[httpx.Response, httpx.Response]:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+    async def go(gated: GatedBackend) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+            blocker = asyncio.create_task(client.post("/embed", json={"sequences": ["MBLOCKER"]}))
+            assert await asyncio.to_thread(gated.entered.wait, 5)  # left at once, now in the model
             first = asyncio.create_task(client.post("/embed", json={"sequences": ["MKTAYIAK"]}))
-            await asyncio.sleep(0.3)
+            while handle.engine.batcher.queue.queued_tokens < 8:  # queued behind the blocker
+                await asyncio.sleep(0.01)
             second = await client.post("/embed", json={"sequences": ["MCCCCCCC"]})
-            return await first, second
+            gated.gate.set()
+            return await blocker, await first, second
 
-    first, second = asyncio.run(go())
-    assert first.status_code == 200
+    with gated_backend(handle.engine) as gated:
+        blocker, first, second = asyncio.run(asyncio.wait_for(go(gated), 20))
+    assert blocker.status_code == 200 and first.status_code == 200
     assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
     assert "overloaded" in second.json()["error"]["message"]
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from protembed import cli
 from protembed.settings import Settings, add_settings_arguments, settings_from_args, settings_table
 
