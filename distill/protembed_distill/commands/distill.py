@@ -2,7 +2,8 @@
 
 Stages: ``data`` (overlap filter + split, cached), ``embed`` (teacher caches, resumable), ``train``
 (resumes from the run dir's last checkpoint), ``export`` (best checkpoint -> output.model_dir),
-``sweep`` (size sweep report), ``plan`` (random-weight throughput of the sweep sizes, no teachers
+``sweep`` (size sweep report), ``report`` (reports/distill.md from the run and the card),
+``plan`` (random-weight throughput of the sweep sizes, no teachers
 needed), and ``all`` = embed -> train -> export. Heavy imports happen inside the handler.
 """
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STAGES = ("all", "data", "embed", "train", "export", "sweep", "plan")
+STAGES = ("all", "data", "embed", "train", "export", "sweep", "plan", "report")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,6 +33,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-resume", action="store_true", help="train from scratch even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true", help="do not echo training log lines to stderr")
+    p.add_argument(
+        "--reports", type=Path, default=Path("reports"), help="where --stage report writes distill.md/.json"
+    )
     p.set_defaults(func=run)
 
 
@@ -58,6 +62,16 @@ def run(args: argparse.Namespace) -> int:
             update={"optim": cfg.optim.model_copy(update={"time_budget_s": args.time_budget})}
         )
     threads = cfg.threads()
+    if args.stage == "report":
+        from protembed_distill.distill_report import write
+
+        try:
+            paths = write(cfg, args.reports)
+        except FileNotFoundError as err:
+            print(f"protembed distill: {err}", file=sys.stderr)
+            return 1
+        _log(f"report: {', '.join(str(p) for p in paths)}")
+        return 0
 
     from protembed_distill.data import DataError, prepare_dataset
     from protembed_distill.train import set_threads
@@ -91,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
         from protembed_distill.teacher_cache import build_caches
 
         report = build_caches(cfg, ds.ranked, progress=not args.no_progress, log=_log)
-        (run_dir / "embed_report.json").write_text(json.dumps(report, indent=1))
+        report_path = run_dir / "embed_report.json"
+        # Keep the measured rate of an earlier invocation when this one found everything cached.
+        previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        for name, entry in report.items():
+            if not entry.get("embedded") and "residues_per_s" in previous.get(name, {}):
+                report[name] = {**previous[name], "cached_before": entry.get("cached_before")}
+        report_path.write_text(json.dumps(report, indent=1))
         _log("embed: " + json.dumps(report))
         if stage == "embed":
             return 0
