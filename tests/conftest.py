@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
 from protembed.settings import Settings  # noqa: E402
+from protembed_distill.bench_serve import spawn_server, stop_server  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
 TINY_MAX_LENGTH = 64
@@ -199,13 +200,7 @@ class ServerProcess:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
 
 
 def _ready(url: str) -> bool:
@@ -234,14 +229,7 @@ def start_server_process(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Calla
         )
         env.update(env_overrides)
         log = tmp_path / f"server-{port}.log"
-        with log.open("wb") as fh:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "protembed", "serve"],
-                cwd=tmp_path,
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_server(env, log, cwd=tmp_path)
         handle = ServerProcess(f"http://127.0.0.1:{port}", proc, log)
         started.append(handle)
         try:

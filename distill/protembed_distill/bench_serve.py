@@ -69,6 +69,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SERVE_COMMAND = [sys.executable, "-m", "protembed", "serve"]
+
+
+def spawn_server(env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """``python -m protembed serve`` (the real command) with ``env``, its output going to ``log_path``;
+    also used by the test suite, so tests start the server exactly as this benchmark does."""
+    with log_path.open("wb") as fh:
+        return subprocess.Popen(SERVE_COMMAND, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server drains), SIGKILL if it has not exited 15 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 class ServerProcess:
     """``python -m protembed serve`` on loopback ports, configured through PROTEMBED_* variables."""
 
@@ -93,10 +114,9 @@ class ServerProcess:
                 **cfg.server_env,
             }
         )
-        self.command = [sys.executable, "-m", "protembed", "serve"]
         self.log_path = log_path
-        with log_path.open("wb") as fh:
-            self.proc = subprocess.Popen(self.command, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        self.proc = spawn_server(env, log_path)
+        self.command = list(SERVE_COMMAND)
 
     def wait_ready(self, timeout_s: float) -> None:
         import httpx
@@ -122,13 +142,7 @@ class ServerProcess:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_server(self.proc)
 
 
 # --- clients ----------------------------------------------------------------------------------------

@@ -57,6 +57,15 @@ def decode_array(data: bytes) -> np.ndarray | None:
     return np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32)
 
 
+def _count_lookups(metrics: Metrics | None, backend: str, out: list[bytes | None]) -> list[bytes | None]:
+    """Count the hits and misses of one ``get_many`` answer; returns it unchanged."""
+    if metrics is not None:
+        hits = sum(v is not None for v in out)
+        metrics.cache_hits.labels(backend).inc(hits)
+        metrics.cache_misses.labels(backend).inc(len(out) - hits)
+    return out
+
+
 class Cache(Protocol):
     backend: str
 
@@ -111,10 +120,7 @@ class MemoryCache:
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         out = self.get_sync(keys)
-        if self.metrics is not None:
-            hits = sum(v is not None for v in out)
-            self.metrics.cache_hits.labels(self.backend).inc(hits)
-            self.metrics.cache_misses.labels(self.backend).inc(len(out) - hits)
+        _count_lookups(self.metrics, self.backend, out)
         return out
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
@@ -202,23 +208,16 @@ class RedisCache:
         if not keys:
             return []
         if not self._available():
-            if self.metrics is not None:
-                self.metrics.cache_misses.labels(self.backend).inc(len(keys))
-            return [None] * len(keys)
+            return _count_lookups(self.metrics, self.backend, [None] * len(keys))
         try:
             # wait_for as well as socket timeouts: a connect that hangs in DNS or a pool wait is covered too
             values = await asyncio.wait_for(self.client.mget(list(keys)), self.timeout_s * 2)
         except (Exception, asyncio.TimeoutError) as exc:
             self._failed("MGET", exc)
-            if self.metrics is not None:
-                self.metrics.cache_misses.labels(self.backend).inc(len(keys))
-            return [None] * len(keys)
+            return _count_lookups(self.metrics, self.backend, [None] * len(keys))
         self._ok()
         out = [v if isinstance(v, bytes) else None for v in values]
-        if self.metrics is not None:
-            hits = sum(v is not None for v in out)
-            self.metrics.cache_hits.labels(self.backend).inc(hits)
-            self.metrics.cache_misses.labels(self.backend).inc(len(out) - hits)
+        _count_lookups(self.metrics, self.backend, out)
         return out
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:

@@ -354,6 +354,44 @@ class _ClientBase:
         self.max_residues_per_request = max_residues_per_request
         self.per_residue_residues_per_request = per_residue_residues_per_request
         self.grpc_max_message_bytes = grpc_max_message_bytes
+        self._http: Any = None
+        self._channel: Any = None
+        self._stub: Any = None
+
+    def _open_grpc(self, channels: Any) -> None:
+        """Open the channel and stub; ``channels`` is ``grpc`` or ``grpc.aio`` (same factory names)."""
+        import grpc
+
+        from protembed.proto import embedder_pb2_grpc
+
+        target, secure = _grpc_target(self.url)
+        options = _grpc_options(self.grpc_max_message_bytes)
+        self._channel = (
+            channels.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            if secure
+            else channels.insecure_channel(target, options=options)
+        )
+        self._stub = embedder_pb2_grpc.EmbedderStub(self._channel)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return tuple(_auth_headers(self.api_key).items())
+
+    def _retry_delay(self, attempt: int, err: RemoteError) -> float:
+        """Seconds to wait before the next attempt; re-raises ``err`` when it must not be retried."""
+        if not err.retryable or attempt + 1 >= self.retry.max_attempts:
+            raise err
+        return self.retry.delay(attempt, err.retry_after_s)
+
+    def _unreachable(self, err: Exception) -> RemoteError:
+        return RemoteError(f"cannot reach {self.url}: {err}", error_type="unavailable", retryable=True)
+
+    @staticmethod
+    def _checked(r: Any) -> Any:
+        """An httpx response that must be 200: its parsed JSON body, else the server's error raised."""
+        if r.status_code != 200:
+            raise _rest_error(r.status_code, r.headers, r.text)
+        return r.json()
 
     def _prepare(
         self, sequences: Sequence[str] | str, ids: Sequence[str | None] | None, per_residue: bool
@@ -391,9 +429,6 @@ class Client(_ClientBase):
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self._http: Any = None
-        self._channel: Any = None
-        self._stub: Any = None
         if self.transport == "rest":
             import httpx
 
@@ -403,16 +438,7 @@ class Client(_ClientBase):
         else:
             import grpc
 
-            from protembed.proto import embedder_pb2_grpc
-
-            target, secure = _grpc_target(self.url)
-            options = _grpc_options(self.grpc_max_message_bytes)
-            self._channel = (
-                grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-                if secure
-                else grpc.insecure_channel(target, options=options)
-            )
-            self._stub = embedder_pb2_grpc.EmbedderStub(self._channel)
+            self._open_grpc(grpc)
 
     def __enter__(self) -> Client:
         return self
@@ -431,9 +457,7 @@ class Client(_ClientBase):
             try:
                 return call()
             except RemoteError as err:
-                if not err.retryable or attempt + 1 >= self.retry.max_attempts:
-                    raise
-                time.sleep(self.retry.delay(attempt, err.retry_after_s))
+                time.sleep(self._retry_delay(attempt, err))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _call_once(self, seqs: Sequence[str], ids: Sequence[str | None], opts: _Options) -> EmbedResult:
@@ -443,19 +467,13 @@ class Client(_ClientBase):
             try:
                 r = self._http.post("/embed", json=_rest_body(seqs, ids, opts))
             except httpx.TransportError as err:
-                raise RemoteError(
-                    f"cannot reach {self.url}: {err}", error_type="unavailable", retryable=True
-                ) from err
-            if r.status_code != 200:
-                raise _rest_error(r.status_code, r.headers, r.text)
-            return _parse_rest(r.json(), opts.per_residue)
+                raise self._unreachable(err) from err
+            return _parse_rest(self._checked(r), opts.per_residue)
         import grpc
 
         try:
             response = self._stub.Embed(
-                _grpc_request(seqs, ids, opts),
-                timeout=self.timeout,
-                metadata=tuple(_auth_headers(self.api_key).items()),
+                _grpc_request(seqs, ids, opts), timeout=self.timeout, metadata=self.metadata
             )
         except grpc.RpcError as err:
             raise _grpc_error(err) from None
@@ -498,10 +516,7 @@ class Client(_ClientBase):
         if self._http is not None:
 
             def get() -> dict[str, Any]:
-                r = self._http.get("/info")
-                if r.status_code != 200:
-                    raise _rest_error(r.status_code, r.headers, r.text)
-                return dict(r.json())
+                return dict(self._checked(self._http.get("/info")))
 
             return self._with_retry(get)
         import grpc
@@ -510,11 +525,7 @@ class Client(_ClientBase):
 
         def call() -> dict[str, Any]:
             try:
-                response = self._stub.Info(
-                    pb.InfoRequest(),
-                    timeout=self.timeout,
-                    metadata=tuple(_auth_headers(self.api_key).items()),
-                )
+                response = self._stub.Info(pb.InfoRequest(), timeout=self.timeout, metadata=self.metadata)
             except grpc.RpcError as err:
                 raise _grpc_error(err) from None
             return _info_from_grpc(response)
@@ -528,9 +539,6 @@ class AsyncClient(_ClientBase):
     def __init__(self, url: str, *, concurrency: int = 4, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.concurrency = max(1, concurrency)
-        self._http: Any = None
-        self._channel: Any = None
-        self._stub: Any = None
         if self.transport == "rest":
             import httpx
 
@@ -538,19 +546,9 @@ class AsyncClient(_ClientBase):
                 base_url=self.url, timeout=self.timeout, headers=_auth_headers(self.api_key)
             )
         else:
-            import grpc
             import grpc.aio
 
-            from protembed.proto import embedder_pb2_grpc
-
-            target, secure = _grpc_target(self.url)
-            options = _grpc_options(self.grpc_max_message_bytes)
-            self._channel = (
-                grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-                if secure
-                else grpc.aio.insecure_channel(target, options=options)
-            )
-            self._stub = embedder_pb2_grpc.EmbedderStub(self._channel)
+            self._open_grpc(grpc.aio)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -571,18 +569,12 @@ class AsyncClient(_ClientBase):
             raise ValueError("stub is only available for grpc:// URLs")
         return self._stub
 
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return tuple(_auth_headers(self.api_key).items())
-
     async def _with_retry(self, call: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(self.retry.max_attempts):
             try:
                 return await call()
             except RemoteError as err:
-                if not err.retryable or attempt + 1 >= self.retry.max_attempts:
-                    raise
-                await asyncio.sleep(self.retry.delay(attempt, err.retry_after_s))
+                await asyncio.sleep(self._retry_delay(attempt, err))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _call_once(self, seqs: Sequence[str], ids: Sequence[str | None], opts: _Options) -> EmbedResult:
@@ -592,12 +584,8 @@ class AsyncClient(_ClientBase):
             try:
                 r = await self._http.post("/embed", json=_rest_body(seqs, ids, opts))
             except httpx.TransportError as err:
-                raise RemoteError(
-                    f"cannot reach {self.url}: {err}", error_type="unavailable", retryable=True
-                ) from err
-            if r.status_code != 200:
-                raise _rest_error(r.status_code, r.headers, r.text)
-            return _parse_rest(r.json(), opts.per_residue)
+                raise self._unreachable(err) from err
+            return _parse_rest(self._checked(r), opts.per_residue)
         import grpc
 
         try:
@@ -712,10 +700,7 @@ class AsyncClient(_ClientBase):
         if self._http is not None:
 
             async def get() -> dict[str, Any]:
-                r = await self._http.get("/info")
-                if r.status_code != 200:
-                    raise _rest_error(r.status_code, r.headers, r.text)
-                return dict(r.json())
+                return dict(self._checked(await self._http.get("/info")))
 
             return await self._with_retry(get)
         import grpc

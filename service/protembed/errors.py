@@ -12,13 +12,17 @@ class ProtembedError(Exception):
     # name of a grpc.StatusCode member; kept as a string so this module stays grpc-free
     grpc_code = "INTERNAL"
     error_type = "internal_error"
+    # (body key, attribute) pairs a subclass adds to its error body, so a client can act on them
+    detail_fields: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
     def to_dict(self) -> dict[str, object]:
-        return {"type": self.error_type, "message": self.message}
+        d: dict[str, object] = {"type": self.error_type, "message": self.message}
+        d.update((key, getattr(self, attr)) for key, attr in self.detail_fields)
+        return d
 
 
 class InvalidSequenceError(ProtembedError):
@@ -27,6 +31,7 @@ class InvalidSequenceError(ProtembedError):
     http_status = 422
     grpc_code = "INVALID_ARGUMENT"
     error_type = "invalid_sequence"
+    detail_fields = (("index", "index"), ("id", "item_id"), ("position", "position"))
 
     def __init__(
         self,
@@ -57,11 +62,6 @@ class InvalidSequenceError(ProtembedError):
         )
         return err
 
-    def to_dict(self) -> dict[str, object]:
-        d = super().to_dict()
-        d.update({"index": self.index, "id": self.item_id, "position": self.position})
-        return d
-
 
 class InvalidRequestError(ProtembedError):
     """A request that is well-formed JSON/protobuf but asks for something impossible."""
@@ -75,6 +75,12 @@ class SequenceTooLongError(ProtembedError):
     http_status = 413
     grpc_code = "INVALID_ARGUMENT"
     error_type = "sequence_too_long"
+    detail_fields = (
+        ("index", "index"),
+        ("id", "item_id"),
+        ("length", "length"),
+        ("max_length", "max_length"),
+    )
 
     def __init__(self, index: int, length: int, max_length: int, item_id: str | None = None) -> None:
         self.index, self.length, self.max_length, self.item_id = index, length, max_length, item_id
@@ -83,13 +89,6 @@ class SequenceTooLongError(ProtembedError):
             f"{who}: sequence has {length} residues, more than the model's maximum of {max_length}; "
             "split it, or run the server with long_sequences=chunk"
         )
-
-    def to_dict(self) -> dict[str, object]:
-        d = super().to_dict()
-        d.update(
-            {"index": self.index, "id": self.item_id, "length": self.length, "max_length": self.max_length}
-        )
-        return d
 
 
 class RequestTooLargeError(ProtembedError):

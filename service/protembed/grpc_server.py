@@ -18,9 +18,9 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -39,6 +39,8 @@ from protembed.errors import (
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 from protembed.settings import Settings
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -194,20 +196,29 @@ class Embedder(pb_grpc.EmbedderServicer):
         )
         return to_proto(response)
 
-    # -- RPCs
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        with self._observe("Embed") as code:
+    async def _handle(
+        self, method: str, context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Authorize, count and time one call running ``work``; a failure ends it with its status
+        (a ProtembedError's own, anything else INTERNAL and logged, not echoed to the client)."""
+        with self._observe(method) as code:
             try:
                 self._authorize(context)
-                return await self._embed(request.sequences, request.options, context)
+                return await work()
             except ProtembedError as err:
                 code[0] = status_code(err).name
                 await _abort(context, err)
             except Exception:
                 code[0] = "INTERNAL"
-                log.exception("gRPC Embed failed")
+                log.exception("gRPC %s failed", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
         raise AssertionError("unreachable: abort raises")
+
+    # -- RPCs
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        return await self._handle(
+            "Embed", context, lambda: self._embed(request.sequences, request.options, context)
+        )
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         with self._observe("Info") as code:
@@ -232,17 +243,7 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedStreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        with self._observe("EmbedStream") as code:
-            try:
-                self._authorize(context)
-                await _Stream(self, request_iterator, context).run()
-            except ProtembedError as err:
-                code[0] = status_code(err).name
-                await _abort(context, err)
-            except Exception:
-                code[0] = "INTERNAL"
-                log.exception("gRPC EmbedStream failed")
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        await self._handle("EmbedStream", context, lambda: _Stream(self, request_iterator, context).run())
 
 
 class _Stream:

@@ -33,17 +33,26 @@ def _records(n: int, per_residue: bool, start: int = 0) -> list[Embedded]:
     return out
 
 
+def _write(
+    path: Path, records: list[Embedded], meta: OutputMeta = META, *, finish: bool = True, **kwargs: int
+) -> BulkWriter:
+    """A writer on ``path`` given ``meta`` and ``records``; finished unless ``finish=False``."""
+    writer = BulkWriter(path, **kwargs)
+    writer.set_meta(meta)
+    for rec in records:
+        writer.add(rec)
+    if finish:
+        writer.finish()
+    return writer
+
+
 @pytest.mark.parametrize("suffix", [".h5", ".parquet", ".npz"])
 @pytest.mark.parametrize("per_residue", [False, True])
 def test_round_trip_in_every_format(tmp_path: Path, suffix: str, per_residue: bool) -> None:
     path = tmp_path / f"out{suffix}"
     meta = META_RES if per_residue else META
-    writer = BulkWriter(path, checkpoint_records=3)
-    writer.set_meta(meta)
     records = _records(10, per_residue)
-    for rec in records:
-        writer.add(rec)
-    writer.finish()
+    writer = _write(path, records, meta, checkpoint_records=3)
     assert not writer.parts_dir.exists()
     got = read_embeddings(path)
     assert set(got) == {r.id for r in records}
@@ -54,11 +63,7 @@ def test_round_trip_in_every_format(tmp_path: Path, suffix: str, per_residue: bo
 
 def test_hdf5_layout_is_bio_embeddings(tmp_path: Path) -> None:
     path = tmp_path / "out.h5"
-    writer = BulkWriter(path)
-    writer.set_meta(META)
-    for rec in _records(2, False):
-        writer.add(rec)
-    writer.finish()
+    _write(path, _records(2, False))
     with h5py.File(path, "r") as f:
         assert sorted(f) == ["id%2F0", "id1"]  # one dataset per id; '/' escaped
         assert f["id1"].attrs["original_id"] == "id1 header text"
@@ -69,11 +74,7 @@ def test_hdf5_layout_is_bio_embeddings(tmp_path: Path) -> None:
 
 def test_parquet_columns(tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
-    writer = BulkWriter(path)
-    writer.set_meta(META)
-    for rec in _records(3, False):
-        writer.add(rec)
-    writer.finish()
+    _write(path, _records(3, False))
     table = pq.read_table(path)
     assert table.column_names == ["id", "header", "length", "embedding"]
     kind = table.schema.field("embedding").type
@@ -84,10 +85,7 @@ def test_parquet_columns(tmp_path: Path) -> None:
 def test_a_killed_run_resumes_from_its_checkpoints(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"out{suffix}"
     first = _records(10, False)
-    writer = BulkWriter(path, checkpoint_records=4)
-    writer.set_meta(META)
-    for rec in first[:9]:
-        writer.add(rec)
+    writer = _write(path, first[:9], finish=False, checkpoint_records=4)
     # killed here: no finish(); 8 records are in two checkpoint parts, 1 was only buffered
     assert not path.exists()
     assert len(list(writer.parts_dir.glob("part-*.npz"))) == 2
@@ -115,17 +113,9 @@ def test_a_killed_run_resumes_from_its_checkpoints(tmp_path: Path, suffix: str) 
 
 def test_a_run_killed_while_merging_leaves_the_output_intact(tmp_path: Path) -> None:
     path = tmp_path / "out.h5"
-    writer = BulkWriter(path)
-    writer.set_meta(META)
-    for rec in _records(3, False):
-        writer.add(rec)
-    writer.finish()
+    _write(path, _records(3, False))
     before = path.read_bytes()
-    writer = BulkWriter(path)
-    writer.set_meta(META)
-    for rec in _records(2, False, start=3):
-        writer.add(rec)
-    writer.checkpoint()
+    _write(path, _records(2, False, start=3), finish=False).checkpoint()
     (tmp_path / "out.h5.tmp").write_bytes(b"half a merge")  # what a kill during the merge leaves
     half_part = tmp_path / "out.h5.parts" / "tmp-000002.npz"
     half_part.write_bytes(b"half a checkpoint")  # ... and a kill during a checkpoint
@@ -139,10 +129,7 @@ def test_a_run_killed_while_merging_leaves_the_output_intact(tmp_path: Path) -> 
 
 def test_refuses_to_mix_outputs(tmp_path: Path) -> None:
     path = tmp_path / "out.npz"
-    writer = BulkWriter(path)
-    writer.set_meta(META)
-    writer.add(_records(1, False)[0])
-    writer.finish()
+    _write(path, _records(1, False))
     other = BulkWriter(path)
     with pytest.raises(BulkOutputError, match="per-protein 'student' vectors \\(dim 4\\) of m 1"):
         other.set_meta(OutputMeta("m", "2", "student", False, 4))

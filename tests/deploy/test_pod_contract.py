@@ -22,6 +22,8 @@ import pytest
 from deploy_helpers import DOCKER_DIR, REPO, Rendered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from protembed_distill.bench_serve import spawn_server
+
 
 def _pod_env(rendered: Rendered, model_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
@@ -45,14 +47,7 @@ def pod(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], subprocess.Popen[
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with (tmp_path / "server.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "protembed", "serve"],
-                cwd=tmp_path,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        proc = spawn_server(env, tmp_path / "server.log", cwd=tmp_path)
         procs.append(proc)
         return proc
 

@@ -3,12 +3,12 @@ masking and cropping."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from teacher_checks import assert_padding_never_changes_a_result
 
 from protembed_distill.teachers import antiberty
 from protembed_distill.teachers.base import TeacherUnavailableError
@@ -20,12 +20,7 @@ LIGHT = "DIQMTQSPSSLSASVGDRVTITCRASQDVNTAVAWYQQKPGKAPKLLIYSASFLYSGVPSRFSGSRSGTDF
 SEQS = [HEAVY, LIGHT, "CARXYW"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +74,7 @@ def test_tokens_follow_antiberty_runner(teacher: HFEncoderTeacher) -> None:
 
 
 def test_padding_never_changes_a_result(teacher: HFEncoderTeacher) -> None:
-    batched = teacher.embed(SEQS, per_residue=True)
-    assert batched.per_residue is not None
-    for i, seq in enumerate(SEQS):
-        alone = teacher.embed([seq], per_residue=True)
-        assert alone.per_residue is not None
-        np.testing.assert_allclose(batched.per_protein[i], alone.per_protein[0], atol=1e-4, rtol=0)
-        np.testing.assert_allclose(batched.per_residue[i], alone.per_residue[0], atol=1e-4, rtol=0)
+    batched = assert_padding_never_changes_a_result(teacher, SEQS, atol=1e-4)
     np.testing.assert_allclose(batched.per_protein[1], batched.per_residue[1].mean(axis=0), atol=1e-5)
 
 

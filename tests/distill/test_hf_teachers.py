@@ -10,12 +10,12 @@ one "▁X"-style piece per residue, ``</s>`` appended.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from teacher_checks import assert_padding_never_changes_a_result
 from transformers import EsmConfig, EsmForMaskedLM, EsmTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from protembed_distill.teachers import hf
@@ -30,12 +30,7 @@ PROTT5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBZUO"
 SEQS = ["MKTAYIAKQR", "GSX", "ACDEFGHIKLMNPQRSTVWYACDEFGHIKL", "W"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +91,7 @@ def test_loads_with_right_dims(teacher: hf.HFEncoderTeacher) -> None:
 
 
 def test_padding_never_changes_a_result(teacher: hf.HFEncoderTeacher) -> None:
-    batched = teacher.embed(SEQS, per_residue=True)
-    assert batched.per_residue is not None
-    for i, seq in enumerate(SEQS):
-        alone = teacher.embed([seq], per_residue=True)
-        assert alone.per_residue is not None
-        np.testing.assert_allclose(batched.per_protein[i], alone.per_protein[0], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(batched.per_residue[i], alone.per_residue[0], atol=1e-5, rtol=0)
+    assert_padding_never_changes_a_result(teacher, SEQS, atol=1e-5)
 
 
 def test_per_protein_is_the_mean_over_residues_only(teacher: hf.HFEncoderTeacher) -> None:

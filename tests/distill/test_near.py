@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from teacher_checks import assert_padding_never_changes_a_result
 
 from protembed_distill.teachers import near
 from protembed_distill.teachers.base import TeacherUnavailableError
@@ -16,12 +16,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "near_reference.npz
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +55,7 @@ def test_padding_never_changes_a_result(random_teacher: near.NearTeacher) -> Non
     rng = np.random.default_rng(1)
     alphabet = np.array(list("ACDEFGHIKLMNPQRSTVWYX"))
     seqs = ["".join(rng.choice(alphabet, n)) for n in (3, 17, 40, 95)]
-    batched = random_teacher.embed(seqs, per_residue=True)
-    assert batched.per_residue is not None
-    for i, seq in enumerate(seqs):
-        alone = random_teacher.embed([seq], per_residue=True)
-        assert alone.per_residue is not None
-        np.testing.assert_allclose(batched.per_residue[i], alone.per_residue[0], atol=1e-5, rtol=0)
-        np.testing.assert_allclose(batched.per_protein[i], alone.per_protein[0], atol=1e-5, rtol=0)
+    batched = assert_padding_never_changes_a_result(random_teacher, seqs, atol=1e-5)
     # The per-protein vector is the mean over real residues only.
     np.testing.assert_allclose(batched.per_protein[1], batched.per_residue[1].mean(axis=0), atol=1e-5, rtol=0)
 

@@ -21,9 +21,7 @@ from protembed_distill.teachers.registry import load_teacher
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "unirep_reference.npz"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +39,21 @@ def _require(size: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def t1900() -> unirep.UniRepTeacher:
-    _require("1900")
-    teacher = load_teacher("unirep1900")
+def _teacher(size: str) -> unirep.UniRepTeacher:
+    _require(size)
+    teacher = load_teacher(f"unirep{size}")
     assert isinstance(teacher, unirep.UniRepTeacher)
     return teacher
+
+
+@pytest.fixture(scope="module")
+def t1900() -> unirep.UniRepTeacher:
+    return _teacher("1900")
 
 
 @pytest.fixture(scope="module")
 def t256() -> unirep.UniRepTeacher:
-    _require("256")
-    teacher = load_teacher("unirep256")
-    assert isinstance(teacher, unirep.UniRepTeacher)
-    return teacher
+    return _teacher("256")
 
 
 def _seqs(ref: dict[str, np.ndarray]) -> list[str]:

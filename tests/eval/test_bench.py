@@ -15,8 +15,11 @@ from protembed.cli import main
 from protembed_distill import bench_serve
 
 
-def _corpus(data_dir: Path) -> Path:
-    return data_dir / "corpus" / "corpus.fasta"
+def _bench(what: str, model_dir: Path, data_dir: Path, reports: Path, *extra: str) -> int:
+    """``protembed bench <what>`` on one thread in smoke mode, reports under ``reports/smoke``."""
+    corpus = data_dir / "corpus" / "corpus.fasta"
+    common = ["--model", str(model_dir), "--corpus", str(corpus), "--threads", "1"]
+    return main(["bench", what, *common, *extra, "--reports", str(reports), "--smoke"])
 
 
 @pytest.fixture
@@ -48,24 +51,12 @@ def test_bench_model_smoke(
     tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, tiny_checkpoint: Path
 ) -> None:
     start = time.monotonic()
-    rc = main(
-        [
-            "bench",
-            "model",
-            "--model",
-            str(tiny_model_dir),
-            "--corpus",
-            str(_corpus(eval_data_dir)),
-            "--teachers",
-            *TINY_TEACHERS,
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--threads",
-            "1",
-            "--reports",
-            str(tmp_path),
-            "--smoke",
-        ]
+    rc = _bench(
+        "model",
+        tiny_model_dir,
+        eval_data_dir,
+        tmp_path,
+        *("--teachers", *TINY_TEACHERS, "--checkpoint", str(tiny_checkpoint)),
     )
     assert rc == 0
     assert time.monotonic() - start < 90
@@ -95,25 +86,12 @@ def test_bench_model_smoke(
 def test_bench_model_reports_a_failing_model(
     tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path
 ) -> None:
-    rc = main(
-        [
-            "bench",
-            "model",
-            "--model",
-            str(tiny_model_dir),
-            "--corpus",
-            str(_corpus(eval_data_dir)),
-            "--teachers",
-            "ghost=eval_tiny_teachers:nothing_here",
-            "--threads",
-            "1",
-            "--reports",
-            str(tmp_path),
-            "--smoke",
-            "--no-int8",
-            "--rounds",
-            "2",
-        ]
+    rc = _bench(
+        "model",
+        tiny_model_dir,
+        eval_data_dir,
+        tmp_path,
+        *("--teachers", "ghost=eval_tiny_teachers:nothing_here", "--no-int8", "--rounds", "2"),
     )
     assert rc == 1
     report = json.loads((tmp_path / "smoke" / "bench_model.json").read_text())
@@ -126,21 +104,7 @@ def test_bench_model_reports_a_failing_model(
 
 def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path) -> None:
     start = time.monotonic()
-    rc = main(
-        [
-            "bench",
-            "serve",
-            "--model",
-            str(tiny_model_dir),
-            "--corpus",
-            str(_corpus(eval_data_dir)),
-            "--threads",
-            "1",
-            "--reports",
-            str(tmp_path),
-            "--smoke",
-        ]
-    )
+    rc = _bench("serve", tiny_model_dir, eval_data_dir, tmp_path)
     assert rc == 0
     assert time.monotonic() - start < 90
     out = tmp_path / "smoke"

@@ -1,1 +1,1 @@
-"""CLI subcommands of the offline package; each module exposes ``add_parser(subparsers)``."""
+"""CLI subcommands of the offline package; each public module exposes ``add_parser(subparsers)``."""

@@ -14,8 +14,11 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from protembed_distill.commands._options import add_teacher_options, parse_teacher_options, teacher_names
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL_DIR = REPO / "models" / "protembed-student-v1"
@@ -45,19 +48,10 @@ def add_parser(subparsers: Any) -> None:
 
     m = sub.add_parser("model", help="throughput and peak memory of each teacher and the student")
     _common(m)
-    m.add_argument(
-        "--teachers",
-        nargs="*",
-        default=None,
-        metavar="TEACHER",
-        help="registry names or NAME=package.module:factory (default: the model card's teachers)",
-    )
-    m.add_argument(
-        "--teacher-option",
-        action="append",
-        default=[],
-        metavar="NAME.KEY=VALUE",
-        help="option for a teacher's loader (e.g. esm2.model=/path)",
+    add_teacher_options(
+        m,
+        teachers_help="registry names or NAME=package.module:factory (default: the model card's teachers)",
+        option_help="option for a teacher's loader (e.g. esm2.model=/path)",
     )
     m.add_argument(
         "--checkpoint",
@@ -66,17 +60,12 @@ def add_parser(subparsers: Any) -> None:
         help="distillation checkpoint: also time the student in PyTorch",
     )
     m.add_argument("--sequences", type=int, default=256, help="corpus sample size (default: %(default)s)")
-    m.add_argument("--crop", type=int, default=None, help="crop length (default: the model's max_length)")
-    m.add_argument(
-        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
-    )
     m.add_argument(
         "--min-seconds",
         type=float,
         default=5.0,
         help="repeat a model's pass until this much time is measured (default: %(default)s)",
     )
-    m.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
     m.add_argument(
         "--rounds",
         type=int,
@@ -156,9 +145,37 @@ def _quiet_clients() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _finish(out_dir: Path, name: str, report: dict[str, Any], markdown: str, values: dict[str, Any]) -> None:
+def _run_report(
+    what: str,
+    smoke: bool,
+    work_prefix: str,
+    run: Callable[[Path], dict[str, Any]],
+    errors: tuple[type[Exception], ...],
+) -> dict[str, Any] | None:
+    """A timed ``bench_<what>`` report of ``run(scratch folder)``; ``None`` (said on stderr) on ``errors``."""
+    from protembed_distill import reports
+
+    report = reports.new_report(f"bench_{what}")
+    report["smoke"] = bool(smoke)
+    with tempfile.TemporaryDirectory(prefix=work_prefix) as work:
+        try:
+            start = time.perf_counter()
+            report.update(run(Path(work)))
+            reports.finish(report, time.perf_counter() - start)
+        except errors as exc:
+            print(f"protembed bench {what}: {exc}", file=sys.stderr)
+            return None
+    return report
+
+
+def _finish(args: argparse.Namespace, name: str, report: dict[str, Any], module: Any, title: str) -> None:
+    """Write the report (markdown and JSON), merge ``module``'s headline values into the summary, and
+    redraw the plots. ``module`` is ``bench_model`` or ``bench_serve``: both render and summarise alike."""
     from protembed_distill import plots, reports
 
+    out_dir = args.reports / "smoke" if args.smoke else args.reports
+    markdown = module.render_markdown(report, reports.header(title, report))
+    values = module.summary_values(report)
     json_path, md_path = reports.write_report(out_dir, name, report, markdown)
     if values:
         reports.update_summary(out_dir, values, name)
@@ -172,20 +189,13 @@ def _finish(out_dir: Path, name: str, report: dict[str, Any], markdown: str, val
 def run_model(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from protembed.artifact import read_model_card
     from protembed.errors import ModelArtifactError
-    from protembed_distill import bench_model, reports
-    from protembed_distill.commands.evaluate import _parse_options
+    from protembed_distill import bench_model
 
     try:
-        teachers = (
-            args.teachers
-            if args.teachers is not None
-            else [t.name for t in read_model_card(args.model).teachers]
-        )
         cfg = bench_model.BenchConfig(
             model_dir=args.model,
-            teachers=teachers,
+            teachers=teacher_names(args.teachers, args.model),
             corpus=args.corpus,
             checkpoint=args.checkpoint,
             sequences=args.sequences,
@@ -195,7 +205,7 @@ def run_model(args: argparse.Namespace) -> int:
             batch_tokens=args.batch_tokens,
             min_seconds=args.min_seconds,
             int8=not args.no_int8,
-            teacher_options=_parse_options(args.teacher_option),
+            teacher_options=parse_teacher_options(args.teacher_option),
             rounds=args.rounds,
         )
     except (ValueError, ModelArtifactError) as exc:
@@ -206,24 +216,17 @@ def run_model(args: argparse.Namespace) -> int:
         return 2
     if args.smoke:
         cfg = replace(cfg, **MODEL_SMOKE)
-    report = reports.new_report("bench_model")
-    report["smoke"] = bool(args.smoke)
-    with tempfile.TemporaryDirectory(prefix="protembed-bench-") as work:
-        try:
-            start = time.perf_counter()
-            report.update(bench_model.run_bench(cfg, Path(work), _log))
-            reports.finish(report, time.perf_counter() - start)
-        except (ValueError, ModelArtifactError, OSError) as exc:
-            print(f"protembed bench model: {exc}", file=sys.stderr)
-            return 1
-    failed = [n for n, r in report["results"].items() if "error" in r]
-    _finish(
-        args.reports / "smoke" if args.smoke else args.reports,
-        "bench_model",
-        report,
-        bench_model.render_markdown(report, reports.header("Model throughput", report)),
-        bench_model.summary_values(report),
+    report = _run_report(
+        "model",
+        args.smoke,
+        "protembed-bench-",
+        lambda work: bench_model.run_bench(cfg, work, _log),
+        (ValueError, ModelArtifactError, OSError),
     )
+    if report is None:
+        return 1
+    failed = [n for n, r in report["results"].items() if "error" in r]
+    _finish(args, "bench_model", report, bench_model, "Model throughput")
     if failed:
         print(f"protembed bench model: failed: {', '.join(failed)} (see the report)", file=sys.stderr)
         return 1
@@ -234,7 +237,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from protembed.errors import ModelArtifactError
-    from protembed_distill import bench_serve, reports
+    from protembed_distill import bench_serve
 
     env: dict[str, str] = {}
     for item in args.server_setting:
@@ -263,21 +266,14 @@ def run_serve(args: argparse.Namespace) -> int:
         print("protembed bench serve: --levels must be >= 1", file=sys.stderr)
         return 2
     _quiet_clients()
-    report = reports.new_report("bench_serve")
-    report["smoke"] = bool(args.smoke)
-    with tempfile.TemporaryDirectory(prefix="protembed-bench-serve-") as work:
-        try:
-            start = time.perf_counter()
-            report.update(bench_serve.run_serve_bench(cfg, Path(work), _log))
-            reports.finish(report, time.perf_counter() - start)
-        except (ValueError, ModelArtifactError, RuntimeError, OSError) as exc:
-            print(f"protembed bench serve: {exc}", file=sys.stderr)
-            return 1
-    _finish(
-        args.reports / "smoke" if args.smoke else args.reports,
-        "bench_serve",
-        report,
-        bench_serve.render_markdown(report, reports.header("Server benchmark", report)),
-        bench_serve.summary_values(report),
+    report = _run_report(
+        "serve",
+        args.smoke,
+        "protembed-bench-serve-",
+        lambda work: bench_serve.run_serve_bench(cfg, work, _log),
+        (ValueError, ModelArtifactError, RuntimeError, OSError),
     )
+    if report is None:
+        return 1
+    _finish(args, "bench_serve", report, bench_serve, "Server benchmark")
     return 0

@@ -107,11 +107,12 @@ def run(args: argparse.Namespace) -> int:
         report = build_caches(cfg, ds.ranked, progress=not args.no_progress, log=_log)
         report_path = run_dir / "embed_report.json"
         # Keep the measured rate of an earlier invocation when this one found everything cached.
-        previous = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        previous: dict[str, Any] = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        merged: dict[str, Any] = dict(report)
         for name, entry in report.items():
             if not entry.get("embedded") and "residues_per_s" in previous.get(name, {}):
-                report[name] = {**previous[name], "cached_before": entry.get("cached_before")}
-        report_path.write_text(json.dumps(report, indent=1))
+                merged[name] = {**previous[name], "cached_before": entry.get("cached_before")}
+        report_path.write_text(json.dumps(merged, indent=1))
         _log("embed: " + json.dumps(report))
         if stage == "embed":
             return 0

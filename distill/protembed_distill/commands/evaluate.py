@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protembed_distill.commands._options import add_teacher_options, parse_teacher_options, teacher_names
+
 SMOKE: dict[str, Any] = {
     "max_train": 40,
     "max_test": 30,
@@ -36,20 +38,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--model", type=Path, default=ev.DEFAULT_MODEL_DIR, help="model folder (default: %(default)s)"
     )
-    p.add_argument(
-        "--teachers",
-        nargs="*",
-        default=None,
-        metavar="TEACHER",
-        help="teachers to compare with: registry names, or NAME=package.module:factory for your own "
-        "(default: the teachers listed in the model card)",
-    )
-    p.add_argument(
-        "--teacher-option",
-        action="append",
-        default=[],
-        metavar="NAME.KEY=VALUE",
-        help="option passed to a teacher's loader (e.g. esm2.model=/path); part of its cache file name",
+    add_teacher_options(
+        p,
+        teachers_help="teachers to compare with: registry names, or NAME=package.module:factory for your "
+        "own (default: the teachers listed in the model card)",
+        option_help="option passed to a teacher's loader (e.g. esm2.model=/path); part of its cache file "
+        "name",
     )
     p.add_argument(
         "--config",
@@ -73,7 +67,6 @@ def add_parser(subparsers: Any) -> None:
         default=ev.DEFAULT_MAX_TEST,
         help="test sequences per set, seeded subsample, 0 = all (default: %(default)s)",
     )
-    p.add_argument("--crop", type=int, default=None, help="crop length (default: the model's max_length)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="CV folds on the train split (default: %(default)s)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
@@ -81,15 +74,11 @@ def add_parser(subparsers: Any) -> None:
         "--threads", type=int, default=2, help="torch / ONNX Runtime threads (default: %(default)s)"
     )
     p.add_argument(
-        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
-    )
-    p.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
         help=f"teacher cache folder (default: the config's, else {ev.DEFAULT_CACHE_DIR})",
     )
-    p.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
     p.add_argument("--no-secondary-structure", action="store_true", help="skip the per-residue Q3 probe")
     p.add_argument(
         "--reports", type=Path, default=Path("reports"), help="report folder (default: %(default)s)"
@@ -101,24 +90,12 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_options(items: list[str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, opt = key.partition(".")
-        if not (sep and dot and name and opt):
-            raise ValueError(f"--teacher-option {item!r}: expected NAME.KEY=VALUE")
-        out.setdefault(name, {})[opt] = value
-    return out
-
-
 def build_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
-    from protembed.artifact import read_model_card
     from protembed_distill.evaluate import DEFAULT_CACHE_DIR, EvalConfig, TeacherSpec, parse_teacher
 
-    options = _parse_options(args.teacher_option)
+    options = parse_teacher_options(args.teacher_option)
     cache_dir = args.cache_dir
     crop = args.crop
     teachers: list[TeacherSpec]
@@ -130,12 +107,7 @@ def build_config(args: argparse.Namespace) -> Any:
         cache_dir = cache_dir or dcfg.teacher_cache_dir()
         crop = crop or dcfg.data.max_length
     else:
-        names = (
-            args.teachers
-            if args.teachers is not None
-            else [t.name for t in read_model_card(args.model).teachers]
-        )
-        teachers = [parse_teacher(n) for n in names]
+        teachers = [parse_teacher(n) for n in teacher_names(args.teachers, args.model)]
     if args.teachers is not None and args.config is not None:
         teachers = [parse_teacher(n) for n in args.teachers]
     unknown = sorted(set(options) - {t.name for t in teachers})

@@ -31,26 +31,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from corpus_fasta import read_fasta  # sibling module: these scripts run by path, outside the package
 
 # Lengths to cover short to long; the first corpus sequence within 5% of each is taken, in file order.
 TARGET_LENGTHS = (24, 75, 180, 400, 850)
 EDGE = 8
-
-
-def read_fasta(path: Path) -> list[tuple[str, str]]:
-    records: list[tuple[str, str]] = []
-    name: str | None = None
-    chunks: list[str] = []
-    for line in path.read_text().splitlines():
-        if line.startswith(">"):
-            if name is not None:
-                records.append((name, "".join(chunks)))
-            name, chunks = line[1:].strip(), []
-        elif line.strip():
-            chunks.append(line.strip())
-    if name is not None:
-        records.append((name, "".join(chunks)))
-    return records
 
 
 def pick(records: list[tuple[str, str]]) -> list[tuple[str, str]]:

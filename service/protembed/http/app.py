@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import importlib
 import logging
@@ -148,6 +149,14 @@ async def _disconnect_watch(request: Request, interval_s: float = 0.05) -> Async
             await task
 
 
+async def _embed_until_disconnect(
+    request: Request, eng: Engine, inputs: list[EmbedInput], options: EmbedOptions
+) -> EmbedResponse:
+    """``eng.embed``, dropping the items not yet run once the client has gone (nobody reads them)."""
+    async with _disconnect_watch(request) as cancelled:
+        return await eng.embed(inputs, options, cancelled=cancelled)
+
+
 def _encode(vec: np.ndarray, encoding: str) -> list[Any] | str:
     if encoding == "base64":
         return base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode("ascii")
@@ -240,14 +249,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         return paths
 
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=known_paths)
+    # The embedding endpoints: authenticated, with the same documented error responses.
+    embed_route = functools.partial(app.post, responses=_ERRORS, dependencies=[Depends(check_key)])
 
-    @app.post(
-        "/embed",
-        response_model=EmbedResponseModel,
-        responses=_ERRORS,
-        dependencies=[Depends(check_key)],
-        summary="Embed protein sequences",
-    )
+    @embed_route("/embed", response_model=EmbedResponseModel, summary="Embed protein sequences")
     async def embed(
         request: Request,
         eng: EngineDep,
@@ -258,16 +263,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             for item in body.sequences
         ]
         options = EmbedOptions(output=body.output, per_residue=body.per_residue, normalize=body.normalize)
-        async with _disconnect_watch(request) as cancelled:
-            resp = await eng.embed(inputs, options, cancelled=cancelled)
+        resp = await _embed_until_disconnect(request, eng, inputs, options)
         return JSONResponse(_embed_body(resp, body.encoding))
 
-    @app.post(
-        "/v1/embeddings",
-        response_model=OpenAIEmbeddingsResponse,
-        responses=_ERRORS,
-        dependencies=[Depends(check_key)],
-        summary="OpenAI-compatible embeddings",
+    @embed_route(
+        "/v1/embeddings", response_model=OpenAIEmbeddingsResponse, summary="OpenAI-compatible embeddings"
     )
     async def openai_embeddings(
         request: Request,
@@ -282,8 +282,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             raise InvalidRequestError(
                 f"dimensions={body.dimensions} is not available; output {spec.name!r} has {spec.dim}"
             )
-        async with _disconnect_watch(request) as cancelled:
-            resp = await eng.embed([EmbedInput(t) for t in texts], options, cancelled=cancelled)
+        resp = await _embed_until_disconnect(request, eng, [EmbedInput(t) for t in texts], options)
         model_name = eng.card.id if output is None else f"{eng.card.id}/{resp.output}"
         return JSONResponse(
             {

@@ -1,0 +1,44 @@
+"""Options that ``protembed evaluate`` and ``protembed bench model`` share (not a subcommand itself).
+
+Both run the student against a set of teachers on the same footing, so the teacher selection and the
+way each model is run are spelled, parsed and defaulted in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_teacher_options(p: argparse.ArgumentParser, *, teachers_help: str, option_help: str) -> None:
+    """``--teachers``, ``--teacher-option``, ``--crop``, ``--batch-tokens`` and ``--no-int8``."""
+    p.add_argument("--teachers", nargs="*", default=None, metavar="TEACHER", help=teachers_help)
+    p.add_argument(
+        "--teacher-option", action="append", default=[], metavar="NAME.KEY=VALUE", help=option_help
+    )
+    p.add_argument("--crop", type=int, default=None, help="crop length (default: the model's max_length)")
+    p.add_argument(
+        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
+    )
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
+
+
+def parse_teacher_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``--teacher-option`` values as ``{teacher: {key: value}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, opt = key.partition(".")
+        if not (sep and dot and name and opt):
+            raise ValueError(f"--teacher-option {item!r}: expected NAME.KEY=VALUE")
+        out.setdefault(name, {})[opt] = value
+    return out
+
+
+def teacher_names(teachers: list[str] | None, model_dir: Path) -> list[str]:
+    """``--teachers`` as given, else the teachers the model card says the student was distilled from."""
+    if teachers is not None:
+        return teachers
+    from protembed.artifact import read_model_card
+
+    return [t.name for t in read_model_card(model_dir).teachers]
