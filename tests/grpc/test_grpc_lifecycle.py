@@ -69,8 +69,12 @@ async def test_deadline_drops_queued_items_before_the_model(slow_server: Any) ->
         with gated_backend(slow_server.engine) as gated:
             blocker = await _block(stub, gated, "MBLOCKERDEADLINE")
             request = pb.EmbedRequest(sequences=[pb.Sequence(id="late", sequence="MKTAYIAKQRQISFVK")])
+            # A deadline long enough for the call to reach the queue on a loaded machine; the test then
+            # checks it is queued, so the drop it expects cannot be missed by arriving too late.
+            call = stub.Embed(request, timeout=2.0)
+            await _until(lambda: "MKTAYIAKQRQISFVK" in slow_server.engine.batcher.queue.pending)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Embed(request, timeout=0.3)
+                await call
         assert (await blocker).dim == 8
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await _until(lambda: _dropped(slow_server) > dropped)
