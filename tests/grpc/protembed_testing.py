@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-DATA = Path("/work/shared/data")
+# The shared data folder sits beside the repository (in CI too: a copy of shared/ next to the clone).
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 T = TypeVar("T")
 
 
