@@ -29,6 +29,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _plain_log_ticks(ax: Any) -> None:
+    """Label only the decades of a log axis: matplotlib's minor labels overlap at these widths."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def quality_vs_speed(evaluation: dict[str, Any], bench: dict[str, Any], path: Path) -> Path | None:
     """One panel per task: score vs residues/s for every model measured by both reports."""
     speeds = {
@@ -65,6 +72,7 @@ def quality_vs_speed(evaluation: dict[str, Any], bench: dict[str, Any], path: Pa
                 model, (speeds[model], m["point"]), textcoords="offset points", xytext=(4, 4), fontsize=7
             )
         ax.set_xscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel("residues / s (CPU, log)")
         ax.set_ylabel(f"test {metric}")
         ax.set_title(task)
@@ -106,6 +114,7 @@ def latency_vs_throughput(serve: dict[str, Any], path: Path) -> Path | None:
         fastest = max(r["residues_per_s"] for rows in levels.values() for r in rows)
         if fastest > 0 and raw > 5 * fastest:  # far apart (e.g. a tiny test model): keep both readable
             ax.set_xscale("log")
+            _plain_log_ticks(ax)
     ax.set_yscale("log")
     ax.set_xlabel("throughput (residues / s)")
     ax.set_ylabel("latency (ms, log)")
