@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from protembed import tokenizer
+from protembed.settings import default_model_dir
 
 if TYPE_CHECKING:  # scikit-learn is imported only when probes run, so the CLI parser stays light
     from protembed_distill.probes import Interval, ProbeResult, TaskKind
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
-DEFAULT_MODEL_DIR = REPO / "models" / "protembed-student-v1"
+# The server's own default, so evaluation and benchmarks always look at the model `protembed serve` loads.
+DEFAULT_MODEL_DIR = default_model_dir()
 DEFAULT_CACHE_DIR = Path("~/.cache/protembed/teacher-cache")
 # Defaults sized for a 2-core CPU: UniRep-1900 embeds ~2k residues/s, so 400 train + 300 test sequences
 # per set (3 sets, ~0.8 M residues after cropping) cost ~7 min for it; the rest of the run ~5 min.

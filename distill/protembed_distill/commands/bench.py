@@ -18,11 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from protembed.settings import default_model_dir
 from protembed_distill.commands._options import add_teacher_options, parse_teacher_options, teacher_names
+from protembed_distill.evaluate import DEFAULT_DATA_DIR
 
-REPO = Path(__file__).resolve().parents[3]
-DEFAULT_MODEL_DIR = REPO / "models" / "protembed-student-v1"
-DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "corpus.fasta"
+DEFAULT_MODEL_DIR = default_model_dir()
+DEFAULT_CORPUS = DEFAULT_DATA_DIR / "corpus" / "corpus.fasta"
 MODEL_SMOKE: dict[str, Any] = {"sequences": 12, "min_seconds": 0.0, "max_repeats": 1, "timeout_s": 120.0}
 SERVE_SMOKE: dict[str, Any] = {
     "levels": [1, 4],
