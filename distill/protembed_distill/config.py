@@ -7,6 +7,7 @@ typo that would otherwise silently fall back to a default, so it is rejected nam
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +28,10 @@ __all__ = [
     "StudentConfig",
     "SweepConfig",
     "TeacherConfig",
+    "apply_overrides",
     "load_config",
     "parse_config",
+    "parse_override_value",
 ]
 
 
@@ -81,6 +84,11 @@ class StudentConfig(_Strict):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=1024, gt=0)
     positions: Literal["sinusoidal", "learned"] = "sinusoidal"
+    # Width of a per-residue GELU projection applied *before* mean pooling; 0 = pool the residue states
+    # directly. Teachers such as UniRep average wide nonlinear residue states (h_avg over 1900 units); a
+    # mean of d_model states followed by a linear head can only reach a d_model-rank slice of that, while
+    # a mean of wider nonlinear features can follow it. Its output is the student's own embedding.
+    pool_dim: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> StudentConfig:
@@ -206,8 +214,49 @@ def parse_config(raw: Mapping[str, Any], source: str = "<dict>") -> DistillConfi
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_config(path: str | Path) -> DistillConfig:
-    """Read and validate a ``.toml`` / ``.yaml`` / ``.yml`` file."""
+def parse_override_value(text: str) -> Any:
+    """A TOML value (``1e-3``, ``true``, ``"cuda"``, ``[1, 2]``); anything TOML cannot read is a string,
+    so ``run.device=cuda`` needs no quotes."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """``["optim.lr=2e-3", "student.pool_dim=1024"]`` applied to a parsed config mapping (a copy).
+
+    One file then serves several runs (a GPU box, a sweep of candidates run side by side) without
+    copies that drift apart; validation afterwards names a mistyped key like any other."""
+    out: dict[str, Any] = json.loads(json.dumps(dict(raw), default=str))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"{source} {item!r}: expected dotted.key=value")
+        node: Any = out
+        for i, part in enumerate(parts):
+            where = ".".join(parts[: i + 1])
+            last = i == len(parts) - 1
+            if isinstance(node, list):  # teachers.0.options.device: a number indexes an array of tables
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{source} {item!r}: {where}: no such entry ({len(node)} in the array)")
+                if last:
+                    node[int(part)] = parse_override_value(value.strip())
+                else:
+                    node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source} {item!r}: {'.'.join(parts[:i])} is not a table")
+            if last:
+                node[part] = parse_override_value(value.strip())
+            else:
+                node = node.setdefault(part, {})
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> DistillConfig:
+    """Read and validate a ``.toml`` / ``.yaml`` / ``.yml`` file, with optional ``key=value`` overrides."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -230,4 +279,6 @@ def load_config(path: str | Path) -> DistillConfig:
         raise ConfigError(f"config {path}: cannot parse: {err}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config {path}: top level must be a mapping, got {type(raw).__name__}")
+    if overrides:
+        return parse_config(apply_overrides(raw, overrides), f"{path} (with --set {' '.join(overrides)})")
     return parse_config(raw, str(path))

@@ -533,10 +533,9 @@ def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
 
 
 # --- the whole run ----------------------------------------------------------------------------------
-def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
-    """Embed, probe and compare; returns the report body (without command/machine, added by the caller)."""
+def _evaluation_sequences(cfg: EvalConfig) -> tuple[Any, int, dict[str, TaskData], list[str]]:
+    """(model card, crop, tasks, unique sequences in first-seen order) for an evaluation config."""
     from protembed.artifact import read_model_card
-    from protembed_distill import probes
 
     card = read_model_card(cfg.model_dir)
     crop = cfg.crop or card.max_length
@@ -544,6 +543,26 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError(f"crop {crop} exceeds the model's max_length {card.max_length}")
     tasks = load_tasks(cfg.data_dir, cfg.tasks, cfg.max_train, cfg.max_test, crop, cfg.seed)
     unique = list(dict.fromkeys(s for t in tasks.values() for s in (*t.train.sequences, *t.test.sequences)))
+    return card, crop, tasks, unique
+
+
+def embed_teachers_only(cfg: EvalConfig) -> dict[str, str]:
+    """Fill the teacher caches for exactly the sequences an evaluation with ``cfg`` will probe, and stop:
+    the slow half of an evaluation, run where the teachers are fast (a GPU box); the probes then run
+    anywhere that has the cache files. Returns teacher -> what was cached and what was computed."""
+    _, _, _, unique = _evaluation_sequences(cfg)
+    notes: dict[str, str] = {}
+    for spec in cfg.teachers:
+        fs = teacher_features(spec, unique, cfg.cache_dir.expanduser(), cfg.batch_tokens, cfg.progress)
+        notes[spec.name] = f"{fs.matrix.shape[0]} sequences, {fs.note}, {fs.seconds:.1f}s"
+    return notes
+
+
+def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
+    """Embed, probe and compare; returns the report body (without command/machine, added by the caller)."""
+    from protembed_distill import probes
+
+    card, crop, tasks, unique = _evaluation_sequences(cfg)
     row_of = {s: i for i, s in enumerate(unique)}
     residues = sum(len(s) for s in unique)
     log.info(

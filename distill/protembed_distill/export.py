@@ -330,7 +330,13 @@ def export_checkpoint(
     meta: dict[str, dict[str, Any]] = ckpt["teacher_meta"]
     d = int(scfg["d_model"])
     outputs = [
-        {"name": "student", "onnx_output": "student", "dim": d, "level": "per_protein", "space": "student"}
+        {
+            "name": "student",
+            "onnx_output": "student",
+            "dim": model.embedding_dim,
+            "level": "per_protein",
+            "space": "student",
+        }
     ]
     outputs += [
         {
@@ -384,7 +390,9 @@ def export_checkpoint(
             "ffn": scfg["ffn"],
             "positions": scfg["positions"],
             "norm": "pre-LN, final LayerNorm",
-            "pooling": "masked mean over real residues",
+            "pool_dim": int(scfg.get("pool_dim", 0)),
+            "pooling": "masked mean over real residues"
+            + (f" of a {scfg['pool_dim']}-wide GELU projection" if scfg.get("pool_dim") else ""),
             "parameters": model.parameter_count(),
             "opset": OPSET,
         },

@@ -5,8 +5,9 @@ fast path bakes the example's batch and length into ONNX Reshape nodes, and the 
 then fails on any other shape. Here every reshape takes batch and length from the tensor's runtime
 shape (or -1), so the same graph serves any [batch, length].
 
-Outputs (names shared with the ONNX contract): ``student`` [B, d] masked mean of the final
-layer-normed residue states, ``residue_states`` [B, L, d], and ``teacher_<name>`` [B, dim_t], one
+Outputs (names shared with the ONNX contract): ``student`` [B, e] masked mean of the final
+layer-normed residue states (e = d), or of a wider GELU projection of them when ``pool_dim`` is set
+(e = pool_dim), ``residue_states`` [B, L, d], and ``teacher_<name>`` [B, dim_t], one
 linear head per teacher. During training the heads predict *standardized* teacher vectors; export
 folds mean/std into them (:meth:`Student.fold_standardization`) so the ONNX model answers in each
 teacher's original units.
@@ -115,9 +116,18 @@ class Student(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
-        self.heads = nn.ModuleDict({name: nn.Linear(d, dim) for name, dim in teacher_dims.items()})
+        self.pool_proj: nn.Module | None = (
+            nn.Sequential(nn.Linear(d, cfg.pool_dim), nn.GELU()) if cfg.pool_dim else None
+        )
+        e = self.embedding_dim
+        self.heads = nn.ModuleDict({name: nn.Linear(e, dim) for name, dim in teacher_dims.items()})
         # Training-only projections to per-residue teacher spaces; not exported.
         self.residue_heads = nn.ModuleDict({n: nn.Linear(d, dim) for n, dim in (residue_dims or {}).items()})
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the ``student`` output (the student's own per-protein embedding)."""
+        return self.cfg.pool_dim or self.cfg.d_model
 
     @property
     def teacher_names(self) -> list[str]:
@@ -142,7 +152,8 @@ class Student(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
         states = self.encode(input_ids, attention_mask)
-        pooled = masked_mean(states, attention_mask)
+        features = states if self.pool_proj is None else self.pool_proj(states)
+        pooled = masked_mean(features, attention_mask)
         out = {"student": pooled, "residue_states": states}
         for name, head in self.heads.items():
             out[f"teacher_{name}"] = head(pooled)

@@ -10,11 +10,12 @@ from typing import Any
 from protembed_distill.config import DistillConfig, StudentConfig
 from protembed_distill.data import Dataset
 
-__all__ = ["run_sweep", "size_tag"]
+__all__ = ["compare_runs", "run_sweep", "size_tag"]
 
 
 def size_tag(s: StudentConfig) -> str:
-    return f"L{s.layers}-d{s.d_model}-h{s.heads}-f{s.ffn}"
+    tag = f"L{s.layers}-d{s.d_model}-h{s.heads}-f{s.ffn}"
+    return f"{tag}-p{s.pool_dim}" if s.pool_dim else tag
 
 
 def run_sweep(
@@ -74,6 +75,80 @@ def run_sweep(
     return report
 
 
+def _run_summary(run_dir: Path) -> tuple[StudentConfig, dict[str, Any], dict[str, Any], int]:
+    """(student config, start event, best epoch by val loss, last step) from a run's train.jsonl."""
+    log = run_dir / "train.jsonl"
+    if not log.is_file():
+        raise FileNotFoundError(f"{log} does not exist: not a training run folder")
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    starts = [e for e in events if e.get("kind") == "start"]
+    epochs = [e for e in events if e.get("kind") == "epoch" and e.get("val_loss") is not None]
+    if not starts or not epochs:
+        raise ValueError(f"{log}: no start event or no validated epoch yet")
+    best = min(epochs, key=lambda e: e["val_loss"])  # the epoch best.pt holds, as export reads it
+    student = StudentConfig.model_validate(starts[-1]["config"]["student"])
+    return student, starts[-1], best, max(int(e.get("step", 0)) for e in events)
+
+
+def compare_runs(
+    cfg: DistillConfig, run_dirs: list[Path], threads: int, bench_sequences: list[str], seconds: float = 6.0
+) -> dict[str, Any]:
+    """The sweep report for candidates trained as full runs (same data and budget, e.g. side by side on
+    one GPU): each run's best held-out cosine from its log, next to the ONNX Runtime CPU throughput of
+    its architecture measured here, in this call, with the same threads (weights do not change speed,
+    so a random-weight export of the logged architecture measures it without the checkpoint)."""
+    import torch
+
+    from protembed_distill.export import export_temp_fp32, onnx_throughput
+    from protembed_distill.student import Student
+
+    if not run_dirs:
+        raise ValueError("--runs: give the candidates' run folders")
+    rows: list[dict[str, Any]] = []
+    steps: list[int] = []
+    for run_dir in run_dirs:
+        student, start, best, last_step = _run_summary(run_dir)
+        torch.manual_seed(0)
+        dims = {t["name"]: 1024 for t in start["config"]["teachers"]}  # heads are per protein: negligible
+        model = Student(student, dims).eval()
+        tmp, path = export_temp_fp32(model)
+        with tmp:
+            rate = onnx_throughput(path, bench_sequences, threads, min_seconds=seconds)
+        steps.append(last_step)
+        rows.append(
+            {
+                "size": size_tag(student),
+                "run": str(run_dir),
+                "layers": student.layers,
+                "d_model": student.d_model,
+                "heads": student.heads,
+                "ffn": student.ffn,
+                "pool_dim": student.pool_dim,
+                "parameters": int(start.get("parameters", 0)),
+                "steps": last_step,
+                "best_epoch": best.get("epoch"),
+                "device": start.get("device"),
+                "val_cosine": best.get("val_cosine", {}),
+                "val_cosine_std": best.get("val_cosine_std", {}),
+                "val_loss": best.get("val_loss"),
+                "train_residues_per_s": float(best.get("train_residues_per_s", 0.0)),
+                "onnx_cpu_residues_per_s": rate,
+                "threads": threads,
+            }
+        )
+    report = {
+        "mode": "full runs compared",
+        "sizes": rows,
+        "steps_per_size": max(steps),
+        "bench_sequences": len(bench_sequences),
+    }
+    out_dir = Path(cfg.run.dir) / "sweep"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "sweep.md").write_text(_markdown(report))
+    return report
+
+
 def _markdown(report: dict[str, Any]) -> str:
     rows = report["sizes"]
     teachers = sorted({t for r in rows for t in r["val_cosine"]})
@@ -86,8 +161,14 @@ def _markdown(report: dict[str, Any]) -> str:
         "train res/s",
         "ONNX CPU res/s",
     ]
+    title = (
+        f"# Student candidates, full runs side by side (up to {report['steps_per_size']} steps; "
+        f"ONNX CPU throughput measured here, threads {rows[0]['threads']})"
+        if report.get("mode") == "full runs compared"
+        else f"# Student size sweep ({report['steps_per_size']} steps each, threads {rows[0]['threads']})"
+    )
     lines = [
-        f"# Student size sweep ({report['steps_per_size']} steps each, threads {rows[0]['threads']})",
+        title,
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),

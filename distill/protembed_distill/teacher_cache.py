@@ -34,6 +34,9 @@ from protembed_distill.teachers.base import Teacher
 __all__ = ["CacheError", "EmbeddingStore", "build_caches", "cache_path", "embed_into", "token_batches"]
 
 CACHE_FORMAT = 1
+# Loader options that change where or how fast a teacher runs, never what it outputs: a cache filled on
+# a GPU box (device="cuda", big batches) is the same cache a CPU machine reads.
+RUNTIME_OPTIONS = frozenset({"device", "max_batch_tokens", "max_batch_size", "batch_size"})
 
 
 class CacheError(RuntimeError):
@@ -41,10 +44,12 @@ class CacheError(RuntimeError):
 
 
 def cache_path(cache_dir: Path, teacher: TeacherConfig) -> Path:
-    """Options change the outputs (e.g. which esm2 checkpoint), so they are part of the file name."""
-    if not teacher.options:
+    """Options that change the outputs (e.g. which esm2 checkpoint) are part of the file name; runtime
+    options (:data:`RUNTIME_OPTIONS`) are not."""
+    options = {k: v for k, v in teacher.options.items() if k not in RUNTIME_OPTIONS}
+    if not options:
         return cache_dir / f"{teacher.name}.h5"
-    digest = hashlib.sha256(json.dumps(teacher.options, sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
     return cache_dir / f"{teacher.name}-{digest[:10]}.h5"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def add_teacher_options(p: argparse.ArgumentParser, *, teachers_help: str, option_help: str) -> None:
@@ -23,15 +24,18 @@ def add_teacher_options(p: argparse.ArgumentParser, *, teachers_help: str, optio
     p.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
 
 
-def parse_teacher_options(items: list[str]) -> dict[str, dict[str, str]]:
-    """``--teacher-option`` values as ``{teacher: {key: value}}``."""
-    out: dict[str, dict[str, str]] = {}
+def parse_teacher_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--teacher-option`` values as ``{teacher: {key: value}}``; values read as TOML (``64`` is an int,
+    ``true`` a bool), anything else as a string (``cuda``, a path)."""
+    from protembed_distill.config import parse_override_value
+
+    out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         name, dot, opt = key.partition(".")
         if not (sep and dot and name and opt):
             raise ValueError(f"--teacher-option {item!r}: expected NAME.KEY=VALUE")
-        out.setdefault(name, {})[opt] = value
+        out.setdefault(name, {})[opt] = parse_override_value(value)
     return out
 
 

@@ -4,7 +4,12 @@ Stages: ``data`` (overlap filter + split, cached), ``embed`` (teacher caches, re
 (resumes from the run dir's last checkpoint), ``export`` (best checkpoint -> output.model_dir),
 ``sweep`` (size sweep report), ``report`` (reports/distill.md from the run and the card),
 ``plan`` (random-weight throughput of the sweep sizes, no teachers
-needed), and ``all`` = embed -> train -> export. Heavy imports happen inside the handler.
+needed), ``compare`` (candidates trained as full runs, e.g. side by side on a GPU with ``--set``: their
+held-out cosine next to their ONNX CPU throughput measured here, written as the run's sweep report),
+and ``all`` = embed -> train -> export. Heavy imports happen inside the handler.
+
+``--set key=value`` (repeatable) overrides one config key, e.g. ``--set student.pool_dim=1024
+--set run.dir=runs/p1024``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STAGES = ("all", "data", "embed", "train", "export", "sweep", "plan", "report")
+STAGES = ("all", "data", "embed", "train", "export", "sweep", "plan", "compare", "report")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,6 +32,21 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("config", type=Path, help="distillation config (.toml, .yaml)")
     p.add_argument("--stage", choices=STAGES, default="all", help="which stage to run (default: all)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, TOML value), e.g. optim.lr=2e-3; repeatable",
+    )
+    p.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="--stage compare: run folders of the candidates (each holds train.jsonl)",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (overrides run.threads)")
     p.add_argument("--max-sequences", type=int, default=None, help="override data.max_sequences")
     p.add_argument("--time-budget", type=float, default=None, help="override optim.time_budget_s (training)")
@@ -47,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from protembed_distill.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"protembed distill: {err}", file=sys.stderr)
         return 2
@@ -94,6 +114,17 @@ def run(args: argparse.Namespace) -> int:
     )
     stage = args.stage
     if stage == "data":
+        return 0
+    if stage == "compare":
+        from protembed_distill.sweep import compare_runs
+
+        try:
+            report = compare_runs(cfg, args.runs, max(1, threads), [i.sequence for i in ds.val][:256])
+        except (FileNotFoundError, ValueError) as err:
+            print(f"protembed distill: compare: {err}", file=sys.stderr)
+            return 1
+        print((run_dir / "sweep" / "sweep.md").read_text())
+        _log(f"compare: {len(report['sizes'])} candidates -> {run_dir / 'sweep'}")
         return 0
     if stage == "plan":
         from protembed_distill.sweep import measure_sizes

@@ -86,6 +86,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--smoke", action="store_true", help="tiny subsets, seconds; reports under <reports>/smoke/"
     )
+    p.add_argument(
+        "--embed-only",
+        action="store_true",
+        help="only fill the teacher caches for the sequences this evaluation probes (e.g. on a GPU box "
+        "with --teacher-option NAME.device=cuda), then stop; no probes, no report",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -159,13 +165,25 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    failures = (ValueError, FileNotFoundError, ModelArtifactError, TeacherUnavailableError, RuntimeError)
+    if args.embed_only:
+        from protembed_distill.evaluate import embed_teachers_only
+
+        try:
+            notes = embed_teachers_only(cfg)
+        except failures as exc:
+            print(f"protembed evaluate: {exc}", file=sys.stderr)
+            return 1
+        for name, note in notes.items():
+            print(f"{name}: {note}")
+        return 0
     out_dir = args.reports / "smoke" if args.smoke else args.reports
     report = reports.new_report("evaluate")
     report["smoke"] = bool(args.smoke)
     start = time.perf_counter()
     try:
         report.update(run_evaluation(cfg))
-    except (ValueError, FileNotFoundError, ModelArtifactError, TeacherUnavailableError, RuntimeError) as exc:
+    except failures as exc:
         print(f"protembed evaluate: {exc}", file=sys.stderr)
         return 1
     reports.finish(report, time.perf_counter() - start)

@@ -48,3 +48,18 @@ class Teacher(abc.ABC):
             "licence": self.licence,
             "representation": self.representation,
         }
+
+
+def exact_float32(device: object) -> None:
+    """Turn TF32 off for matrix products and cuDNN convolutions when a teacher runs on CUDA.
+
+    TF32 keeps 10 mantissa bits, so a float32 teacher on an Ampere/Hopper GPU would otherwise differ
+    from the same teacher on a CPU by ~1e-3 relative: a cache filled on a GPU box must hold the
+    teacher's float32 outputs, since CPU machines read it as theirs. The cost is small next to the
+    student's training, and these flags are process-wide, so the student's own bf16 autocast is
+    unaffected."""
+    import torch
+
+    if torch.device(str(device)).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from protembed_distill.teachers.base import Teacher, TeacherOutput, TeacherUnavailableError
+from protembed_distill.teachers.base import Teacher, TeacherOutput, TeacherUnavailableError, exact_float32
 
 NAME = "near"
 DIM = 256
@@ -151,6 +151,7 @@ class NearTeacher(Teacher):
 
     def __init__(self, net: NearNet, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
+        exact_float32(self.device)
         self.net = net.to(device=self.device, dtype=torch.float32).eval()
 
     @torch.inference_mode()

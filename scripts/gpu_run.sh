@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The GPU half of the real run behind models/protembed-student-v1, as one unattended command for a CUDA
+# box with PyTorch, h5py and tqdm (the workplace's device machine: nothing reachable from it, 64 MiB in
+# and out per call). It fills the teacher caches for the whole filtered corpus and for the evaluation
+# subsets, trains three student candidates side by side on the one GPU with the same data and time
+# budget, and leaves under $OUT what the CPU half (scripts/real_run.sh --after-gpu) needs: the best
+# candidate's checkpoint, every candidate's training log, and the evaluation teacher caches.
+#
+# Inputs prepared on the CPU machine by scripts/gpu_payload.sh (all under .gpu/, git-ignored):
+#   .gpu/whl/*.whl         pure-Python deps the GPU image lacks (pydantic & co.), cp312 wheels
+#   .gpu/teachers.tar.xz   UniRep-1900 + NEAR weights rounded to float16 (transfer limit; the effect on
+#                          the teachers' outputs is measured there: .gpu/teachers/fp16_effect.json)
+#   .gpu/data.tar.xz       ../shared/data (corpus + evaluation sets), byte-identical
+#   runs/gpu/data/         the eval-overlap filter's result (MMseqs2 is not on the GPU box)
+# SMOKE=1 runs the same steps on the CPU in about a minute (tiny data, short budget) to test the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=runs/gpu
+[ "${SMOKE:-0}" = 1 ] && root=runs/gpu-smoke
+OUT=${OUT:-$root/out}
+mkdir -p "$OUT"
+T0=$(date +%s)
+log() { echo "[gpu_run $(($(date +%s) - T0))s] $*"; }
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/service:$PWD/distill${PYTHONPATH:+:$PYTHONPATH}"
+config=distill/configs/gpu.toml
+budget=${BUDGET:-270}
+extra=()
+eval_opts=(--teacher-option unirep1900.device=cuda --teacher-option unirep1900.max_batch_tokens=262144
+  --teacher-option unirep1900.max_batch_size=1024 --teacher-option near.device=cuda --batch-tokens 262144)
+if [ "${SMOKE:-0}" = 1 ]; then
+  budget=15
+  mkdir -p $root/data && cp runs/gpu/data/dedupe-*.json $root/data/
+  extra=(--set run.dir=$root --set output.teacher_cache_dir=$root/teacher-cache --set run.device=cpu --set teachers.0.options.device=cpu --set teachers.1.options.device=cpu
+    --set data.max_sequences=48 --set optim.batch_tokens=4096 --set optim.warmup_steps=2)
+  eval_opts=(--batch-tokens 8192)
+  export EVAL_TRAIN=${EVAL_TRAIN:-12} EVAL_TEST=${EVAL_TEST:-12}
+fi
+pe() { python3 -c 'import sys; from protembed.cli import main; sys.exit(main())' "$@"; }
+
+if [ -d .gpu/whl ] && ! python3 -c 'import pydantic_settings' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if [ -f .gpu/teachers.tar.xz ]; then
+  mkdir -p /tmp/gpu-teachers && tar xJf .gpu/teachers.tar.xz -C /tmp/gpu-teachers
+  export PROTEMBED_TEACHER_DIR=/tmp/gpu-teachers/teachers
+  cp /tmp/gpu-teachers/teachers/fp16_effect.json "$OUT/" || true
+fi
+if [ -f .gpu/data.tar.xz ] && [ ! -f ../shared/data/corpus/corpus.fasta ]; then
+  mkdir -p ../shared && tar xJf .gpu/data.tar.xz -C ../shared
+fi
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
+log "setup done"
+
+# 1. Teacher caches for the whole filtered corpus (UniRep-1900 per protein, NEAR per protein + residue).
+pe distill "$config" --stage embed --no-progress "${extra[@]}" 2>&1 | tee "$OUT/embed.log"
+log "embed done"
+
+# 2. The evaluation subsets' teacher vectors (the probes run on the CPU machine, same seeds and sizes),
+#    in a cache folder of their own so that only they travel back.
+(pe evaluate --embed-only --teachers unirep1900 near --max-train "${EVAL_TRAIN:-1500}" \
+  --max-test "${EVAL_TEST:-1200}" --cache-dir $root/evalcache --no-progress "${eval_opts[@]}" \
+  >"$OUT/eval_embed.log" 2>&1; log "eval embed done") &
+eval_pid=$!
+
+# 3. Three candidates, same data, seed and time budget, side by side on the one GPU.
+declare -A cands=(
+  [p0]="--set student.pool_dim=0"
+  [p768]="--set student.pool_dim=768"
+  [p1024]="--set student.pool_dim=1024"
+)
+pids=()
+for name in "${!cands[@]}"; do
+  dir=$root/cand-$name
+  mkdir -p "$dir/data" && cp runs/gpu/data/dedupe-*.json "$dir/data/"
+  # shellcheck disable=SC2086
+  pe distill "$config" --stage train --quiet --time-budget "$budget" "${extra[@]}" --set "run.dir=$dir" \
+    ${cands[$name]} >"$dir/stdout.log" 2>&1 &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || log "a candidate failed (exit $?)"; done
+log "training done"
+wait "$eval_pid" || log "eval embed failed"
+
+# 4. Pick the candidate with the best mean held-out cosine; ship its checkpoint without optimizer state,
+#    every candidate's log and the evaluation caches, as <=15 MiB parts of one tar (the transfer limit).
+ret=$(mktemp -d)
+cp "$OUT"/*.log "$OUT"/*.json $root/embed_report.json $root/data_stats.json "$ret/" 2>/dev/null || true
+python3 - "$ret" "$root" <<'EOF'
+import json, sys
+from pathlib import Path
+import torch
+ret, root = Path(sys.argv[1]), Path(sys.argv[2])
+rows = {}
+for d in sorted(root.glob("cand-*")):
+    log = d / "train.jsonl"
+    (ret / f"{d.name}.stdout.log").write_bytes((d / "stdout.log").read_bytes()[-200000:])
+    if not log.is_file():
+        continue
+    (ret / f"{d.name}.train.jsonl").write_bytes(log.read_bytes())
+    ep = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    ep = [e for e in ep if e.get("kind") == "epoch" and e.get("val_loss") is not None]
+    if ep:
+        best = min(ep, key=lambda e: e["val_loss"])  # the epoch best.pt holds
+        rows[d.name] = (sum(best["val_cosine"].values()) / len(best["val_cosine"]), best)
+for k, (m, b) in rows.items():
+    print(k, "mean val cosine", round(m, 4), b["val_cosine"], "epoch", b["epoch"], "step", b["step"])
+win = max(rows, key=lambda k: rows[k][0])
+ck = torch.load(root / win / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+ck.pop("optimizer", None)
+ck.pop("rng", None)
+torch.save(ck, ret / "best.pt")
+summary = {"winner": win, "mean_val_cosine": {k: v[0] for k, v in rows.items()}}
+(ret / "winner.json").write_text(json.dumps(summary, indent=1))
+print("winner", win)
+EOF
+for f in $root/evalcache/*.h5; do
+  [ -f "$f" ] && cp "$f" "$ret/$(basename "${f%.h5}").eval.h5"
+done
+ls -la "$ret"
+tar cf - -C "$ret" . | split -b 15m - "$OUT/gpu_result.tar.part-"
+rm -f "$OUT"/*.log "$OUT"/*.json
+ls -la "$OUT"
+log "all done"
