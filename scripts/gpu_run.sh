@@ -32,8 +32,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   mkdir -p $root/data && cp runs/gpu/data/dedupe-*.json $root/data/
   extra=(--set run.dir=$root --set output.teacher_cache_dir=$root/teacher-cache --set run.device=cpu --set teachers.0.options.device=cpu --set teachers.1.options.device=cpu
     --set data.max_sequences=48 --set optim.batch_tokens=4096 --set optim.warmup_steps=2)
-  eval_opts=(--batch-tokens 8192)
-  export EVAL_TRAIN=${EVAL_TRAIN:-12} EVAL_TEST=${EVAL_TEST:-12}
+  eval_opts=(--batch-tokens 8192 --smoke)  # the subsets `evaluate --smoke` probes (after_gpu.sh SMOKE=1)
 fi
 pe() { python3 -c 'import sys; from protembed.cli import main; sys.exit(main())' "$@"; }
 
@@ -65,10 +64,11 @@ log "embed done"
 eval_pid=$!
 
 # 3. Three candidates, same data, seed and time budget, side by side on the one GPU.
+# pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.
 declare -A cands=(
   [p0]="--set student.pool_dim=0"
+  [p512]="--set student.pool_dim=512"
   [p768]="--set student.pool_dim=768"
-  [p1024]="--set student.pool_dim=1024"
 )
 pids=()
 for name in "${!cands[@]}"; do

@@ -42,6 +42,8 @@ def build(cfg: DistillConfig, reports_dir: Path) -> dict[str, Any]:
             "model": {"id": card["id"], "version": card["version"], "folder": str(model_dir)},
             "data": card.get("training_data", {}),
             "teacher_embedding": read_json(run_dir / "embed_report.json") or {},
+            # Written by scripts/after_gpu.sh when the caches were filled from fp16-rounded weights.
+            "teacher_weights_fp16": read_json(run_dir / "teacher_fp16_effect.json"),
             "sweep": sweep,
             "epochs": epochs,
             "metrics": card.get("metrics", {}),
@@ -100,9 +102,38 @@ def render(report: dict[str, Any]) -> str:
         for name, r in report["teacher_embedding"].items()
     ]
     lines += [table(["teacher", "embedded now", "already cached", "residues/s"], rows), ""]
+    fp16 = report.get("teacher_weights_fp16")
+    if fp16:
+        lines += [
+            "The caches were filled on a GPU box from teacher weights rounded to float16 (a transfer limit; "
+            "the teachers still computed in float32). Against the exact weights on "
+            f"{fp16.get('sequences')} corpus sequences:",
+            "",
+            table(
+                ["teacher", "min cosine", "max abs diff", "mean abs diff", "float16 storage max abs diff"],
+                [
+                    [
+                        name,
+                        f"{e['min_cosine']:.6f}",
+                        f"{e['max_abs_diff']:.2e}",
+                        f"{e['mean_abs_diff']:.2e}",
+                        f"{e['float16_storage_max_abs_diff']:.2e}",
+                    ]
+                    for name, e in fp16.items()
+                    if isinstance(e, dict)
+                ],
+            ),
+            "",
+        ]
     sweep = report.get("sweep")
     if sweep:
-        lines += [f"## Size sweep ({sweep.get('steps_per_size')} steps each, same data and seed)", ""]
+        title = (
+            f"## Candidates trained side by side (full runs, up to {sweep.get('steps_per_size')} steps, "
+            "same data, seed and time budget)"
+            if sweep.get("mode") == "full runs compared"
+            else f"## Size sweep ({sweep.get('steps_per_size')} steps each, same data and seed)"
+        )
+        lines += [title, ""]
         rows = [
             [
                 s["size"],
@@ -118,7 +149,9 @@ def render(report: dict[str, Any]) -> str:
             table(["size", "params", *heads, "train res/s", "ONNX CPU res/s"], rows),
             "",
             f"Chosen: {arch.get('layers')} layers, d_model {arch.get('d_model')}, {arch.get('heads')} heads, "
-            f"ffn {arch.get('ffn')} ({arch.get('parameters')} parameters).",
+            f"ffn {arch.get('ffn')}"
+            + (f", pool_dim {arch['pool_dim']}" if arch.get("pool_dim") else "")
+            + f" ({arch.get('parameters')} parameters).",
             "",
         ]
     lines += ["## Training (held-out validation, each epoch)", ""]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import struct
 import time
 from collections import OrderedDict
@@ -52,7 +53,7 @@ def decode_array(data: bytes) -> np.ndarray | None:
         return None
     shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
     body = memoryview(data)[offset:]
-    if len(body) != 4 * int(np.prod(shape, dtype=np.int64)):
+    if len(body) != 4 * math.prod(shape):
         return None
     return np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32)
 
@@ -61,8 +62,8 @@ def _count_lookups(metrics: Metrics | None, backend: str, out: list[bytes | None
     """Count the hits and misses of one ``get_many`` answer; returns it unchanged."""
     if metrics is not None:
         hits = sum(v is not None for v in out)
-        metrics.cache_hits.labels(backend).inc(hits)
-        metrics.cache_misses.labels(backend).inc(len(out) - hits)
+        metrics.child(metrics.cache_hits, backend).inc(hits)
+        metrics.child(metrics.cache_misses, backend).inc(len(out) - hits)
     return out
 
 

@@ -299,7 +299,10 @@ class Engine:
         *,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        before_compute: Callable[[], None] | None = None,
     ) -> EmbedResponse:
+        """Cached vectors where present, the model for the rest. ``before_compute`` is called once, on
+        the event loop, just before model work is queued (never for an answer wholly from the cache)."""
         if not self._ready or self.cache is None:
             raise NotReadyError("model is not loaded yet; retry shortly")
         spec = self.resolve_output(options)
@@ -315,6 +318,8 @@ class Engine:
             if arr is not None and arr.shape == expected:
                 found[seq] = arr
         missing = [seq for seq in unique if seq not in found]
+        if missing and before_compute is not None:
+            before_compute()
         computed = await self._compute(missing, spec, deadline, cancelled) if missing else {}
         if computed:
             self.cache.put_many(
@@ -333,8 +338,9 @@ class Engine:
                 vec = l2_normalize(vec)
             results.append(EmbeddingResult(index=i, id=item.id, embedding=vec, cached=hit, length=len(seq)))
         hits = sum(r.cached for r in results)
-        self.metrics.embedded_items.labels(spec.name, "cache").inc(hits)
-        self.metrics.embedded_items.labels(spec.name, "model").inc(len(results) - hits)
+        m = self.metrics
+        m.child(m.embedded_items, spec.name, "cache").inc(hits)
+        m.child(m.embedded_items, spec.name, "model").inc(len(results) - hits)
         residues = sum(map(len, sequences))
         self.metrics.embedded_residues.inc(residues)
         name = options.output or self.card.default_output

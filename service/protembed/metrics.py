@@ -7,6 +7,8 @@ conventions: ``_total`` counters, ``_seconds`` durations, low-cardinality labels
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -22,6 +24,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, prefix: str = "protembed") -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r, p = self.registry, prefix
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # transports
         self.http_requests = Counter(
             f"{p}_http_requests_total",
@@ -110,6 +113,16 @@ class Metrics:
             f"{p}_model", "Served model: id, version, variant, execution provider.", registry=r
         )
         self.ready = Gauge(f"{p}_ready", "1 once the model is loaded and warmed up.", registry=r)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, memoized. ``labels()`` takes a lock and rebuilds its key on every
+        call, which showed up as a real share of a cache hit's cost; label sets here are small and bounded
+        (routes, statuses, outputs, backends), so the memo stays small too."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

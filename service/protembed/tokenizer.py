@@ -54,6 +54,8 @@ def normalize(sequence: str, index: int | None = None) -> str:
     if not seq:
         raise InvalidSequenceError(index, "sequence is empty")
     seq = seq.translate(_TRANSLATE)
+    if _ALLOWED.issuperset(seq):  # the common case, checked in C; the loop below only names the error
+        return seq
     for pos, ch in enumerate(seq):
         if ch not in _ALLOWED:
             raise InvalidSequenceError(

@@ -111,3 +111,53 @@ def test_card_max_length_is_the_training_crop(checkpoint: Path, tmp_path: Path) 
     card = read_model_card(tmp_path / "m")
     assert card.input.max_length == load_checkpoint(checkpoint)["config"]["data"]["max_length"] == 80
     assert [f.variant for f in card.files] == ["fp32"]
+
+
+def test_pool_dim_student_exports_with_parity(tmp_path: Path) -> None:
+    from protembed_distill.config import StudentConfig
+
+    torch.manual_seed(0)
+    model = Student(
+        StudentConfig(layers=1, d_model=16, heads=2, ffn=32, dropout=0.0, max_length=300, pool_dim=40),
+        {"t": 5},
+    ).eval()
+    path = tmp_path / "m.onnx"
+    assert export_onnx(model, path) == ["student", "teacher_t", "residue_states"]
+    assert parity(model, path) <= 1e-4
+    out = _run(path, ["M" * 120, "ACD", "GSHMKT"])
+    assert out["student"].shape == (3, 40) and out["teacher_t"].shape == (3, 5)
+    assert out["residue_states"].shape == (3, 120, 16)
+
+
+def test_pool_dim_checkpoint_exports_its_embedding_width(tmp_path: Path) -> None:
+    from protembed.artifact import read_model_card
+
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(20, 10, 60, seed=3))
+    cfg = tiny_config(
+        tmp_path,
+        corpus,
+        optim={"epochs": 1},
+        student={"layers": 1, "d_model": 16, "heads": 2, "ffn": 32, "pool_dim": 24},
+    )
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    ckpt = train(cfg, ds, echo=False).best_checkpoint
+    out = tmp_path / "model"
+    card = export_checkpoint(ckpt, out, int8=False, fp16=True)
+    parsed = read_model_card(out)
+    dims = {o.name: o.dim for o in parsed.outputs}
+    assert dims == {"student": 24, "fake_a": 12, "fake_b": 6, "residues": 16}
+    assert card["architecture"]["pool_dim"] == 24 and card["architecture"]["d_model"] == 16
+    assert "24-wide GELU projection" in card["architecture"]["pooling"]
+    files = {f.variant: f for f in parsed.files}
+    assert files["fp32"].parity_max_abs_diff is not None and files["fp32"].parity_max_abs_diff <= 1e-4
+    assert files["fp16"].metrics["cosine_to_fp32"]["student"]["mean"] > 0.98
+    got = _run(out / "model.onnx", ["MKTAYIAKQRQISFVKSHFSRQ", "GSHM"])
+    assert got["student"].shape == (2, 24) and got["residue_states"].shape == (2, 22, 16)
+    for spec in parsed.outputs:  # what the server checks at warm-up: the card's dims are the graph's
+        assert got[spec.onnx_output].shape[-1] == spec.dim, spec.name
+    model = student_from_checkpoint(load_checkpoint(ckpt)).eval()
+    enc = batch_encode(["MKTAYIAKQRQISFVKSHFSRQ", "GSHM"])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask))
+    np.testing.assert_allclose(got["student"], ref["student"].numpy(), atol=1e-4)

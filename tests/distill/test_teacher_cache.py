@@ -106,6 +106,25 @@ def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
     )
 
 
+def test_runtime_options_do_not_change_the_cache_file(tmp_path: Path) -> None:
+    """A cache filled on a GPU box with big batches is the file a CPU machine reads."""
+    from protembed_distill.config import TeacherConfig
+
+    def path(name: str, **options: object) -> Path:
+        return cache_path(tmp_path, TeacherConfig(name=name, options=options))
+
+    runtime = {"device": "cuda", "max_batch_tokens": 50_000, "max_batch_size": 64, "batch_size": 32}
+    assert path("unirep1900", **runtime) == path("unirep1900") == tmp_path / "unirep1900.h5"
+    for key, value in runtime.items():
+        assert path("near", **{key: value}).name == "near.h5"
+    # options that change the outputs still name their own file, whatever runtime options come along
+    layer = path("esm2", layer=2)
+    model = path("esm2", model="x")
+    assert len({layer, model, path("esm2")}) == 3 and layer.name.startswith("esm2-")
+    assert path("esm2", layer=2, **runtime) == layer
+    assert path("esm2", device="cpu", model="x", batch_size=4) == model
+
+
 def test_a_killed_run_leaves_a_prefix_of_the_given_order(tmp_path: Path) -> None:
     items = _items(30, seed=9)  # the order given is the subset rank order
     killed = FakeTeacher("t", 4, seed=3, fail_after_batches=2)

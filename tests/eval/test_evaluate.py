@@ -145,3 +145,52 @@ def test_evaluate_refuses_bad_arguments(
     assert rc == 2 and "NAME=package.module:factory" in capsys.readouterr().err
     rc = main(["evaluate", "--model", str(tmp_path / "missing"), "--reports", str(tmp_path)])
     assert rc == 2 and "model" in capsys.readouterr().err
+
+
+def test_embed_only_fills_the_cache_for_exactly_the_probed_sequences(
+    tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protembed.artifact import read_model_card
+    from protembed_distill.data import sequence_key
+    from protembed_distill.teacher_cache import EmbeddingStore
+
+    cache, reports = tmp_path / "cache", tmp_path / "reports"
+    common = [
+        "evaluate",
+        "--model",
+        str(tiny_model_dir),
+        "--data-dir",
+        str(eval_data_dir),
+        "--cache-dir",
+        str(cache),
+        "--reports",
+        str(reports),
+        "--tasks",
+        "deepsol",
+        "deeploc_membrane",
+        "--smoke",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    assert main([*common, "--teachers", *TINY_TEACHERS, "--embed-only"]) == 0
+    assert not reports.exists()  # no probes, no report
+    crop = read_model_card(tiny_model_dir).max_length
+    tasks = ev.load_tasks(eval_data_dir, ["deepsol", "deeploc_membrane"], 40, 30, crop, seed=0)
+    unique = {s for t in tasks.values() for s in (*t.train.sequences, *t.test.sequences)}
+    printed = capsys.readouterr().out
+    for name in ("alpha", "beta"):
+        assert f"{name}: {len(unique)} sequences, 0 of {len(unique)} from cache" in printed
+        with EmbeddingStore(cache / f"{name}.h5", mode="r") as store:
+            assert store.count == len(unique)
+            assert set(store.index()) == {sequence_key(s) for s in unique}
+
+    # The probes then run without the teachers: a factory that cannot even be imported is never called.
+    unloadable = ["alpha=eval_tiny_teachers:no_such_factory", "beta=eval_tiny_teachers:no_such_factory"]
+    rc = main([*common, "--teachers", *unloadable, "--no-int8", "--no-secondary-structure"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((reports / "smoke" / "evaluate.json").read_text())
+    assert report["unique_sequences"] == len(unique)
+    n = len(unique)
+    for name in ("alpha", "beta"):
+        assert report["models"][f"teacher:{name}"]["note"].startswith(f"{n} of {n} from cache")

@@ -172,6 +172,19 @@ async def test_cache_hit_touches_neither_batcher_nor_threads(
     assert [r.cached for r in hit.results] == [True, True]
 
 
+async def test_before_compute_runs_once_and_only_when_the_model_is_needed(engine: Engine) -> None:
+    calls: list[str] = []
+    await engine.embed(
+        inputs("MKTAYIAK", "MHOOKED", "MHOOKED"), EmbedOptions(), before_compute=lambda: calls.append("x")
+    )
+    assert calls == ["x"]  # two misses (one repeated), one call, before the model ran
+    hit = await engine.embed(
+        inputs("MHOOKED", "mktayiak"), EmbedOptions(), before_compute=lambda: calls.append("y")
+    )
+    assert [r.cached for r in hit.results] == [True, True]
+    assert calls == ["x"]  # an answer wholly from the cache never calls it
+
+
 async def test_lone_request_is_not_held_for_max_wait(make_settings: Callable[..., Settings]) -> None:
     eng = Engine.from_settings(make_settings(max_wait_ms=20_000))  # an idle model must not wait 20 s
     await eng.start()

@@ -123,38 +123,52 @@ class MetricsMiddleware:
             path = getattr(route, "path", None) or scope.get("path", "")
             label = path if path in self.known_paths() else "other"
             method = scope.get("method", "")
-            self.metrics.http_requests.labels(label, method, str(status)).inc()
-            self.metrics.http_latency.labels(label, method, str(status)).observe(time.perf_counter() - start)
+            m, values = self.metrics, (label, method, str(status))
+            m.child(m.http_requests, *values).inc()
+            m.child(m.http_latency, *values).observe(time.perf_counter() - start)
 
 
-@contextlib.asynccontextmanager
-async def _disconnect_watch(request: Request, interval_s: float = 0.05) -> AsyncIterator[Callable[[], bool]]:
-    """Yield a ``cancelled()`` callable that turns True once the client has disconnected."""
-    gone = False
+class _DisconnectWatch:
+    """``cancelled()`` turns True once the client has gone. The polling task starts only when the engine
+    is about to queue model work (``start``): an answer straight from the cache has nothing to drop, and
+    a task per request would cost a cache hit more than the lookup itself."""
 
-    async def watch() -> None:
-        nonlocal gone
-        while not gone:
-            if await request.is_disconnected():
-                gone = True
+    def __init__(self, request: Request, interval_s: float = 0.05) -> None:
+        self.request = request
+        self.interval_s = interval_s
+        self.gone = False
+        self.task: asyncio.Task[None] | None = None
+
+    def __call__(self) -> bool:
+        return self.gone
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while not self.gone:
+            if await self.request.is_disconnected():
+                self.gone = True
                 return
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(self.interval_s)
 
-    task = asyncio.create_task(watch())
-    try:
-        yield lambda: gone
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
 
 
 async def _embed_until_disconnect(
     request: Request, eng: Engine, inputs: list[EmbedInput], options: EmbedOptions
 ) -> EmbedResponse:
     """``eng.embed``, dropping the items not yet run once the client has gone (nobody reads them)."""
-    async with _disconnect_watch(request) as cancelled:
-        return await eng.embed(inputs, options, cancelled=cancelled)
+    watch = _DisconnectWatch(request)
+    try:
+        return await eng.embed(inputs, options, cancelled=watch, before_compute=watch.start)
+    finally:
+        await watch.stop()
 
 
 def _encode(vec: np.ndarray, encoding: str) -> list[Any] | str:
@@ -186,14 +200,16 @@ def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
     }
 
 
-def get_engine(request: Request) -> Engine:
+# Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
+# and two thread hops per request were most of what a cache hit cost.
+async def get_engine(request: Request) -> Engine:
     eng: Engine | None = request.app.state.engine
     if eng is None or not eng.ready:
         raise NotReadyError("model is not loaded yet; retry shortly")
     return eng
 
 
-def check_key(request: Request) -> None:
+async def check_key(request: Request) -> None:
     """Require the API key, when one is configured (constant-time comparison)."""
     key = request.app.state.settings.api_key
     if key is None:
