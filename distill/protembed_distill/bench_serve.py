@@ -8,8 +8,10 @@ levels never hit the cache):
   residues/s), p50/p95/p99 latency, errors; and from the server's own ``/metrics`` for that level, the
   batches it formed (mean size, padding share of padded tokens);
 * raw ONNX Runtime on the same sequences in this process, with the server's thread count and token
-  budget, length-sorted (the best batches the batcher could form): the limit on this machine, and
-  ``server_vs_raw_ort`` = the best server residues/s over it;
+  budget, length-sorted (the best batches the batcher could form), best pass of several measurements
+  spread over the run: ``server_vs_raw_ort`` = the best server residues/s over it. One sequence per run
+  is measured too (on some CPUs a big padded batch is slower per residue than none), giving
+  ``server_vs_raw_ort_best_shape`` against the faster of the two;
 * padding with length bucketing vs arrival-order (FIFO) batching on the same request stream: the
   core's own ``BatchQueue`` replayed with a fake clock, closed loop at each concurrency level, once
   with each of its batching policies (``bucketed``, ``fifo``);
@@ -52,9 +54,10 @@ class ServeBenchConfig:
     requests_per_level: int = 256  # at least; a level also sends 8 x concurrency
     seconds_per_level: float = 30.0
     warmup_requests: int = 8
-    cache_sequences: int = 20
-    cache_repeats: int = 5
+    cache_sequences: int = 40
+    cache_repeats: int = 10
     raw_min_seconds: float = 5.0
+    raw_min_passes: int = 1  # per measurement; it is measured before each transport and after the run
     seed: int = 0
     http_encoding: str = "base64"
     http_client: str = "raw"  # raw (RawHttpClient) | httpx
@@ -443,17 +446,29 @@ def raw_ort(
             batches.append([sequences[j] for j in b[i : i + max_batch_size]])
     encoded = [tokenizer.batch_encode(b) for b in batches]
     student.backend.run(encoded[0], [default.onnx_output])  # warm-up
-    passes, elapsed = 0, 0.0
-    while passes < 1 or (elapsed < cfg.raw_min_seconds and passes < 50):
-        t0 = time.perf_counter()
-        for enc in encoded:
-            student.backend.run(enc, [default.onnx_output])
-        elapsed += time.perf_counter() - t0
-        passes += 1
+
+    def best_pass(runs: list[Any]) -> tuple[float, int, float]:
+        """(fastest pass in s, passes, mean s per pass) over the whole stream."""
+        times: list[float] = []
+        while len(times) < cfg.raw_min_passes or (sum(times) < cfg.raw_min_seconds and len(times) < 50):
+            t0 = time.perf_counter()
+            for enc in runs:
+                student.backend.run(enc, [default.onnx_output])
+            times.append(time.perf_counter() - t0)
+        return min(times), len(times), sum(times) / len(times)
+
+    # The fastest pass is the limit: on a shared machine the slow passes measure the neighbours, and the
+    # server's side of the ratio is its best level too, so both sides are "best seen in this run". One
+    # sequence per run is measured too: on a CPU a big padded batch is not always faster per residue
+    # (activations outgrow the caches), and the limit is whichever way the hardware goes faster.
+    seconds, passes, mean_seconds = best_pass(encoded)
+    single_seconds, _, _ = best_pass([tokenizer.batch_encode([s]) for s in sequences])
     residues = sum(len(s) for s in sequences)
     padded = sum(e.padded_tokens for e in encoded)
-    seconds = elapsed / passes
     return {
+        "limit_residues_per_s": residues / min(seconds, single_seconds),
+        "single_residues_per_s": residues / single_seconds,
+        "mean_residues_per_s": residues / mean_seconds,
         "sequences": len(sequences),
         "residues": residues,
         "batches": len(batches),
@@ -548,9 +563,17 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
         max_batch_tokens = int(batching.get("max_batch_tokens", 16384))
         max_batch_size = int(batching.get("max_batch_size", 64))
         levels: dict[str, list[dict[str, Any]]] = {}
-        streams: list[str] = []
-        for transport in cfg.transports:
-            warm = take(cfg.warmup_requests)
+        # Every request stream is drawn up front (same order as before), so the raw ONNX Runtime limit can
+        # be measured on the final stream several times while the server sits idle between transports:
+        # on a shared machine the cores' speed drifts over minutes, and one measurement after the run
+        # compared a slow moment with the server's best.
+        plan = [
+            (transport, take(cfg.warmup_requests), [take(n) for n in sizes]) for transport in cfg.transports
+        ]
+        streams = plan[-1][2][cfg.levels.index(max(cfg.levels))]
+        raws: list[dict[str, Any]] = []
+        for transport, warm, level_seqs in plan:
+            raws.append(raw_ort(cfg, streams, max_batch_tokens, max_batch_size))
 
             async def warm_up(call: Call, seqs: list[str] = warm) -> None:
                 for s in seqs:
@@ -558,9 +581,7 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
 
             _run(_with_transport(transport, server, cfg, warm_up, 4))
             levels[transport] = []
-            for concurrency, n in zip(cfg.levels, sizes, strict=True):
-                seqs = take(n)
-                streams = seqs if concurrency == max(cfg.levels) else streams
+            for concurrency, seqs in zip(cfg.levels, level_seqs, strict=True):
 
                 async def body(call: Call, seqs: list[str] = seqs, c: int = concurrency) -> dict[str, Any]:
                     return await closed_loop(call, seqs, c, cfg.seconds_per_level)
@@ -582,9 +603,18 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
         )
     finally:
         server.stop()
-    # The limit, measured while the server is stopped so the two do not share the cores.
-    raw = raw_ort(cfg, streams, max_batch_tokens, max_batch_size)
-    log(f"bench serve: raw ONNX Runtime {raw['residues_per_s']:.0f} residues/s")
+    # The limit, measured again while the server is stopped; the best measurement is the limit.
+    raws.append(raw_ort(cfg, streams, max_batch_tokens, max_batch_size))
+    raw = {
+        **max(raws, key=lambda r: r["residues_per_s"]),
+        "all_residues_per_s": [r["residues_per_s"] for r in raws],
+        "all_limit_residues_per_s": [r["limit_residues_per_s"] for r in raws],
+    }
+    raw["limit_residues_per_s"] = max(raw["all_limit_residues_per_s"])
+    log(
+        f"bench serve: raw ONNX Runtime {raw['residues_per_s']:.0f} residues/s in length-sorted batches, "
+        f"{raw['single_residues_per_s']:.0f} one at a time"
+    )
     best_transport, best = max(
         ((t, r) for t, rows in levels.items() for r in rows), key=lambda tr: tr[1]["residues_per_s"]
     )
@@ -631,7 +661,10 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
             "concurrency": best["concurrency"],
             "residues_per_s": best["residues_per_s"],
         },
+        # As the issue defines it: against raw ONNX Runtime on the batches the server's budget forms.
         "server_vs_raw_ort": best["residues_per_s"] / raw["residues_per_s"],
+        # Against whichever batch shape the hardware runs fastest (one sequence per run wins on some CPUs).
+        "server_vs_raw_ort_best_shape": best["residues_per_s"] / raw["limit_residues_per_s"],
         "padding_replay": replay,
         "padding_ratio_bucketed": replay["bucketed"][top]["padding_ratio"],
         "padding_ratio_fifo": replay["fifo"][top]["padding_ratio"],
@@ -667,10 +700,16 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
                     f"({report['best']['transport']}, {report['best']['concurrency']} in flight)",
                 ],
                 [
-                    "raw ONNX Runtime (same sequences, length-sorted batches)",
-                    f"{report['raw_ort']['residues_per_s']:.0f} residues/s",
+                    "raw ONNX Runtime on the same sequences, best pass",
+                    f"length-sorted batches {report['raw_ort']['residues_per_s']:.0f} residues/s; "
+                    f"fastest shape {report['raw_ort']['limit_residues_per_s']:.0f} "
+                    f"(one sequence per run {report['raw_ort']['single_residues_per_s']:.0f})",
                 ],
-                ["server / raw ONNX Runtime", fmt(report["server_vs_raw_ort"])],
+                ["server / raw ONNX Runtime on the same batches", fmt(report["server_vs_raw_ort"])],
+                [
+                    "server / raw ONNX Runtime, fastest batch shape",
+                    fmt(report["server_vs_raw_ort_best_shape"]),
+                ],
                 [
                     f"padding ratio, length-bucketed (replay, {max(s['levels'])} in flight)",
                     fmt(report["padding_ratio_bucketed"]),
@@ -762,6 +801,7 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
 def summary_values(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "server_vs_raw_ort": report["server_vs_raw_ort"],
+        "server_vs_raw_ort_best_shape": report["server_vs_raw_ort_best_shape"],
         "padding_ratio_bucketed": report["padding_ratio_bucketed"],
         "padding_ratio_fifo": report["padding_ratio_fifo"],
         "cache_hit_speedup": report["cache"]["speedup"],

@@ -116,7 +116,14 @@ def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: 
             assert r["errors"] == 0 and r["requests"] > 0, r["first_errors"]
             assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
             assert r["server_batching"]["batches"] >= 1
-    assert report["raw_ort"]["residues_per_s"] > 0 and report["server_vs_raw_ort"] > 0
+    raw = report["raw_ort"]
+    assert len(raw["all_residues_per_s"]) == 3  # before each transport and after the run
+    assert raw["residues_per_s"] == max(raw["all_residues_per_s"]) > 0
+    assert raw["limit_residues_per_s"] == max(raw["all_limit_residues_per_s"]) >= raw["residues_per_s"]
+    assert raw["limit_residues_per_s"] >= raw["single_residues_per_s"] > 0
+    best = report["best"]["residues_per_s"]
+    assert report["server_vs_raw_ort"] == best / raw["residues_per_s"]
+    assert report["server_vs_raw_ort_best_shape"] == best / raw["limit_residues_per_s"]
     assert report["cache"]["hit_median_ms"] > 0 and report["cache"]["speedup"] > 1.0
     summary = json.loads((out / "summary.json").read_text())
     for key in ("server_vs_raw_ort", "padding_ratio_bucketed", "padding_ratio_fifo", "cache_hit_speedup"):

@@ -33,6 +33,7 @@ SERVE_SMOKE: dict[str, Any] = {
     "cache_sequences": 3,
     "cache_repeats": 3,
     "raw_min_seconds": 0.0,
+    "raw_min_passes": 1,
     "startup_timeout_s": 60.0,
 }
 
