@@ -7,7 +7,7 @@ typo that would otherwise silently fall back to a default, so it is rejected nam
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -228,7 +228,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str], source: str = 
 
     One file then serves several runs (a GPU box, a sweep of candidates run side by side) without
     copies that drift apart; validation afterwards names a mistyped key like any other."""
-    out: dict[str, Any] = json.loads(json.dumps(dict(raw), default=str))
+    out: dict[str, Any] = copy.deepcopy(dict(raw))
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
