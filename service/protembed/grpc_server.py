@@ -181,8 +181,8 @@ class Embedder(pb_grpc.EmbedderServicer):
         finally:
             metrics = getattr(self.engine, "metrics", None)
             if metrics is not None:
-                metrics.grpc_requests.labels(method, code[0]).inc()
-                metrics.grpc_latency.labels(method, code[0]).observe(time.perf_counter() - start)
+                metrics.child(metrics.grpc_requests, method, code[0]).inc()
+                metrics.child(metrics.grpc_latency, method, code[0]).observe(time.perf_counter() - start)
 
     async def _embed(
         self, request_sequences: Any, options_message: pb.EmbedOptions, context: grpc.aio.ServicerContext
