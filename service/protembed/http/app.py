@@ -46,6 +46,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that yields an already-read body once, then passes the real channel through (so
+    disconnect notifications still arrive)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class BodyLimitMiddleware:
     """413 for bodies above ``max_bytes``, checked on Content-Length and again while reading
     (chunked uploads have no length), before FastAPI parses anything."""
@@ -84,16 +99,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()  # after the body: disconnect notifications come through
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replaying(b"".join(chunks), receive), send)
 
 
 class MetricsMiddleware:
@@ -215,14 +221,7 @@ class EmbedFastPath:
             if not message.get("more_body", False):
                 break
         data = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": data, "more_body": False}
-            return await receive()
+        replay = _replaying(data, receive)
 
         try:
             body = EmbedRequest.model_validate_json(data)
