@@ -91,6 +91,7 @@ python3 - "$ret" "$root" <<'EOF'
 import json, sys
 from pathlib import Path
 import torch
+from protembed_distill.sweep import run_summary
 ret, root = Path(sys.argv[1]), Path(sys.argv[2])
 rows = {}
 for d in sorted(root.glob("cand-*")):
@@ -99,11 +100,11 @@ for d in sorted(root.glob("cand-*")):
     if not log.is_file():
         continue
     (ret / f"{d.name}.train.jsonl").write_bytes(log.read_bytes())
-    ep = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-    ep = [e for e in ep if e.get("kind") == "epoch" and e.get("val_loss") is not None]
-    if ep:
-        best = min(ep, key=lambda e: e["val_loss"])  # the epoch best.pt holds
-        rows[d.name] = (sum(best["val_cosine"].values()) / len(best["val_cosine"]), best)
+    try:
+        best = run_summary(d)[2]  # the epoch best.pt holds, as --stage compare and export read it
+    except ValueError:
+        continue  # no validated epoch: the candidate failed early (its stdout.log says why)
+    rows[d.name] = (sum(best["val_cosine"].values()) / len(best["val_cosine"]), best)
 for k, (m, b) in rows.items():
     print(k, "mean val cosine", round(m, 4), b["val_cosine"], "epoch", b["epoch"], "step", b["step"])
 win = max(rows, key=lambda k: rows[k][0])

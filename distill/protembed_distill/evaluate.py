@@ -22,6 +22,7 @@ import contextlib
 import csv
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,9 @@ if TYPE_CHECKING:  # scikit-learn is imported only when probes run, so the CLI p
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+# The shared data folder sits beside the repository (CI clones next to it); $PROTEMBED_DATA_DIR points
+# elsewhere, e.g. for a clone made somewhere else. Tests read their corpus sequences from here too.
+DEFAULT_DATA_DIR = Path(os.environ.get("PROTEMBED_DATA_DIR") or REPO.parent / "shared" / "data").expanduser()
 # The server's own default, so evaluation and benchmarks always look at the model `protembed serve` loads.
 DEFAULT_MODEL_DIR = default_model_dir()
 DEFAULT_CACHE_DIR = Path("~/.cache/protembed/teacher-cache")

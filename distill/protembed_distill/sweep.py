@@ -10,7 +10,7 @@ from typing import Any
 from protembed_distill.config import DistillConfig, StudentConfig
 from protembed_distill.data import Dataset
 
-__all__ = ["compare_runs", "run_sweep", "size_tag"]
+__all__ = ["compare_runs", "run_summary", "run_sweep", "size_tag"]
 
 
 def size_tag(s: StudentConfig) -> str:
@@ -75,7 +75,7 @@ def run_sweep(
     return report
 
 
-def _run_summary(run_dir: Path) -> tuple[StudentConfig, dict[str, Any], dict[str, Any], int]:
+def run_summary(run_dir: Path) -> tuple[StudentConfig, dict[str, Any], dict[str, Any], int]:
     """(student config, start event, best epoch by val loss, last step) from a run's train.jsonl."""
     log = run_dir / "train.jsonl"
     if not log.is_file():
@@ -107,7 +107,7 @@ def compare_runs(
     rows: list[dict[str, Any]] = []
     steps: list[int] = []
     for run_dir in run_dirs:
-        student, start, best, last_step = _run_summary(run_dir)
+        student, start, best, last_step = run_summary(run_dir)
         torch.manual_seed(0)
         dims = {t["name"]: 1024 for t in start["config"]["teachers"]}  # heads are per protein: negligible
         model = Student(student, dims).eval()

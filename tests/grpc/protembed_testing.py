@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-# The shared data folder sits beside the repository (in CI too: a copy of shared/ next to the clone).
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from protembed_distill.evaluate import DEFAULT_DATA_DIR as DATA  # one place decides where the data is
+
 T = TypeVar("T")
 
 
@@ -51,7 +51,13 @@ def corpus_sequences(n: int, max_length: int = 64, skip: int = 0) -> list[tuple[
     """(id, header, sequence) of the first ``n`` corpus records, cut to ``max_length`` residues."""
     from protembed.fasta import read_fasta
 
-    records = islice(read_fasta(DATA / "corpus" / "corpus.fasta"), skip, skip + n)
+    corpus = DATA / "corpus" / "corpus.fasta"
+    if not corpus.is_file():
+        raise FileNotFoundError(
+            f"{corpus} not found: the shared data folder sits beside the repository; "
+            "set PROTEMBED_DATA_DIR to its data/ folder for a clone made elsewhere"
+        )
+    records = islice(read_fasta(corpus), skip, skip + n)
     return [(r.id, r.header, r.sequence[:max_length]) for r in records]
 
 
