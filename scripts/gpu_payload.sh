@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare, on the CPU machine, everything scripts/gpu_run.sh needs on a GPU box that can reach nothing
 # (the workplace's device machine): all under .gpu/ (git-ignored) and runs/gpu/data/. Then, with the
-# device tool: run `BUDGET=240 bash scripts/gpu_run.sh` carrying .gpu/whl .gpu/teachers.tar.xz
+# device tool: run `DEADLINE=565 bash scripts/gpu_run.sh` carrying .gpu/whl .gpu/teachers.tar.xz
 # .gpu/data.tar.xz runs/gpu/data, with the bundled model's .onnx files moved out of the working tree
 # for the call (the tree plus what it carries must stay under 64 MiB; the GPU run needs only model.json).
 # Bring the result back with scripts/after_gpu.sh.

@@ -12,7 +12,10 @@
 #                          the teachers' outputs is measured there: .gpu/teachers/fp16_effect.json)
 #   .gpu/data.tar.xz       ../shared/data (corpus + evaluation sets), byte-identical
 #   runs/gpu/data/         the eval-overlap filter's result (MMseqs2 is not on the GPU box)
-# SMOKE=1 runs the same steps on the CPU in about a minute (tiny data, short budget) to test the script.
+# SMOKE=1 runs the same steps in about a minute (tiny data, short budget) to test the script: on the CPU,
+# or with SMOKE_DEVICE=cuda on the GPU box itself (its CUDA code paths, before the real run spends time).
+# DEADLINE (seconds, whole script) shortens the training budget when setup and embedding ran long, so the
+# result always comes back inside the device call's limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=runs/gpu
@@ -24,15 +27,19 @@ log() { echo "[gpu_run $(($(date +%s) - T0))s] $*"; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/service:$PWD/distill${PYTHONPATH:+:$PYTHONPATH}"
 config=distill/configs/gpu.toml
 budget=${BUDGET:-270}
+deadline=${DEADLINE:-0}
 extra=()
 eval_opts=(--teacher-option unirep1900.device=cuda --teacher-option unirep1900.max_batch_tokens=262144
   --teacher-option unirep1900.max_batch_size=1024 --teacher-option near.device=cuda --batch-tokens 262144)
 if [ "${SMOKE:-0}" = 1 ]; then
   budget=15
   mkdir -p $root/data && cp runs/gpu/data/dedupe-*.json $root/data/
-  extra=(--set run.dir=$root --set output.teacher_cache_dir=$root/teacher-cache --set run.device=cpu --set teachers.0.options.device=cpu --set teachers.1.options.device=cpu
+  dev=${SMOKE_DEVICE:-cpu}
+  extra=(--set run.dir=$root --set output.teacher_cache_dir=$root/teacher-cache --set run.device="$dev"
+    --set teachers.0.options.device="$dev" --set teachers.1.options.device="$dev"
     --set data.max_sequences=48 --set optim.batch_tokens=4096 --set optim.warmup_steps=2)
-  eval_opts=(--batch-tokens 8192 --smoke)  # the subsets `evaluate --smoke` probes (after_gpu.sh SMOKE=1)
+  # the subsets `evaluate --smoke` probes (after_gpu.sh SMOKE=1)
+  eval_opts=(--batch-tokens 8192 --smoke --teacher-option unirep1900.device="$dev" --teacher-option near.device="$dev")
 fi
 pe() { python3 -c 'import sys; from protembed.cli import main; sys.exit(main())' "$@"; }
 
@@ -55,6 +62,13 @@ log "setup done"
 # 1. Teacher caches for the whole filtered corpus (UniRep-1900 per protein, NEAR per protein + residue).
 pe distill "$config" --stage embed --no-progress "${extra[@]}" 2>&1 | tee "$OUT/embed.log"
 log "embed done"
+if [ "$deadline" -gt 0 ]; then
+  # What is left of the deadline, less a reserve for the last validation, checkpoints and packing.
+  left=$((deadline - ($(date +%s) - T0) - ${RESERVE:-75}))
+  [ "$left" -lt "$budget" ] && budget=$left
+  [ "$budget" -lt 20 ] && { log "no time left to train (budget $budget s)"; budget=20; }
+  log "training budget $budget s"
+fi
 
 # 2. The evaluation subsets' teacher vectors (the probes run on the CPU machine, same seeds and sizes),
 #    in a cache folder of their own so that only they travel back.
@@ -67,8 +81,8 @@ eval_pid=$!
 # pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.
 declare -A cands=(
   [p0]="--set student.pool_dim=0"
-  [p512]="--set student.pool_dim=512"
   [p768]="--set student.pool_dim=768"
+  [p768-lr3]="--set student.pool_dim=768 --set optim.lr=3e-3"
 )
 pids=()
 for name in "${!cands[@]}"; do

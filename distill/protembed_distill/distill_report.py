@@ -14,6 +14,7 @@ from typing import Any
 
 from protembed_distill.config import DistillConfig
 from protembed_distill.reports import fmt, header, new_report, read_json, table, write_report
+from protembed_distill.sweep import candidate_table
 
 COSINE_TARGET = 0.90
 SPEEDUP_TARGET = 20.0
@@ -133,20 +134,10 @@ def render(report: dict[str, Any]) -> str:
             if sweep.get("mode") == "full runs compared"
             else f"## Size sweep ({sweep.get('steps_per_size')} steps each, same data and seed)"
         )
-        lines += [title, ""]
-        rows = [
-            [
-                s["size"],
-                f"{s['parameters'] / 1e6:.2f}M",
-                *[fmt(s["val_cosine_std"].get(t["name"])) for t in report["teachers"]],
-                fmt(s.get("train_residues_per_s"), 0),
-                fmt(s.get("onnx_cpu_residues_per_s"), 0),
-            ]
-            for s in sweep["sizes"]
-        ]
-        heads = [f"std cos {t['name']}" for t in report["teachers"]]
         lines += [
-            table(["size", "params", *heads, "train res/s", "ONNX CPU res/s"], rows),
+            title,
+            "",
+            candidate_table(sweep),
             "",
             f"Chosen: {arch.get('layers')} layers, d_model {arch.get('d_model')}, {arch.get('heads')} heads, "
             f"ffn {arch.get('ffn')}"
@@ -223,11 +214,7 @@ def render(report: dict[str, Any]) -> str:
         ]
         rows = [[k, fmt(v["residues_per_s"], 0), fmt(v.get("peak_rss_mb"), 0)] for k, v in results.items()]
         lines += [table(["model", "residues/s", "peak RSS MiB"], rows), ""]
-        rows = [
-            [s, *[fmt(r.get(k), 1) for k in sorted(r)]]
-            for s, r in ratios.items()
-            if isinstance(r, dict)
-        ]
+        rows = [[s, *[fmt(r.get(k), 1) for k in sorted(r)]] for s, r in ratios.items() if isinstance(r, dict)]
         keys = sorted(next((r for r in ratios.values() if isinstance(r, dict)), {}))
         lines += [table(["student", *[f"x {k}" for k in keys]], rows), ""]
         target = f"Target: student ONNX CPU throughput >= {SPEEDUP_TARGET:.0f}x the teachers it replaces."

@@ -131,7 +131,7 @@ def compare_runs(
                 "val_cosine": best.get("val_cosine", {}),
                 "val_cosine_std": best.get("val_cosine_std", {}),
                 "val_loss": best.get("val_loss"),
-                "train_residues_per_s": float(best.get("train_residues_per_s", 0.0)),
+                "train_residues_per_s": _median_epoch_rate(run_dir),
                 "onnx_cpu_residues_per_s": rate,
                 "threads": threads,
             }
@@ -149,10 +149,22 @@ def compare_runs(
     return report
 
 
-def _markdown(report: dict[str, Any]) -> str:
+def _median_epoch_rate(run_dir: Path) -> float:
+    """The run's typical training residues/s: the median over its epochs, because the epoch a time
+    budget cuts after a step or two reports a rate dominated by its validation pass."""
+    events = [json.loads(x) for x in (run_dir / "train.jsonl").read_text().splitlines() if x.strip()]
+    rates = sorted(float(e["train_residues_per_s"]) for e in events if e.get("kind") == "epoch")
+    return rates[len(rates) // 2] if rates else 0.0
+
+
+def candidate_table(report: dict[str, Any]) -> str:
+    """The sweep's (or the compared runs') table in markdown: one row per candidate, the held-out
+    cosine to each teacher (original units and standardized) next to training and ONNX CPU speed."""
     rows = report["sizes"]
     teachers = sorted({t for r in rows for t in r["val_cosine"]})
+    runs = report.get("mode") == "full runs compared"
     head = [
+        *(["run"] if runs else []),
         "size",
         "params",
         "steps",
@@ -161,20 +173,10 @@ def _markdown(report: dict[str, Any]) -> str:
         "train res/s",
         "ONNX CPU res/s",
     ]
-    title = (
-        f"# Student candidates, full runs side by side (up to {report['steps_per_size']} steps; "
-        f"ONNX CPU throughput measured here, threads {rows[0]['threads']})"
-        if report.get("mode") == "full runs compared"
-        else f"# Student size sweep ({report['steps_per_size']} steps each, threads {rows[0]['threads']})"
-    )
-    lines = [
-        title,
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
+            *([Path(r["run"]).name] if runs else []),
             r["size"],
             f"{r['parameters'] / 1e6:.2f}M",
             str(r["steps"]),
@@ -185,6 +187,17 @@ def _markdown(report: dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    rows = report["sizes"]
+    title = (
+        f"# Student candidates, full runs side by side (up to {report['steps_per_size']} steps; "
+        f"ONNX CPU throughput measured here, threads {rows[0]['threads']})"
+        if report.get("mode") == "full runs compared"
+        else f"# Student size sweep ({report['steps_per_size']} steps each, threads {rows[0]['threads']})"
+    )
+    return f"{title}\n\n{candidate_table(report)}"
 
 
 def measure_sizes(cfg: DistillConfig, ds: Dataset, threads: int, seconds: float = 20.0) -> dict[str, Any]:

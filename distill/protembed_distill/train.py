@@ -16,10 +16,12 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from torch import Tensor
@@ -45,6 +47,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "protembed-distill-ckpt/1"
 _RESIDUE_STAT_ROWS = 200_000  # residues sampled to fit per-residue standardization
+_RESIDUE_RAM_BYTES = 8 << 30  # per-residue caches up to this size are read into memory once
 
 
 def set_threads(n: int) -> None:
@@ -71,6 +74,9 @@ class LoadedTargets:
     residue_standardizers: dict[str, Standardizer]
     teacher_meta: dict[str, dict[str, Any]]
     residue_stores: dict[str, EmbeddingStore]
+    # Each per-residue cache's rows: in memory when they fit _RESIDUE_RAM_BYTES (one h5py read per
+    # sequence per step would starve a GPU), else the h5py dataset itself.
+    residue_data: dict[str, np.ndarray | h5py.Dataset] = field(default_factory=dict)
 
     def close(self) -> None:
         for s in self.residue_stores.values():
@@ -87,6 +93,7 @@ def load_targets(cfg: DistillConfig, ds: Dataset) -> LoadedTargets:
     rstdz: dict[str, Standardizer] = {}
     meta: dict[str, dict[str, Any]] = {}
     rstores: dict[str, EmbeddingStore] = {}
+    rdata: dict[str, np.ndarray | h5py.Dataset] = {}
     for t in cfg.teachers:
         path = cache_path(cache_dir, t)
         store = EmbeddingStore(path, mode="r")
@@ -110,10 +117,12 @@ def load_targets(cfg: DistillConfig, ds: Dataset) -> LoadedTargets:
                 rstdz[t.name] = Standardizer.fit(sample)
                 rstores[t.name] = store
                 keep_open = True
+                ds_ = store.residues()
+                rdata[t.name] = ds_[()] if ds_.size * ds_.dtype.itemsize <= _RESIDUE_RAM_BYTES else ds_
         finally:
             if not keep_open:
                 store.close()
-    return LoadedTargets(train, val, stdz, rstdz, meta, rstores)
+    return LoadedTargets(train, val, stdz, rstdz, meta, rstores, rdata)
 
 
 def make_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
@@ -149,25 +158,71 @@ def collate(items: Sequence[Item], idx: Sequence[int], device: torch.device) -> 
 
 
 def residue_targets(
-    store: EmbeddingStore,
+    data: np.ndarray | h5py.Dataset,
     spans: tuple[np.ndarray, np.ndarray],
     idx: Sequence[int],
     width: int,
     stdz: Standardizer,
     device: torch.device,
 ) -> Tensor:
-    """Standardized per-residue teacher states [B, width, dim] (zeros at pads)."""
+    """Standardized per-residue teacher states [B, width, dim] (pads hold the standardized zero; losses
+    mask them). Gathered in the cache's float16 and standardized on ``device``: on a GPU, the float32
+    arithmetic over B x width x dim values on the CPU was most of a training step."""
     offsets, lengths = spans
-    data = store.residues()
-    out = np.zeros((len(idx), width, data.shape[1]), dtype=np.float32)
+    out = np.zeros((len(idx), width, data.shape[1]), dtype=data.dtype)
     for row, i in enumerate(idx):
         o, n = int(offsets[i]), int(lengths[i])
         out[row, :n] = data[o : o + n]
-    return stdz.apply(torch.from_numpy(out)).to(device)
+    return stdz.apply(torch.from_numpy(out).to(device).float())
+
+
+@dataclass
+class Batch:
+    """One training step's inputs on the device: token ids, mask, standardized per-protein targets and
+    per-residue targets by teacher."""
+
+    ids: Tensor
+    mask: Tensor
+    targets: dict[str, Tensor]
+    residue_targets: dict[str, Tensor]
+
+
+def prepare_batch(
+    ds: Dataset, loaded: LoadedTargets, cfg: DistillConfig, idx: Sequence[int], device: torch.device
+) -> Batch:
+    ids, mask = collate(ds.train, idx, device)
+    targets = {t.name: loaded.train.per_protein[t.name][idx].to(device) for t in cfg.teachers}
+    residue: dict[str, Tensor] = {}
+    if cfg.loss.per_residue > 0:
+        for t in cfg.teachers:
+            if t.name in loaded.residue_data:
+                residue[t.name] = residue_targets(
+                    loaded.residue_data[t.name],
+                    loaded.train.residue_spans[t.name],
+                    idx,
+                    ids.shape[1],
+                    loaded.residue_standardizers[t.name],
+                    device,
+                )
+    return Batch(ids, mask, targets, residue)
 
 
 # ---------------------------------------------------------------------------------------------------
 # schedule, checkpoints
+def _init_weights(model: Student, cfg: DistillConfig, teacher_dims: dict[str, int]) -> None:
+    path = Path(cfg.optim.init_from or "")
+    if not path.is_file():
+        raise ValueError(f"optim.init_from: {path} is not a checkpoint file")
+    ckpt = load_checkpoint(path)
+    if ckpt["student_config"] != cfg.student.model_dump(mode="json"):
+        raise ValueError(f"optim.init_from: {path} holds a different student than [student] describes")
+    if ckpt["teacher_dims"] != teacher_dims:
+        raise ValueError(
+            f"optim.init_from: {path} has teacher heads {ckpt['teacher_dims']}, this run needs {teacher_dims}"
+        )
+    model.load_state_dict(ckpt["model"])
+
+
 def lr_factor(step: int, warmup: int, total: int, time_fraction: float = 0.0) -> float:
     """Linear warmup, then cosine decay to 2% of the peak. Progress is the larger of the step fraction
     and ``time_fraction`` (elapsed / optim.time_budget_s), so a run cut by its time budget still ends
@@ -280,9 +335,9 @@ def evaluate(
         out = model(ids, mask)
         for n in names:
             preds[n].append(out[f"teacher_{n}"].float().cpu())
-        for n, store in loaded.residue_stores.items():
+        for n, data in loaded.residue_data.items():
             tgt = residue_targets(
-                store, targets.residue_spans[n], batch, ids.shape[1], loaded.residue_standardizers[n], device
+                data, targets.residue_spans[n], batch, ids.shape[1], loaded.residue_standardizers[n], device
             )
             pr = model.residue_predictions(out["residue_states"])[n].float()
             c = torch.nn.functional.cosine_similarity(pr, tgt, dim=-1)
@@ -421,6 +476,8 @@ def _train_loop(
         _set_rng_state(ckpt["rng"])
         log.event({"kind": "resume", "step": state["step"], "epoch": state["epoch"], "batch": state["batch"]})
     else:
+        if cfg.optim.init_from is not None:
+            _init_weights(model, cfg, teacher_dims)
         log.event(
             {
                 "kind": "start",
@@ -469,114 +526,121 @@ def _train_loop(
     t_start = time.perf_counter()
     model.train()
     stopped_early = interrupted = False
-    while state["epoch"] < cfg.optim.epochs and not (
-        cfg.optim.max_steps and state["step"] >= cfg.optim.max_steps
-    ):
-        epoch = state["epoch"]
-        batches = make_batches(lengths, cfg.optim.batch_tokens, cfg.run.seed, epoch)
-        batches = batches[: per_epoch * world][rank::world]  # equal count per rank, no DDP hang
-        t_epoch, res_epoch, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
-        while state["batch"] < len(batches):
-            idx = batches[state["batch"]]
-            ids, mask = collate(ds.train, idx, device)
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                out = net(ids, mask)
-            loss = torch.zeros((), device=device)
-            parts: dict[str, float] = {}
-            for t in cfg.teachers:
-                tgt = loaded.train.per_protein[t.name][idx].to(device)
-                lt, p = embedding_loss(out[f"teacher_{t.name}"], tgt, cfg.loss)
-                loss = loss + t.weight / wsum * lt
-                parts.update({f"{t.name}.{k}": v for k, v in p.items()})
-                if t.name in loaded.residue_stores and cfg.loss.per_residue > 0:
-                    rt = residue_targets(
-                        loaded.residue_stores[t.name],
-                        loaded.train.residue_spans[t.name],
-                        idx,
-                        ids.shape[1],
-                        loaded.residue_standardizers[t.name],
-                        device,
-                    )
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                        rp = model.residue_predictions(out["residue_states"])[t.name]
-                    lr_ = residue_loss(rp, rt, mask, cfg.loss)
-                    loss = loss + cfg.loss.per_residue * t.weight / wsum * lr_
-                    parts[f"{t.name}.residue"] = float(lr_.detach())
-            set_lr()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            dt = time.perf_counter() - t0
-            nres = int(mask.sum())
-            state["step"] += 1
-            state["batch"] += 1
-            state["train_seconds"] += dt
-            state["train_residues"] += nres
-            res_epoch += nres
-            loss_sum += float(loss.detach())
-            n_loss += 1
-            if state["step"] % cfg.optim.log_every_steps == 0:
-                log.event(
-                    {
-                        "kind": "step",
-                        "step": state["step"],
-                        "epoch": epoch,
-                        "loss": float(loss.detach()),
-                        "lr": opt.param_groups[0]["lr"],
-                        "residues_per_s": nres / dt if dt else 0.0,
-                        **parts,
-                    }
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-prefetch") as prefetch:
+        while state["epoch"] < cfg.optim.epochs and not (
+            cfg.optim.max_steps and state["step"] >= cfg.optim.max_steps
+        ):
+            epoch = state["epoch"]
+            batches = make_batches(lengths, cfg.optim.batch_tokens, cfg.run.seed, epoch)
+            batches = batches[: per_epoch * world][rank::world]  # equal count per rank, no DDP hang
+            t_epoch, res_epoch, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+            # The next batch is prepared on a worker thread while this one runs (tokenizing and gathering
+            # per-residue targets is CPU work that would otherwise leave a GPU idle between steps).
+            pending = (
+                prefetch.submit(prepare_batch, ds, loaded, cfg, batches[state["batch"]], device)
+                if (state["batch"] < len(batches))
+                else None
+            )
+            while pending is not None:
+                b = pending.result()
+                nxt = state["batch"] + 1
+                pending = (
+                    prefetch.submit(prepare_batch, ds, loaded, cfg, batches[nxt], device)
+                    if nxt < len(batches)
+                    else None
                 )
-            if cfg.optim.checkpoint_every_steps and state["step"] % cfg.optim.checkpoint_every_steps == 0:
-                save(last_path)
-            over_budget = cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s
-            if (stop_after_steps is not None and state["step"] >= stop_after_steps) or over_budget:
-                save(last_path)
-                interrupted = not over_budget
-                if over_budget:
-                    log.event({"kind": "time_budget", "step": state["step"]})
+                ids, mask = b.ids, b.mask
+                t0 = time.perf_counter()
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    out = net(ids, mask)
+                loss = torch.zeros((), device=device)
+                parts: dict[str, float] = {}
+                for t in cfg.teachers:
+                    lt, p = embedding_loss(out[f"teacher_{t.name}"], b.targets[t.name], cfg.loss)
+                    loss = loss + t.weight / wsum * lt
+                    parts.update({f"{t.name}.{k}": v for k, v in p.items()})
+                    if t.name in b.residue_targets:
+                        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                            rp = model.residue_predictions(out["residue_states"])[t.name]
+                        lr_ = residue_loss(rp, b.residue_targets[t.name], mask, cfg.loss)
+                        loss = loss + cfg.loss.per_residue * t.weight / wsum * lr_
+                        parts[f"{t.name}.residue"] = float(lr_.detach())
+                set_lr()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                dt = time.perf_counter() - t0
+                nres = int(mask.sum())
+                state["step"] += 1
+                state["batch"] += 1
+                state["train_seconds"] += dt
+                state["train_residues"] += nres
+                res_epoch += nres
+                loss_sum += float(loss.detach())
+                n_loss += 1
+                if state["step"] % cfg.optim.log_every_steps == 0:
+                    log.event(
+                        {
+                            "kind": "step",
+                            "step": state["step"],
+                            "epoch": epoch,
+                            "loss": float(loss.detach()),
+                            "lr": opt.param_groups[0]["lr"],
+                            "residues_per_s": nres / dt if dt else 0.0,
+                            **parts,
+                        }
+                    )
+                if cfg.optim.checkpoint_every_steps and state["step"] % cfg.optim.checkpoint_every_steps == 0:
+                    save(last_path)
+                over_budget = (
+                    cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s
+                )
+                if (stop_after_steps is not None and state["step"] >= stop_after_steps) or over_budget:
+                    save(last_path)
+                    interrupted = not over_budget
+                    if over_budget:
+                        log.event({"kind": "time_budget", "step": state["step"]})
+                    break
+                if cfg.optim.max_steps and state["step"] >= cfg.optim.max_steps:
+                    break
+            if interrupted:
                 break
-            if cfg.optim.max_steps and state["step"] >= cfg.optim.max_steps:
+            over = bool(cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s)
+            val = evaluate(model, ds.val, loaded.val, loaded, cfg, device)
+            improved = val["val_loss"] < state["best_val"] - 1e-5
+            if improved:
+                state["best_val"], state["bad_epochs"], state["best_epoch"] = val["val_loss"], 0, epoch
+            else:
+                state["bad_epochs"] += 1
+            rec = {
+                "kind": "epoch",
+                "epoch": epoch,
+                "step": state["step"],
+                "train_loss": loss_sum / max(1, n_loss),
+                "train_residues_per_s": res_epoch / max(1e-9, time.perf_counter() - t_epoch),
+                "lr": opt.param_groups[0]["lr"],
+                "elapsed_s": time.perf_counter() - t_start,
+                **val,
+            }
+            state["history"].append(rec)
+            log.event(rec)
+            flat = {k: v for k, v in rec.items() if not isinstance(v, dict) and k != "kind"}
+            for key in ("val_cosine", "val_cosine_std"):
+                flat.update({f"{key}_{n}": v for n, v in val[key].items()})
+            log.epoch_row(flat)
+            state["epoch"], state["batch"] = epoch + 1, 0
+            epoch_done_partial = cfg.optim.max_steps and state["step"] >= cfg.optim.max_steps
+            if improved:
+                save(best_path)
+            save(last_path)
+            if cfg.optim.patience and state["bad_epochs"] >= cfg.optim.patience:
+                stopped_early = True
+                log.event({"kind": "early_stop", "epoch": epoch, "best_epoch": state["best_epoch"]})
                 break
-        if interrupted:
-            break
-        over = bool(cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s)
-        val = evaluate(model, ds.val, loaded.val, loaded, cfg, device)
-        improved = val["val_loss"] < state["best_val"] - 1e-5
-        if improved:
-            state["best_val"], state["bad_epochs"], state["best_epoch"] = val["val_loss"], 0, epoch
-        else:
-            state["bad_epochs"] += 1
-        rec = {
-            "kind": "epoch",
-            "epoch": epoch,
-            "step": state["step"],
-            "train_loss": loss_sum / max(1, n_loss),
-            "train_residues_per_s": res_epoch / max(1e-9, time.perf_counter() - t_epoch),
-            "lr": opt.param_groups[0]["lr"],
-            "elapsed_s": time.perf_counter() - t_start,
-            **val,
-        }
-        state["history"].append(rec)
-        log.event(rec)
-        flat = {k: v for k, v in rec.items() if not isinstance(v, dict) and k != "kind"}
-        for key in ("val_cosine", "val_cosine_std"):
-            flat.update({f"{key}_{n}": v for n, v in val[key].items()})
-        log.epoch_row(flat)
-        state["epoch"], state["batch"] = epoch + 1, 0
-        epoch_done_partial = cfg.optim.max_steps and state["step"] >= cfg.optim.max_steps
-        if improved:
-            save(best_path)
-        save(last_path)
-        if cfg.optim.patience and state["bad_epochs"] >= cfg.optim.patience:
-            stopped_early = True
-            log.event({"kind": "early_stop", "epoch": epoch, "best_epoch": state["best_epoch"]})
-            break
-        if over or epoch_done_partial:
-            break
+            if over or epoch_done_partial:
+                break
     if world > 1:
         import torch.distributed as dist
 

@@ -76,6 +76,8 @@ def test_compare_runs_reads_the_best_epoch_and_measures_speed(tmp_path: Path) ->
     assert a["val_cosine"] == {"fake_a": 0.51, "fake_b": 0.41} and a["train_residues_per_s"] == 2000.0
     assert (b["best_epoch"], b["val_loss"], b["steps"]) == (2, 0.4, 43)
     assert b["val_cosine_std"] == {"fake_a": 0.32, "fake_b": 0.2}
+    # training speed is the run's median epoch, not the best epoch's (a budget-cut epoch is all validation)
+    assert b["train_residues_per_s"] == 3000.0
     assert report["steps_per_size"] == 43
     for row in (a, b):
         assert row["parameters"] == 12345 and row["device"] == "cuda:0" and row["threads"] == 1
@@ -85,7 +87,7 @@ def test_compare_runs_reads_the_best_epoch_and_measures_speed(tmp_path: Path) ->
     assert json.loads((out / "sweep.json").read_text()) == report
     md = (out / "sweep.md").read_text()
     assert md.startswith("# Student candidates, full runs side by side (up to 43 steps")
-    assert "| L1-d16-h2-f32 |" in md and "| L1-d16-h2-f32-p48 |" in md
+    assert "| plain | L1-d16-h2-f32 |" in md and "| pooled | L1-d16-h2-f32-p48 |" in md
     assert "val cos fake_a" in md and "0.5100" in md and "0.5200" in md
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
 
+from protembed_distill.config import DistillConfig
 from protembed_distill.data import prepare_dataset
 from protembed_distill.student import Student
 from protembed_distill.teacher_cache import build_caches
@@ -83,6 +84,36 @@ def test_resume_refuses_a_different_student(tmp_path: Path) -> None:
     other = cfg.model_copy(update={"student": cfg.student.model_copy(update={"d_model": 16})})
     with pytest.raises(ValueError, match="different student"):
         train(other, ds, echo=False)
+
+
+def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path: Path) -> None:
+    cfg, ds = _setup(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
+    first = train(cfg, ds, echo=False)
+    start = load_checkpoint(first.best_checkpoint)
+    # lr ~0: the warm-started run must keep the first run's weights and so its validation loss
+    update = {"init_from": first.best_checkpoint, "lr": 1e-12, "epochs": 1, "warmup_steps": 0}
+    warm = cfg.model_copy(
+        update={
+            "optim": cfg.optim.model_copy(update=update),
+            "run": cfg.run.model_copy(update={"dir": tmp_path / "w"}),
+        }
+    )
+    res = train(warm, ds, echo=False)
+    got = load_checkpoint(res.last_checkpoint)
+    assert got["state"]["step"] < first.step  # a new schedule, not a resume of the first run
+    for k, v in start["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=0, atol=1e-6, msg=k)
+    assert res.val["val_loss"] == pytest.approx(min(r["val_loss"] for r in first.history), abs=1e-5)
+
+    def variant(name: str, **update: object) -> DistillConfig:
+        return warm.model_copy(update={**update, "run": warm.run.model_copy(update={"dir": tmp_path / name})})
+
+    other = variant("o", student=warm.student.model_copy(update={"d_model": 16}))
+    with pytest.raises(ValueError, match=r"optim\.init_from: .* different student"):
+        train(other, ds, echo=False)
+    missing = variant("m", optim=warm.optim.model_copy(update={"init_from": tmp_path / "no.pt"}))
+    with pytest.raises(ValueError, match=r"optim\.init_from: .*no\.pt is not a checkpoint"):
+        train(missing, ds, echo=False)
 
 
 def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
