@@ -27,6 +27,7 @@ done
 win=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["winner"])' "$root/result/winner.json")
 cp "$root/result/best.pt" "$root/checkpoints/best.pt"
 cp "$root/$win/train.jsonl" "$root/train.jsonl"
+if [ -f "$root/result/$win.train.csv" ]; then cp "$root/result/$win.train.csv" "$root/train.csv"; else rm -f "$root/train.csv"; fi
 cp "$root/result/embed_report.json" "$root/"
 cp "$root/result/fp16_effect.json" "$root/teacher_fp16_effect.json"  # shown in the distill report
 # The evaluation subsets' teacher vectors, as the side files evaluation reads beside the training caches.

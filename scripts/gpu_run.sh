@@ -77,7 +77,10 @@ fi
   >"$OUT/eval_embed.log" 2>&1; log "eval embed done") &
 eval_pid=$!
 
-# 3. Three candidates, same data, seed and time budget, side by side on the one GPU.
+# 3. Candidates, same data, seed and time budget, side by side on the one GPU (CANDIDATES picks which;
+#    one alone gets the whole GPU). CONTINUE=1, on a machine still warm from a run (caches, run folders
+#    and teacher weights are still there), gives each candidate a second warm-restart cycle instead:
+#    a new run folder that starts from its lineage's best.pt (optim.init_from) with peak lr CONT_LR.
 # pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.
 declare -A cands=(
   [p0]="--set student.pool_dim=0"
@@ -85,12 +88,24 @@ declare -A cands=(
   [p768-lr3]="--set student.pool_dim=768 --set optim.lr=3e-3"
 )
 pids=()
-for name in "${!cands[@]}"; do
+for name in ${CANDIDATES:-p0 p768 p768-lr3}; do
+  [ -n "${cands[$name]:-}" ] || { log "unknown candidate $name (known: ${!cands[*]})"; exit 2; }
   dir=$root/cand-$name
+  args=${cands[$name]}
+  if [ "${CONTINUE:-0}" = 1 ]; then
+    prev=$dir
+    for n in 2 3 4 5 6 7 8 9; do
+      [ -f "$root/cand-$name-c$n/checkpoints/best.pt" ] && prev=$root/cand-$name-c$n
+      [ -d "$root/cand-$name-c$n" ] || { dir=$root/cand-$name-c$n; break; }
+    done
+    [ -f "$prev/checkpoints/best.pt" ] || { log "CONTINUE: $prev has no best.pt"; exit 2; }
+    args="$args --set optim.init_from=$prev/checkpoints/best.pt --set optim.lr=${CONT_LR:-5e-4} --set optim.warmup_steps=50"
+    log "$name: continuing from $prev in $dir"
+  fi
   mkdir -p "$dir/data" && cp runs/gpu/data/dedupe-*.json "$dir/data/"
   # shellcheck disable=SC2086
   pe distill "$config" --stage train --quiet --time-budget "$budget" "${extra[@]}" --set "run.dir=$dir" \
-    ${cands[$name]} >"$dir/stdout.log" 2>&1 &
+    $args >"$dir/stdout.log" 2>&1 &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid" || log "a candidate failed (exit $?)"; done
@@ -114,6 +129,8 @@ for d in sorted(root.glob("cand-*")):
     if not log.is_file():
         continue
     (ret / f"{d.name}.train.jsonl").write_bytes(log.read_bytes())
+    if (d / "train.csv").is_file():
+        (ret / f"{d.name}.train.csv").write_bytes((d / "train.csv").read_bytes())
     try:
         best = run_summary(d)[2]  # the epoch best.pt holds, as --stage compare and export read it
     except ValueError:

@@ -66,6 +66,8 @@ def build(cfg: DistillConfig, reports_dir: Path) -> dict[str, Any]:
     for src in (run_dir / "train.jsonl", run_dir / "train.csv", run_dir / "sweep" / "sweep.md"):
         if src.is_file():
             shutil.copyfile(src, log_dir / src.name)
+        else:
+            (log_dir / src.name).unlink(missing_ok=True)  # never leave an earlier run's log beside this one
     return report
 
 
