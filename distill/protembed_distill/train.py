@@ -109,16 +109,16 @@ def load_targets(cfg: DistillConfig, ds: Dataset) -> LoadedTargets:
             if t.per_residue:
                 train.residue_spans[t.name] = store.residue_spans(tr_keys)
                 val.residue_spans[t.name] = store.residue_spans(va_keys)
-                rows = int(store.residues().shape[0])
-                # A strided read is one cheap h5py selection and samples all lengths evenly
-                # (rows are stored in length-sorted embedding order, so a prefix would be biased).
-                step = max(1, rows // _RESIDUE_STAT_ROWS)
-                sample = torch.from_numpy(np.asarray(store.residues()[::step], dtype=np.float32))
+                on_disk = store.residues()
+                data = on_disk[()] if on_disk.size * on_disk.dtype.itemsize <= _RESIDUE_RAM_BYTES else on_disk
+                # A strided read is one cheap selection and samples all lengths evenly (rows are
+                # stored in length-sorted embedding order, so a prefix would be biased).
+                step = max(1, int(data.shape[0]) // _RESIDUE_STAT_ROWS)
+                sample = torch.from_numpy(np.asarray(data[::step], dtype=np.float32))
                 rstdz[t.name] = Standardizer.fit(sample)
                 rstores[t.name] = store
+                rdata[t.name] = data
                 keep_open = True
-                ds_ = store.residues()
-                rdata[t.name] = ds_[()] if ds_.size * ds_.dtype.itemsize <= _RESIDUE_RAM_BYTES else ds_
         finally:
             if not keep_open:
                 store.close()
@@ -214,13 +214,19 @@ def _init_weights(model: Student, cfg: DistillConfig, teacher_dims: dict[str, in
     if not path.is_file():
         raise ValueError(f"optim.init_from: {path} is not a checkpoint file")
     ckpt = load_checkpoint(path)
-    if ckpt["student_config"] != cfg.student.model_dump(mode="json"):
-        raise ValueError(f"optim.init_from: {path} holds a different student than [student] describes")
-    if ckpt["teacher_dims"] != teacher_dims:
-        raise ValueError(
-            f"optim.init_from: {path} has teacher heads {ckpt['teacher_dims']}, this run needs {teacher_dims}"
-        )
+    mismatch = _mismatch(ckpt, cfg, teacher_dims)
+    if mismatch:
+        raise ValueError(f"optim.init_from: {path} was trained with {mismatch}")
     model.load_state_dict(ckpt["model"])
+
+
+def _mismatch(ckpt: dict[str, Any], cfg: DistillConfig, teacher_dims: dict[str, int]) -> str | None:
+    """Why a checkpoint's weights cannot seed this run's model, or None when they can."""
+    if ckpt["student_config"] != cfg.student.model_dump(mode="json"):
+        return "a different student than [student] describes"
+    if ckpt["teacher_dims"] != teacher_dims:
+        return f"teacher heads {ckpt['teacher_dims']}, this run needs {teacher_dims}"
+    return None
 
 
 def lr_factor(step: int, warmup: int, total: int, time_fraction: float = 0.0) -> float:
@@ -463,13 +469,9 @@ def _train_loop(
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume and last_path.is_file():
         ckpt = load_checkpoint(last_path)
-        if (
-            ckpt["student_config"] != cfg.student.model_dump(mode="json")
-            or ckpt["teacher_dims"] != teacher_dims
-        ):
-            raise ValueError(
-                f"{last_path} was trained with a different student/teachers; use another run.dir or delete it"
-            )
+        mismatch = _mismatch(ckpt, cfg, teacher_dims)
+        if mismatch:
+            raise ValueError(f"{last_path} was trained with {mismatch}; use another run.dir or delete it")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state.update(ckpt["state"])
