@@ -33,6 +33,16 @@ from protembed.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Batch token budgets when settings.max_batch_tokens is 0. A CPU runs the student fastest in small
+# batches (1.45x at 2,048 padded tokens against 8,192 on two Sapphire Rapids cores: the attention
+# scores stay in cache); a GPU wants large ones to fill its cores.
+CPU_BATCH_TOKENS = 2048
+GPU_BATCH_TOKENS = 16384
+
+
+def batch_tokens_for(provider: str) -> int:
+    return CPU_BATCH_TOKENS if provider == "CPUExecutionProvider" else GPU_BATCH_TOKENS
+
 
 @dataclass(frozen=True)
 class EmbedInput:
@@ -145,7 +155,8 @@ class Engine:
             )
         self.batcher = Batcher(
             self._infer,
-            max_batch_tokens=settings.max_batch_tokens,
+            # 0 (by provider) is settled in start(), once the session says which provider runs.
+            max_batch_tokens=settings.max_batch_tokens or GPU_BATCH_TOKENS,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_ms / 1000.0,
             max_queue_tokens=settings.max_queue_tokens,
@@ -171,6 +182,8 @@ class Engine:
             self.backend = await asyncio.to_thread(
                 OrtBackend, self.model, s.providers, s.intra_op_threads, s.inter_op_threads
             )
+        if not s.max_batch_tokens:
+            self.batcher.queue.max_batch_tokens = batch_tokens_for(self.backend.provider)
         if s.warmup:
             await asyncio.to_thread(self._warm_up)
         if self.cache is None:
@@ -404,7 +417,7 @@ class Engine:
                 "chunk_overlap": s.chunk_overlap,
             },
             "batching": {
-                "max_batch_tokens": s.max_batch_tokens,
+                "max_batch_tokens": self.batcher.queue.max_batch_tokens,
                 "max_batch_size": s.max_batch_size,
                 "max_wait_ms": s.max_wait_ms,
                 "max_queue_tokens": s.max_queue_tokens,

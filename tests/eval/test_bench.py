@@ -67,7 +67,9 @@ def test_bench_model_smoke(
         assert "error" not in r, name
         assert r["residues"] == report["set"]["residues"]  # one fixed set for every model
         assert r["residues_per_s"] > 0 and r["peak_rss_mb"] >= r["rss_baseline_mb"] > 0
+        assert r["batch_tokens"] in (2048, 8192)  # every model timed at each default budget
     assert report["set"]["sequences"] == 12 and report["set"]["max"] <= 64
+    assert report["settings"]["batch_tokens"] == [2048, 8192]
     ratios = report["ratios"]
     assert ratios["student"]["teacher:alpha"] == pytest.approx(
         results["student"]["residues_per_s"] / results["teacher:alpha"]["residues_per_s"]
@@ -92,14 +94,17 @@ def test_bench_model_reports_a_failing_model(
         eval_data_dir,
         tmp_path,
         *("--teachers", "ghost=eval_tiny_teachers:nothing_here", "--no-int8", "--rounds", "2"),
+        *("--batch-tokens", "64", "256"),
     )
     assert rc == 1
     report = json.loads((tmp_path / "smoke" / "bench_model.json").read_text())
     assert "nothing_here" in report["results"]["teacher:ghost"]["error"]
     assert "error" not in report["results"]["student"]
     student = report["results"]["student"]
-    assert len(student["rounds_residues_per_s"]) == 2  # interleaved rounds, the fastest kept
+    # interleaved rounds, each at every batch budget, the fastest kept with the budget that made it
+    assert len(student["rounds_residues_per_s"]) == 2 * 2
     assert student["residues_per_s"] == max(student["rounds_residues_per_s"])
+    assert student["batch_tokens"] in (64, 256) and report["settings"]["batch_tokens"] == [64, 256]
 
 
 def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path) -> None:

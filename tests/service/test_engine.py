@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 
 from gated_backend import gated_backend
-from protembed.core import EmbedInput, EmbedOptions, Engine, plan_windows, pool_windows
+from protembed.core import (
+    CPU_BATCH_TOKENS,
+    GPU_BATCH_TOKENS,
+    EmbedInput,
+    EmbedOptions,
+    Engine,
+    batch_tokens_for,
+    plan_windows,
+    pool_windows,
+)
 from protembed.errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -150,7 +159,8 @@ async def test_info_reports_provider_limits_and_batching(engine: Engine) -> None
     info: dict[str, Any] = engine.info()
     assert info["provider"] == "CPUExecutionProvider" and info["ready"] is True
     assert info["limits"]["max_items_per_request"] == 8 and info["limits"]["max_length"] == 64
-    assert info["batching"]["max_batch_tokens"] == engine.settings.max_batch_tokens
+    assert engine.settings.max_batch_tokens == 0  # the default: by provider
+    assert info["batching"]["max_batch_tokens"] == CPU_BATCH_TOKENS
     assert info["cache"]["backend"] == "memory" and info["card"]["id"] == "protembed-tiny"
 
 
@@ -221,3 +231,23 @@ async def test_items_queued_behind_a_busy_model_expire_before_it(engine: Engine)
     with pytest.raises(DeadlineExceededError):
         await late
     assert engine.batcher.batches_run == before + 1  # only the blocker reached the model
+
+
+async def test_batch_token_budget_follows_the_provider(make_settings: Callable[..., Settings]) -> None:
+    # 0 (the default) settles on the active provider's budget once the session is up; a number stays.
+    for setting, expected in ((0, CPU_BATCH_TOKENS), (4096, 4096)):
+        eng = Engine.from_settings(make_settings(max_batch_tokens=setting))
+        await eng.start()
+        try:
+            assert eng.provider == "CPUExecutionProvider"
+            assert eng.info()["batching"]["max_batch_tokens"] == expected
+            assert eng.batcher.queue.max_batch_tokens == expected
+            resp = await eng.embed(inputs("MKTAYIAKQRQ" * 5, "MK"), EmbedOptions())
+            assert resp.items == 2
+        finally:
+            await eng.stop()
+    assert (batch_tokens_for("CPUExecutionProvider"), batch_tokens_for("CUDAExecutionProvider")) == (
+        CPU_BATCH_TOKENS,
+        GPU_BATCH_TOKENS,
+    )
+    assert CPU_BATCH_TOKENS < GPU_BATCH_TOKENS

@@ -37,6 +37,7 @@ async def test_engine_runs_on_cuda_and_matches_cpu(
     await eng.start()
     try:
         assert eng.provider == "CUDAExecutionProvider" and eng.info()["provider"] == "CUDAExecutionProvider"
+        assert eng.info()["batching"]["max_batch_tokens"] == 16384  # large batches on a GPU
         seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MK", "W" * 60]
         resp = await eng.embed([EmbedInput(s) for s in seqs], EmbedOptions())
         for r, s in zip(resp.results, seqs, strict=True):

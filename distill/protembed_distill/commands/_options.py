@@ -11,16 +11,30 @@ from pathlib import Path
 from typing import Any
 
 
-def add_teacher_options(p: argparse.ArgumentParser, *, teachers_help: str, option_help: str) -> None:
-    """``--teachers``, ``--teacher-option``, ``--crop``, ``--batch-tokens`` and ``--no-int8``."""
+def add_teacher_options(
+    p: argparse.ArgumentParser, *, teachers_help: str, option_help: str, batch_grid: tuple[int, ...] = ()
+) -> None:
+    """``--teachers``, ``--teacher-option``, ``--crop``, ``--batch-tokens`` and ``--no-int8``. With
+    ``batch_grid``, ``--batch-tokens`` takes several budgets (that grid by default) and each model is
+    measured at each: the best batch shape differs between models and between CPUs."""
     p.add_argument("--teachers", nargs="*", default=None, metavar="TEACHER", help=teachers_help)
     p.add_argument(
         "--teacher-option", action="append", default=[], metavar="NAME.KEY=VALUE", help=option_help
     )
     p.add_argument("--crop", type=int, default=None, help="crop length (default: the model's max_length)")
-    p.add_argument(
-        "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
-    )
+    if batch_grid:
+        p.add_argument(
+            "--batch-tokens",
+            type=int,
+            nargs="+",
+            default=list(batch_grid),
+            metavar="N",
+            help="padded-token budgets per batch to try; each model keeps its fastest (default: %(default)s)",
+        )
+    else:
+        p.add_argument(
+            "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
+        )
     p.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
 
 

@@ -48,12 +48,15 @@ def add_parser(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     sub.required = True
 
+    from protembed_distill.bench_model import BATCH_TOKENS
+
     m = sub.add_parser("model", help="throughput and peak memory of each teacher and the student")
     _common(m)
     add_teacher_options(
         m,
         teachers_help="registry names or NAME=package.module:factory (default: the model card's teachers)",
         option_help="option for a teacher's loader (e.g. esm2.model=/path)",
+        batch_grid=BATCH_TOKENS,
     )
     m.add_argument(
         "--checkpoint",
@@ -204,7 +207,7 @@ def run_model(args: argparse.Namespace) -> int:
             seed=args.seed,
             crop=args.crop,
             threads=args.threads,
-            batch_tokens=args.batch_tokens,
+            batch_tokens=tuple(args.batch_tokens),
             min_seconds=args.min_seconds,
             int8=not args.no_int8,
             teacher_options=parse_teacher_options(args.teacher_option),
