@@ -61,6 +61,28 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, max_bytes: int | None = None) -> bytes | None:
+    """The whole request body from ``receive``; None when the client disconnected first. Raises
+    ``_BodyTooLarge`` as soon as more than ``max_bytes`` have arrived (the rest is never read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 class BodyLimitMiddleware:
     """413 for bodies above ``max_bytes``, checked on Content-Length and again while reading
     (chunked uploads have no length), before FastAPI parses anything."""
@@ -85,21 +107,13 @@ class BodyLimitMiddleware:
             await self._reject(send, declared.decode())
             return
         # Read the body here (bounded), then replay it: the app never sees more than max_bytes.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._reject(send, f"more than {self.max_bytes}")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replaying(b"".join(chunks), receive), send)
+        try:
+            body = await _read_body(receive, self.max_bytes)
+        except _BodyTooLarge:
+            await self._reject(send, f"more than {self.max_bytes}")
+            return
+        if body is not None:
+            await self.app(scope, _replaying(body, receive), send)
 
 
 class MetricsMiddleware:
@@ -212,15 +226,9 @@ class EmbedFastPath:
         if eng is None or not eng.ready or not content_type.startswith(b"application/json"):
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:  # the body-limit middleware outside has already bounded it
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        data = b"".join(chunks)
+        data = await _read_body(receive)  # the body-limit middleware outside has already bounded it
+        if data is None:
+            return
         replay = _replaying(data, receive)
 
         try:
