@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +47,7 @@ PERCENTILES = (50, 95, 99)
 class ServeBenchConfig:
     model_dir: Path
     corpus: Path
-    variant: str = "fp32"
+    variant: str = "auto"  # as the server: int8 on the CPU when the card has it
     threads: int = 2
     levels: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     transports: list[str] = field(default_factory=lambda: ["http", "grpc"])
@@ -538,10 +538,13 @@ def level_sizes(cfg: ServeBenchConfig) -> list[int]:
 
 def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     from protembed.artifact import read_model_card
+    from protembed.core import AUTO_VARIANT, variant_for
     from protembed_distill.bench_model import length_stats
     from protembed_distill.data import read_fasta
 
     card = read_model_card(cfg.model_dir)
+    if cfg.variant == AUTO_VARIANT:  # the server runs on the CPU here, and raw ORT must run the same file
+        cfg = replace(cfg, variant=variant_for(card, "CPUExecutionProvider"))
     crop = card.max_length
     sizes = level_sizes(cfg)
     needed = len(cfg.transports) * (sum(sizes) + cfg.warmup_requests) + cfg.cache_sequences * 20

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from protembed import __version__, tokenizer
-from protembed.artifact import LoadedModel, ModelCard, OutputSpec, load_model
+from protembed.artifact import LoadedModel, ModelCard, OutputSpec, load_model, read_model_card
 from protembed.batcher import Batcher
 from protembed.cache import Cache, cache_key, decode_array, encode_array, make_cache
 from protembed.errors import (
@@ -28,7 +28,7 @@ from protembed.errors import (
     SequenceTooLongError,
 )
 from protembed.metrics import Metrics
-from protembed.runtime import Backend, OrtBackend
+from protembed.runtime import Backend, OrtBackend, likely_provider
 from protembed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,20 @@ GPU_BATCH_TOKENS = 16384
 
 def batch_tokens_for(provider: str) -> int:
     return CPU_BATCH_TOKENS if provider == "CPUExecutionProvider" else GPU_BATCH_TOKENS
+
+
+AUTO_VARIANT = "auto"
+
+
+def variant_for(card: ModelCard, provider: str) -> str:
+    """The file ``model_variant=auto`` serves: int8 on the CPU when the card lists one, else fp32.
+
+    ONNX Runtime's dynamic int8 ops (MatMulInteger and friends) are CPU kernels; on a GPU they would
+    bounce between devices, so GPUs keep fp32.
+    """
+    if provider == "CPUExecutionProvider" and card.file("int8") is not None:
+        return "int8"
+    return "fp32"
 
 
 @dataclass(frozen=True)
@@ -169,9 +183,10 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> Engine:
         """Read and verify the artifact now (checksums, tokens); the session is built by ``start``."""
-        return cls(
-            settings, load_model(settings.model, settings.model_variant, verify_graph=False), metrics=metrics
-        )
+        variant = settings.model_variant
+        if variant == AUTO_VARIANT:
+            variant = variant_for(read_model_card(settings.model), likely_provider(settings.providers))
+        return cls(settings, load_model(settings.model, variant, verify_graph=False), metrics=metrics)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -179,9 +194,7 @@ class Engine:
             return
         s = self.settings
         if self.backend is None:
-            self.backend = await asyncio.to_thread(
-                OrtBackend, self.model, s.providers, s.intra_op_threads, s.inter_op_threads
-            )
+            self.backend = await asyncio.to_thread(self._open_backend)
         if not s.max_batch_tokens:
             self.batcher.queue.max_batch_tokens = batch_tokens_for(self.backend.provider)
         if s.warmup:
@@ -214,6 +227,25 @@ class Engine:
             self.provider,
             self.cache.backend,
         )
+
+    def _open_backend(self) -> OrtBackend:
+        s = self.settings
+
+        def open_session() -> OrtBackend:
+            return OrtBackend(
+                self.model, s.providers, s.intra_op_threads, s.inter_op_threads, s.intra_op_spinning
+            )
+
+        backend = open_session()
+        if s.model_variant == AUTO_VARIANT:
+            # A listed GPU provider can still fall back to the CPU (no device): then serve what the CPU
+            # runs best.
+            wanted = variant_for(self.card, backend.provider)
+            if wanted != self.model.variant:
+                log.info("%s runs the model: serving the %s variant", backend.provider, wanted)
+                self.model = load_model(self.model.folder, wanted, verify_graph=False)
+                backend = open_session()
+        return backend
 
     async def stop(self) -> None:
         self._ready = False
@@ -323,7 +355,10 @@ class Engine:
         per_residue = spec.level == "per_residue"
 
         unique = list(dict.fromkeys(sequences))
-        keys = [cache_key(self.card.id, self.card.version, spec.name, seq) for seq in unique]
+        # The variant is part of the key: int8 and fp32 vectors differ slightly, and replicas sharing
+        # one Redis may serve different variants (CPU and GPU nodes under ``auto``).
+        space = f"{spec.name}@{self.model.variant}"
+        keys = [cache_key(self.card.id, self.card.version, space, seq) for seq in unique]
         found: dict[str, np.ndarray] = {}
         for seq, raw in zip(unique, await self.cache.get_many(keys), strict=True):
             arr = decode_array(raw) if raw is not None else None

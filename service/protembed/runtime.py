@@ -40,6 +40,13 @@ def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> lis
     return chosen
 
 
+def likely_provider(requested: Sequence[str]) -> str:
+    """The provider a session will ask for first, before one exists (it may still fall back)."""
+    import onnxruntime as ort
+
+    return resolve_providers(requested, ort.get_available_providers())[0]
+
+
 class OrtBackend:
     """An ONNX Runtime InferenceSession over one artifact variant."""
 
@@ -49,12 +56,14 @@ class OrtBackend:
         providers: Sequence[str],
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = inter_op_threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         chosen = resolve_providers(providers, ort.get_available_providers())
         try:

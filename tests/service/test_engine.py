@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from gated_backend import gated_backend
+from protembed.artifact import load_model, read_model_card
+from protembed.cache import MemoryCache
 from protembed.core import (
     CPU_BATCH_TOKENS,
     GPU_BATCH_TOKENS,
@@ -21,6 +23,7 @@ from protembed.core import (
     batch_tokens_for,
     plan_windows,
     pool_windows,
+    variant_for,
 )
 from protembed.errors import (
     DeadlineExceededError,
@@ -251,3 +254,58 @@ async def test_batch_token_budget_follows_the_provider(make_settings: Callable[.
         GPU_BATCH_TOKENS,
     )
     assert CPU_BATCH_TOKENS < GPU_BATCH_TOKENS
+
+
+async def test_auto_variant_follows_the_provider_that_runs(
+    make_settings: Callable[..., Settings], tiny_model_dir: Path
+) -> None:
+    card = read_model_card(tiny_model_dir)
+    assert variant_for(card, "CPUExecutionProvider") == "int8"
+    assert variant_for(card, "CUDAExecutionProvider") == "fp32"
+    fp32_only = card.model_copy(update={"files": [f for f in card.files if f.variant == "fp32"]})
+    assert variant_for(fp32_only, "CPUExecutionProvider") == "fp32"
+
+    assert Settings.model_fields["model_variant"].default == "auto"
+    assert Engine.from_settings(make_settings()).model.variant == "int8"  # the CPU is the only provider
+    assert Engine.from_settings(make_settings(model_variant="fp32")).model.variant == "fp32"
+
+    # CUDA listed first: fp32 is chosen for it; where the session falls back to the CPU (no device, as
+    # on CI), the engine switches to the CPU's variant before it reports ready.
+    eng = Engine.from_settings(make_settings(providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    await eng.start()
+    try:
+        want = "fp32" if eng.provider == "CUDAExecutionProvider" else "int8"
+        assert eng.model.variant == want and eng.info()["model"]["variant"] == want
+        assert eng.info()["model"]["file"] == ("model.onnx" if want == "fp32" else "model.int8.onnx")
+        resp = await eng.embed(inputs("MKTAYIAK"), EmbedOptions())
+        assert resp.results[0].embedding.shape == (8,)
+    finally:
+        await eng.stop()
+
+
+async def test_variants_never_share_cached_vectors(
+    make_settings: Callable[..., Settings], tiny_model_dir: Path
+) -> None:
+    # One cache (a shared Redis in production) behind an fp32 and an int8 replica: each variant's
+    # vectors are its own.
+    shared = MemoryCache(2**20)
+    engines = [
+        Engine(
+            make_settings(model_variant=v), load_model(tiny_model_dir, v, verify_graph=False), cache=shared
+        )
+        for v in ("fp32", "int8")
+    ]
+    for eng in engines:
+        await eng.start()
+    try:
+        fp32, int8 = engines
+        assert not (await fp32.embed(inputs("MKTAYIAK"), EmbedOptions())).results[0].cached
+        await asyncio.sleep(0.05)  # cache writes happen off the response path
+        assert shared.describe()["entries"] == 1
+        assert not (await int8.embed(inputs("MKTAYIAK"), EmbedOptions())).results[0].cached
+        await asyncio.sleep(0.05)
+        assert (await int8.embed(inputs("MKTAYIAK"), EmbedOptions())).results[0].cached
+        assert (await fp32.embed(inputs("MKTAYIAK"), EmbedOptions())).results[0].cached
+    finally:
+        for eng in engines:
+            await eng.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -217,6 +218,46 @@ def test_overload_is_429_with_retry_after(
     assert blocker.status_code == 200 and first.status_code == 200
     assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
     assert "overloaded" in second.json()["error"]["message"]
+
+
+def test_disconnected_client_is_dropped_before_the_model(
+    start_thread_server: Callable[[Settings], Any], make_settings: Callable[..., Settings]
+) -> None:
+    # A blocker holds the model at a gate; a second request queues behind it and its client hangs up.
+    # The server must notice (from the connection, not by polling) and drop the item: only the blocker
+    # runs, even after the gate opens.
+    handle = start_thread_server(make_settings(max_wait_ms=0.0))
+    metrics = handle.engine.metrics.registry
+
+    def dropped() -> float:
+        return metrics.get_sample_value("protembed_dropped_items_total", {"reason": "cancelled"}) or 0.0
+
+    async def go(gated: GatedBackend) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+            blocker = asyncio.create_task(client.post("/embed", json={"sequences": ["MBLOCKER"]}))
+            assert await asyncio.to_thread(gated.entered.wait, 5)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as leaving:
+                gone = asyncio.create_task(leaving.post("/embed", json={"sequences": ["MLEAVING"]}))
+                while "MLEAVING" not in handle.engine.batcher.queue.pending:
+                    await asyncio.sleep(0.01)
+                gone.cancel()  # closes that connection
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gone
+            await asyncio.sleep(0.2)  # the server sees the connection close while the item is queued
+            gated.gate.set()
+            answered = await blocker
+            await client.post("/embed", json={"sequences": ["MAFTER"]})  # the queue is pruned by now
+            return answered
+
+    def batches() -> float:
+        return metrics.get_sample_value("protembed_batch_size_count") or 0.0
+
+    before, batches_before = dropped(), batches()
+    with gated_backend(handle.engine) as gated:
+        blocker = asyncio.run(asyncio.wait_for(go(gated), 20))
+    assert blocker.status_code == 200
+    assert dropped() == before + 1
+    assert batches() == batches_before + 2  # the blocker and MAFTER; MLEAVING never ran
 
 
 def test_api_key(

@@ -82,7 +82,12 @@ def add_parser(subparsers: Any) -> None:
 
     s = sub.add_parser("serve", help="start the server and drive it with HTTP and gRPC clients")
     _common(s)
-    s.add_argument("--variant", default="fp32", help="model variant the server loads (default: %(default)s)")
+    s.add_argument(
+        "--variant",
+        default="auto",
+        help="model variant the server loads (default: %(default)s, the server's own default: int8 on the "
+        "CPU when the model has it)",
+    )
     s.add_argument(
         "--levels",
         type=int,

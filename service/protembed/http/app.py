@@ -150,13 +150,16 @@ class MetricsMiddleware:
 
 
 class _DisconnectWatch:
-    """``cancelled()`` turns True once the client has gone. The polling task starts only when the engine
+    """``cancelled()`` turns True once the client has gone. The watching task starts only when the engine
     is about to queue model work (``start``): an answer straight from the cache has nothing to drop, and
-    a task per request would cost a cache hit more than the lookup itself."""
+    a task per request would cost a cache hit more than the lookup itself.
 
-    def __init__(self, request: Request, interval_s: float = 0.05) -> None:
+    The task waits on the request's receive channel, which, once the body has been read, yields only
+    ``http.disconnect``: no polling (``Request.is_disconnected`` every 50 ms took a tenth of the event
+    loop's time at 64 requests in flight, CPU that the model's threads then lacked)."""
+
+    def __init__(self, request: Request) -> None:
         self.request = request
-        self.interval_s = interval_s
         self.gone = False
         self.task: asyncio.Task[None] | None = None
 
@@ -169,10 +172,8 @@ class _DisconnectWatch:
 
     async def _watch(self) -> None:
         while not self.gone:
-            if await self.request.is_disconnected():
-                self.gone = True
-                return
-            await asyncio.sleep(self.interval_s)
+            message = await self.request.receive()
+            self.gone = message["type"] == "http.disconnect"
 
     async def stop(self) -> None:
         if self.task is not None:
