@@ -816,4 +816,6 @@ def summary_values(report: dict[str, Any]) -> dict[str, Any]:
         "padding_ratio_bucketed": report["padding_ratio_bucketed"],
         "padding_ratio_fifo": report["padding_ratio_fifo"],
         "cache_hit_speedup": report["cache"]["speedup"],
+        "server_variant": report["model"]["variant"],
+        "server_residues_per_s": report["best"]["residues_per_s"],
     }
