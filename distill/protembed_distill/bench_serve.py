@@ -7,11 +7,13 @@ levels never hit the cache):
 * per transport and concurrency level (requests in flight, closed loop): throughput (requests/s and
   residues/s), p50/p95/p99 latency, errors; and from the server's own ``/metrics`` for that level, the
   batches it formed (mean size, padding share of padded tokens);
-* raw ONNX Runtime on the same sequences in this process, with the server's thread count and token
-  budget, length-sorted (the best batches the batcher could form), best pass of several measurements
-  spread over the run: ``server_vs_raw_ort`` = the best server residues/s over it. One sequence per run
-  is measured too (on some CPUs a big padded batch is slower per residue than none), giving
-  ``server_vs_raw_ort_best_shape`` against the faster of the two;
+* raw ONNX Runtime on the same sequences in this process, with the server's thread count, best pass of
+  several measurements spread over the run, in three batch shapes: the batches the server's own queue
+  forms from this stream at the top concurrency level (replayed, see below): ``server_vs_raw_ort`` = the
+  best server residues/s over it, what the server adds to the model; the whole stream length-sorted
+  into the token budget, which no online batcher sees: ``server_vs_raw_ort_sorted``; and one sequence
+  per run (on some CPUs a big padded batch is slower per residue than none):
+  ``server_vs_raw_ort_best_shape`` against the fastest of the three;
 * padding with length bucketing vs arrival-order (FIFO) batching on the same request stream: the
   core's own ``BatchQueue`` replayed with a fake clock, closed loop at each concurrency level, once
   with each of its batching policies (``bucketed``, ``fifo``);
@@ -382,12 +384,14 @@ def replay_padding(
     fifo: bool,
     concurrency: int,
     tokens_per_s: float,
+    formed: list[list[str]] | None = None,
     **queue_settings: Any,
 ) -> dict[str, float]:
     """Closed-loop replay: ``concurrency`` clients, one model worker taking padded_tokens / rate seconds.
 
     The queue object (built with the server's own settings, :func:`queue_kwargs`) decides every batch
     exactly as in the server; only time is simulated. The queue bound is lifted: nothing is refused.
+    Each batch's sequences are appended to ``formed`` when given.
     """
     now = [0.0]
     settings = {**queue_settings, "policy": "fifo" if fifo else "bucketed"}
@@ -413,6 +417,8 @@ def replay_padding(
                 now[0] += due
                 continue
             width = max(e.tokens for e in batch) * len(batch)
+            if formed is not None:
+                formed.append([e.sequence for e in batch])
             padded += width
             real += sum(e.tokens for e in batch)
             batches += 1
@@ -431,10 +437,19 @@ def replay_padding(
 
 # --- raw ONNX Runtime on the same sequences ---------------------------------------------------------
 def prepare_raw_ort(
-    cfg: ServeBenchConfig, sequences: Sequence[str], max_batch_tokens: int, max_batch_size: int
+    cfg: ServeBenchConfig,
+    sequences: Sequence[str],
+    max_batch_tokens: int,
+    max_batch_size: int,
+    batching: dict[str, Any],
 ) -> Callable[[], dict[str, Any]]:
     """Load the model and encode the stream once; the returned function measures (called several times
-    over a run, see :func:`run_serve_bench`)."""
+    over a run, see :func:`run_serve_bench`).
+
+    Three batch shapes are timed: the stream length-sorted into the server's token budget (the best
+    batches any batcher could form from the whole stream at once), one sequence per run, and the batches
+    the server's own queue forms from this stream at the top concurrency level (:func:`replay_padding`
+    with the server's settings; its simulated clock runs at the sorted rate first measured)."""
     from protembed import tokenizer
     from protembed_distill.evaluate import OnnxStudent
     from protembed_distill.teacher_cache import token_batches
@@ -462,6 +477,7 @@ def prepare_raw_ort(
     singles = [tokenizer.batch_encode([s]) for s in sequences]
     residues = sum(len(s) for s in sequences)
     padded = sum(e.padded_tokens for e in encoded)
+    formed: list[Any] = []  # the server queue's batches, encoded; built at the first measurement
 
     def measure() -> dict[str, Any]:
         # The fastest pass is the limit: on a shared machine the slow passes measure the neighbours, and
@@ -470,8 +486,23 @@ def prepare_raw_ort(
         # residue (activations outgrow the caches), and the limit is whichever way the hardware is faster.
         seconds, passes, mean_seconds = best_pass(encoded)
         single_seconds, _, _ = best_pass(singles)
+        if not formed:
+            batches_formed: list[list[str]] = []
+            replay_padding(
+                sequences,
+                fifo=False,
+                concurrency=max(cfg.levels),
+                tokens_per_s=padded / seconds,
+                formed=batches_formed,
+                **queue_kwargs(batching),
+            )
+            formed.extend(tokenizer.batch_encode(b) for b in batches_formed)
+        formed_seconds, _, _ = best_pass(formed)
         return {
-            "limit_residues_per_s": residues / min(seconds, single_seconds),
+            "server_batches_residues_per_s": residues / formed_seconds,
+            "server_batches": len(formed),
+            "server_batches_padding_ratio": 1.0 - residues / sum(e.padded_tokens for e in formed),
+            "limit_residues_per_s": residues / min(seconds, single_seconds, formed_seconds),
             "single_residues_per_s": residues / single_seconds,
             "mean_residues_per_s": residues / mean_seconds,
             "sequences": len(sequences),
@@ -581,7 +612,7 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
             (transport, take(cfg.warmup_requests), [take(n) for n in sizes]) for transport in cfg.transports
         ]
         streams = plan[-1][2][cfg.levels.index(max(cfg.levels))]
-        measure_raw = prepare_raw_ort(cfg, streams, max_batch_tokens, max_batch_size)
+        measure_raw = prepare_raw_ort(cfg, streams, max_batch_tokens, max_batch_size, batching)
         raws: list[dict[str, Any]] = []
         for transport, warm, level_seqs in plan:
             raws.append(measure_raw())
@@ -620,10 +651,13 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
         **max(raws, key=lambda r: r["residues_per_s"]),
         "all_residues_per_s": [r["residues_per_s"] for r in raws],
         "all_limit_residues_per_s": [r["limit_residues_per_s"] for r in raws],
+        "all_server_batches_residues_per_s": [r["server_batches_residues_per_s"] for r in raws],
     }
     raw["limit_residues_per_s"] = max(raw["all_limit_residues_per_s"])
+    raw["server_batches_residues_per_s"] = max(raw["all_server_batches_residues_per_s"])
     log(
-        f"bench serve: raw ONNX Runtime {raw['residues_per_s']:.0f} residues/s in length-sorted batches, "
+        f"bench serve: raw ONNX Runtime {raw['server_batches_residues_per_s']:.0f} residues/s in the server "
+        f"queue's batches, {raw['residues_per_s']:.0f} in length-sorted batches, "
         f"{raw['single_residues_per_s']:.0f} one at a time"
     )
     best_transport, best = max(
@@ -672,8 +706,13 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
             "concurrency": best["concurrency"],
             "residues_per_s": best["residues_per_s"],
         },
-        # As the issue defines it: against raw ONNX Runtime on the batches the server's budget forms.
-        "server_vs_raw_ort": best["residues_per_s"] / raw["residues_per_s"],
+        # As the issue defines it: against raw ONNX Runtime on the same batches, those the server's queue
+        # forms from this stream at the top level. What the server adds (HTTP, Python, the cores shared
+        # with its event loop and the load client), its batching choices aside.
+        "server_vs_raw_ort": best["residues_per_s"] / raw["server_batches_residues_per_s"],
+        # Stricter: against the whole stream length-sorted into full batches, which no online batcher
+        # sees (it also charges the server for the padding and size of the batches it can form).
+        "server_vs_raw_ort_sorted": best["residues_per_s"] / raw["residues_per_s"],
         # Against whichever batch shape the hardware runs fastest (one sequence per run wins on some CPUs).
         "server_vs_raw_ort_best_shape": best["residues_per_s"] / raw["limit_residues_per_s"],
         "padding_replay": replay,
@@ -712,11 +751,17 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
                 ],
                 [
                     "raw ONNX Runtime on the same sequences, best pass",
-                    f"length-sorted batches {report['raw_ort']['residues_per_s']:.0f} residues/s; "
-                    f"fastest shape {report['raw_ort']['limit_residues_per_s']:.0f} "
-                    f"(one sequence per run {report['raw_ort']['single_residues_per_s']:.0f})",
+                    f"the server queue's batches {report['raw_ort']['server_batches_residues_per_s']:.0f} "
+                    f"residues/s ({report['raw_ort']['server_batches']} batches, padding "
+                    f"{report['raw_ort']['server_batches_padding_ratio']:.3f}); whole stream "
+                    f"length-sorted {report['raw_ort']['residues_per_s']:.0f}; one sequence per run "
+                    f"{report['raw_ort']['single_residues_per_s']:.0f}",
                 ],
                 ["server / raw ONNX Runtime on the same batches", fmt(report["server_vs_raw_ort"])],
+                [
+                    "server / raw ONNX Runtime, whole stream length-sorted (stricter)",
+                    fmt(report["server_vs_raw_ort_sorted"]),
+                ],
                 [
                     "server / raw ONNX Runtime, fastest batch shape",
                     fmt(report["server_vs_raw_ort_best_shape"]),
@@ -812,6 +857,7 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
 def summary_values(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "server_vs_raw_ort": report["server_vs_raw_ort"],
+        "server_vs_raw_ort_sorted": report["server_vs_raw_ort_sorted"],
         "server_vs_raw_ort_best_shape": report["server_vs_raw_ort_best_shape"],
         "padding_ratio_bucketed": report["padding_ratio_bucketed"],
         "padding_ratio_fifo": report["padding_ratio_fifo"],

@@ -110,7 +110,7 @@ def latency_vs_throughput(serve: dict[str, Any], path: Path) -> Path | None:
             )
     raw = serve.get("raw_ort", {}).get("residues_per_s")
     if raw:
-        ax.axvline(raw, color="black", ls=":", label="raw ONNX Runtime")
+        ax.axvline(raw, color="black", ls=":", label="raw ONNX Runtime, length-sorted")
         fastest = max(r["residues_per_s"] for rows in levels.values() for r in rows)
         if fastest > 0 and raw > 5 * fastest:  # far apart (e.g. a tiny test model): keep both readable
             ax.set_xscale("log")

@@ -31,7 +31,7 @@ import time
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -54,9 +54,16 @@ class OutputMeta:
     output: str
     per_residue: bool
     dim: int
+    model_variant: str = ""  # "" = not recorded (files written before the field; old servers)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def matches(self, other: OutputMeta) -> bool:
+        """Same vectors: equal in every field; an unrecorded variant matches any variant."""
+        if "" in (self.model_variant, other.model_variant):
+            return replace(self, model_variant="") == replace(other, model_variant="")
+        return self == other
 
     @classmethod
     def from_json(cls, text: str | bytes) -> OutputMeta:
@@ -67,6 +74,7 @@ class OutputMeta:
             output=str(data["output"]),
             per_residue=bool(data["per_residue"]),
             dim=int(data["dim"]),
+            model_variant=str(data.get("model_variant", "")),
         )
 
 
@@ -130,6 +138,7 @@ class HDF5Format(OutputFormat):
                 output=str(f.attrs["output"]),
                 per_residue=bool(f.attrs["per_residue"]),
                 dim=int(f.attrs["dim"]),
+                model_variant=str(f.attrs.get("model_variant", "")),
             )
 
     def read(self, path: Path) -> Iterator[Embedded]:
@@ -367,7 +376,7 @@ class BulkWriter:
         if meta_file.exists():
             metas.append(OutputMeta.from_json(meta_file.read_text()))
         known = [m for m in metas if m is not None]
-        if len({m for m in known}) > 1:
+        if any(not m.matches(known[0]) for m in known):
             raise BulkOutputError(
                 f"{self.path} and {self.parts_dir} were written by different models/outputs"
             )
@@ -385,11 +394,12 @@ class BulkWriter:
         """Record what produces the vectors; refuses to mix with an output written by something else."""
         if self._meta == meta:
             return
-        if self._existing_meta is not None and self._existing_meta != meta:
-            raise BulkOutputError(
-                f"{self.path} holds {_describe(self._existing_meta)}, "
-                f"but this run produces {_describe(meta)}; write to another file"
-            )
+        for earlier in (self._meta, self._existing_meta):  # this run's first batch, the file on disk
+            if earlier is not None and not earlier.matches(meta):
+                raise BulkOutputError(
+                    f"{self.path} holds {_describe(earlier)}, "
+                    f"but this run produces {_describe(meta)}; write to another file"
+                )
         self._meta = meta
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         meta_file = self.parts_dir / "meta.json"
@@ -472,7 +482,8 @@ class BulkWriter:
 
 def _describe(meta: OutputMeta) -> str:
     level = "per-residue" if meta.per_residue else "per-protein"
-    return f"{level} '{meta.output}' vectors (dim {meta.dim}) of {meta.model} {meta.model_version}"
+    variant = f" ({meta.model_variant})" if meta.model_variant else ""
+    return f"{level} '{meta.output}' vectors (dim {meta.dim}) of {meta.model} {meta.model_version}{variant}"
 
 
 def _fsync(path: Path) -> None:

@@ -108,6 +108,7 @@ class EmbedResult:
     output: str
     dim: int
     per_residue: bool
+    model_variant: str = ""  # empty from servers older than the field
     ids: list[str | None] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
     cached: list[bool] = field(default_factory=list)
@@ -186,6 +187,7 @@ def _parse_rest(payload: dict[str, Any], per_residue: bool) -> EmbedResult:
         output=str(payload.get("output", "")),
         dim=dim,
         per_residue=pr,
+        model_variant=str(payload.get("model_variant", "")),
     )
     for item in sorted(payload["data"], key=lambda d: int(d["index"])):
         result.ids.append(item.get("id"))
@@ -251,6 +253,7 @@ def parse_grpc_response(response: Any) -> EmbedResult:
         output=response.output,
         dim=response.dim,
         per_residue=response.per_residue,
+        model_variant=response.model_variant,
     )
     for e in sorted(response.embeddings, key=lambda e: e.index):
         result.ids.append(e.id or None)
@@ -418,6 +421,8 @@ class _ClientBase:
             output=parts[0].output,
             dim=parts[0].dim,
             per_residue=parts[0].per_residue,
+            # replicas behind one address may serve different files (CPU and GPU nodes under auto)
+            model_variant=",".join(sorted({p.model_variant for p in parts})),
         )
         for part in parts:
             merged.extend(part)

@@ -84,6 +84,7 @@ class EmbeddingResult:
 class EmbedResponse:
     model: str
     model_version: str
+    model_variant: str  # which ONNX file computed the vectors (fp32, int8, fp16)
     output: str
     dim: int
     per_residue: bool
@@ -395,6 +396,7 @@ class Engine:
         return EmbedResponse(
             model=self.card.id,
             model_version=self.card.version,
+            model_variant=self.model.variant,
             output=name,
             dim=spec.dim,
             per_residue=per_residue,

@@ -102,6 +102,7 @@ def to_proto(response: EmbedResponse) -> pb.EmbedResponse:
     return pb.EmbedResponse(
         model=response.model,
         model_version=response.model_version,
+        model_variant=response.model_variant,
         output=response.output,
         dim=response.dim,
         per_residue=response.per_residue,

@@ -138,3 +138,23 @@ def test_refuses_to_mix_outputs(tmp_path: Path) -> None:
 def test_unknown_suffix_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BulkOutputError, match=r"unknown output format '\.csv'"):
         BulkWriter(tmp_path / "out.csv")
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".parquet", ".npz"])
+def test_the_model_variant_is_recorded_and_never_mixed(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"out{suffix}"
+    int8 = OutputMeta("m", "1", "student", False, 4, "int8")
+    _write(path, _records(2, False), int8)
+    assert format_for(path).read_meta(path) == int8
+    with pytest.raises(BulkOutputError, match=r"of m 1 \(int8\), but this run produces .* of m 1 \(fp32\)"):
+        BulkWriter(path).set_meta(OutputMeta("m", "1", "student", False, 4, "fp32"))
+    # within one run too: a second batch from another variant (a mixed fleet behind one address)
+    writer = BulkWriter(tmp_path / f"new{suffix}")
+    writer.set_meta(int8)
+    with pytest.raises(BulkOutputError, match="fp32"):
+        writer.set_meta(OutputMeta("m", "1", "student", False, 4, "fp32"))
+    # files written before the field have no variant: they resume with any
+    legacy = tmp_path / f"legacy{suffix}"
+    _write(legacy, _records(1, False), META)
+    _write(legacy, _records(1, False, start=1), int8)
+    assert len(read_embeddings(legacy)) == 2

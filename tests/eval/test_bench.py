@@ -129,8 +129,13 @@ def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: 
     assert raw["residues_per_s"] == max(raw["all_residues_per_s"]) > 0
     assert raw["limit_residues_per_s"] == max(raw["all_limit_residues_per_s"]) >= raw["residues_per_s"]
     assert raw["limit_residues_per_s"] >= raw["single_residues_per_s"] > 0
+    assert raw["server_batches_residues_per_s"] == max(raw["all_server_batches_residues_per_s"]) > 0
+    assert raw["limit_residues_per_s"] >= raw["server_batches_residues_per_s"]
+    # the server queue's batches, replayed on the top level's stream: every sequence once
+    assert 1 <= raw["server_batches"] <= report["workload"]["sequences"]
     best = report["best"]["residues_per_s"]
-    assert report["server_vs_raw_ort"] == best / raw["residues_per_s"]
+    assert report["server_vs_raw_ort"] == best / raw["server_batches_residues_per_s"]
+    assert report["server_vs_raw_ort_sorted"] == best / raw["residues_per_s"]
     assert report["server_vs_raw_ort_best_shape"] == best / raw["limit_residues_per_s"]
     assert report["cache"]["hit_median_ms"] > 0 and report["cache"]["speedup"] > 1.0
     summary = json.loads((out / "summary.json").read_text())
@@ -156,6 +161,19 @@ def test_replay_bucketing_beats_arrival_order() -> None:
         assert fifo["padding_ratio"] > 0.3
     one = bench_serve.replay_padding(seqs[:20], fifo=False, concurrency=1, **kw)
     assert one == {"batches": 20, "mean_batch_size": 1.0, "padding_ratio": 0.0}  # one in flight: no padding
+
+
+def test_replay_hands_out_the_batches_it_formed() -> None:
+    # bench serve times raw ONNX Runtime on exactly these batches (the server's own, replayed)
+    seqs = _stream(300, 1)
+    kw = {"max_batch_tokens": 2048, "max_batch_size": 64, "max_wait_s": 0.005, "tokens_per_s": 30000.0}
+    formed: list[list[str]] = []
+    stats = bench_serve.replay_padding(seqs, fifo=False, concurrency=64, formed=formed, **kw)
+    assert sorted(s for batch in formed for s in batch) == sorted(seqs)  # every sequence once
+    assert len(formed) == stats["batches"] and max(map(len, formed)) > 1
+    padded = sum(max(map(len, b)) * len(b) for b in formed)
+    assert 1.0 - sum(map(len, seqs)) / padded == pytest.approx(stats["padding_ratio"])
+    assert all(len(b) == 1 or len(b) * max(map(len, b)) <= 2048 for b in formed)
 
 
 def test_replay_takes_the_servers_queue_settings() -> None:

@@ -45,6 +45,7 @@ def test_rest_and_grpc_give_identical_vectors(server: Any, tiny_model_dir: Path)
         result = grpc_client.embed_result(seqs[:3], ids=ids[:3])
         plain = grpc_client.embed(seqs[:1])
     assert result.ids == ids[:3] and result.model == "protembed-tiny" and result.model_version == "0.0.1"
+    assert result.model_variant == "int8"  # auto, on the CPU
     # and both equal the model run on each sequence alone (up to float summation order)
     from tiny_model import reference_embeddings  # tests/fixtures, on sys.path via tests/conftest.py
 

@@ -41,9 +41,11 @@ def test_mixed_length_batch_equals_each_alone_and_cache_hit(server: str, tiny_mo
     r = post(server, "/embed", {"sequences": [SEQS[0], {"id": "b", "sequence": SEQS[1]}, *SEQS[2:]]})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert {k: body[k] for k in ("model", "model_version", "output", "dim", "per_residue")} == {
+    keys = ("model", "model_version", "model_variant", "output", "dim", "per_residue")
+    assert {k: body[k] for k in keys} == {
         "model": "protembed-tiny",
         "model_version": "0.0.1",
+        "model_variant": "int8",  # auto, on the CPU
         "output": "student",
         "dim": 8,
         "per_residue": False,

@@ -257,6 +257,7 @@ def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
     return {
         "model": resp.model,
         "model_version": resp.model_version,
+        "model_variant": resp.model_variant,
         "output": resp.output,
         "dim": resp.dim,
         "per_residue": resp.per_residue,

@@ -61,6 +61,7 @@ class Usage(BaseModel):
 class EmbedResponseModel(BaseModel):
     model: str
     model_version: str
+    model_variant: str = Field(description="The model file that computed the vectors: fp32, int8 or fp16.")
     output: str
     dim: int
     per_residue: bool

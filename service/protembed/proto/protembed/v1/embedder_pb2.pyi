@@ -58,7 +58,7 @@ class Usage(_message.Message):
     def __init__(self, items: _Optional[int] = ..., residues: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("model", "model_version", "output", "dim", "per_residue", "embeddings", "usage")
+    __slots__ = ("model", "model_version", "output", "dim", "per_residue", "embeddings", "usage", "model_variant")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class EmbedResponse(_message.Message):
     PER_RESIDUE_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VARIANT_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     output: str
@@ -73,7 +74,8 @@ class EmbedResponse(_message.Message):
     per_residue: bool
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     usage: Usage
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., output: _Optional[str] = ..., dim: _Optional[int] = ..., per_residue: _Optional[bool] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    model_variant: str
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., output: _Optional[str] = ..., dim: _Optional[int] = ..., per_residue: _Optional[bool] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., model_variant: _Optional[str] = ...) -> None: ...
 
 class EmbedStreamRequest(_message.Message):
     __slots__ = ("request_id", "sequences", "options")
