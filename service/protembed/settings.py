@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     model_variant: str = Field(
         default="auto",
         description="Which file of the model card to serve: fp32, int8 or fp16 (as listed in model.json); "
-        "auto = int8 when ONNX Runtime runs on the CPU and the card has it (1.6-1.7x the residues/s of "
+        "auto = int8 when ONNX Runtime runs on the CPU and the card has it (1.4-1.7x the residues/s of "
         "fp32, probe scores within 0.01: reports/), fp32 otherwise.",
     )
     providers: Annotated[list[str], NoDecode] = Field(
