@@ -81,6 +81,10 @@ eval_pid=$!
 #    one alone gets the whole GPU). CONTINUE=1, on a machine still warm from a run (caches, run folders
 #    and teacher weights are still there), gives each candidate a second warm-restart cycle instead:
 #    a new run folder that starts from its lineage's best.pt (optim.init_from) with peak lr CONT_LR.
+#    FROM_MODEL=<model folder> (e.g. models/protembed-student-v1, carried with model.json and at least
+#    its model.fp16.onnx) starts candidates of the same architecture from that shipped model instead of
+#    from scratch, peak lr CONT_LR: training continues across sessions, which checkpoints cannot (they
+#    stay on the GPU box).
 # pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.
 declare -A cands=(
   [p0]="--set student.pool_dim=0"
@@ -103,6 +107,9 @@ for name in ${CANDIDATES:-p0 p768 p768-lr3}; do
     [ -f "$prev/checkpoints/best.pt" ] || { log "CONTINUE: $prev has no best.pt"; exit 2; }
     args="$args --set optim.init_from=$prev/checkpoints/best.pt --set optim.lr=${CONT_LR:-5e-4} --set optim.warmup_steps=50"
     log "$name: continuing from $prev in $dir"
+  elif [ -n "${FROM_MODEL:-}" ]; then
+    args="$args --set optim.init_from=$FROM_MODEL --set optim.lr=${CONT_LR:-5e-4} --set optim.warmup_steps=50"
+    log "$name: starting from the model in $FROM_MODEL"
   fi
   mkdir -p "$dir/data" && cp runs/gpu/data/dedupe-*.json "$dir/data/"
   # shellcheck disable=SC2086

@@ -110,8 +110,9 @@ class OptimConfig(_Strict):
     log_every_steps: int = Field(default=20, gt=0)
     amp: bool = True  # bf16 autocast, used on CUDA only
     time_budget_s: float = Field(default=0, ge=0)  # stop cleanly (checkpointed) after this; 0 = none
-    # Start from these weights (a best.pt / last.pt of the same student and teachers) with a fresh
-    # optimizer and schedule: a second warm-restart cycle continues a run that its budget cut short.
+    # Start from these weights (a best.pt / last.pt of the same student and teachers, or an exported
+    # model folder such as models/protembed-student-v1) with a fresh optimizer and schedule: a second
+    # warm-restart cycle continues a run that its budget cut short, also on another machine.
     init_from: Path | None = None
 
 

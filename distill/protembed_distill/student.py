@@ -171,6 +171,15 @@ class Student(nn.Module):
             head.weight.mul_(std.to(head.weight.dtype).unsqueeze(1))
             head.bias.mul_(std.to(head.bias.dtype)).add_(mean.to(head.bias.dtype))
 
+    def unfold_standardization(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """The inverse of :meth:`fold_standardization`: heads in original units back to standardized
+        ones (training's target space), with this run's statistics: s = (y - mean) / std."""
+        for name, (mean, std) in stats.items():
+            head = self.heads[name]
+            assert isinstance(head, nn.Linear)
+            head.bias.sub_(mean.to(head.bias)).div_(std.to(head.bias))  # .to(t): t's device and dtype
+            head.weight.div_(std.to(head.weight).unsqueeze(1))
+
     def parameter_count(self, include_residue_heads: bool = False) -> int:
         return sum(
             p.numel()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from protembed.errors import ProtembedError
 from protembed.tokenizer import batch_encode
 from protembed_distill.config import DistillConfig, StudentConfig
 from protembed_distill.data import Dataset, Item
@@ -209,10 +210,24 @@ def prepare_batch(
 
 # ---------------------------------------------------------------------------------------------------
 # schedule, checkpoints
-def _init_weights(model: Student, cfg: DistillConfig, teacher_dims: dict[str, int]) -> None:
+def _init_weights(
+    model: Student, cfg: DistillConfig, teacher_dims: dict[str, int], standardizers: dict[str, Standardizer]
+) -> None:
     path = Path(cfg.optim.init_from or "")
+    if path.is_dir():  # an exported model folder: the weights of its fp32 ONNX graph
+        from protembed_distill.onnx_weights import load_model_folder_weights
+
+        try:
+            load_model_folder_weights(model, path, cfg.student.model_dump(mode="json"), teacher_dims)
+        except (ValueError, ProtembedError) as exc:
+            raise ValueError(f"optim.init_from: {exc}") from exc
+        # Exported heads answer in teacher units (export folds the standardization in); training
+        # predicts standardized targets, by this run's training-set statistics.
+        with torch.no_grad():
+            model.unfold_standardization({n: (s.mean, s.std) for n, s in standardizers.items()})
+        return
     if not path.is_file():
-        raise ValueError(f"optim.init_from: {path} is not a checkpoint file")
+        raise ValueError(f"optim.init_from: {path} is neither a checkpoint file nor a model folder")
     ckpt = load_checkpoint(path)
     mismatch = _mismatch(ckpt, cfg, teacher_dims)
     if mismatch:
@@ -479,7 +494,7 @@ def _train_loop(
         log.event({"kind": "resume", "step": state["step"], "epoch": state["epoch"], "batch": state["batch"]})
     else:
         if cfg.optim.init_from is not None:
-            _init_weights(model, cfg, teacher_dims)
+            _init_weights(model, cfg, teacher_dims, loaded.standardizers)
         log.event(
             {
                 "kind": "start",

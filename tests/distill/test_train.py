@@ -112,8 +112,42 @@ def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path: P
     with pytest.raises(ValueError, match=r"optim\.init_from: .* different student"):
         train(other, ds, echo=False)
     missing = variant("m", optim=warm.optim.model_copy(update={"init_from": tmp_path / "no.pt"}))
-    with pytest.raises(ValueError, match=r"optim\.init_from: .*no\.pt is not a checkpoint"):
+    with pytest.raises(ValueError, match=r"optim\.init_from: .*no\.pt is neither a checkpoint"):
         train(missing, ds, echo=False)
+
+
+def test_init_from_an_exported_model_folder(tmp_path: Path) -> None:
+    # The committed model folder is the one copy of the weights every later run can reach: training
+    # continues from it, its heads unfolded back to this run's standardized targets.
+    from protembed_distill.export import export_checkpoint
+
+    cfg, ds = _setup(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
+    first = train(cfg, ds, echo=False)
+    folder = tmp_path / "models" / "tiny"
+    export_checkpoint(first.best_checkpoint, folder, int8=False, fp16=False, quality_sequences=8)
+    start = load_checkpoint(first.best_checkpoint)["model"]
+    update = {"init_from": folder, "lr": 1e-12, "epochs": 1, "warmup_steps": 0}
+    warm = cfg.model_copy(
+        update={
+            "optim": cfg.optim.model_copy(update=update),
+            "run": cfg.run.model_copy(update={"dir": tmp_path / "w"}),
+        }
+    )
+    res = train(warm, ds, echo=False)
+    got = load_checkpoint(res.last_checkpoint)["model"]
+    shared = [k for k in start if not k.startswith("residue_heads.")]  # training-only, not exported
+    assert any(k.startswith("heads.") for k in shared)
+    for k in shared:  # the same corpus and teachers give the same statistics: the heads come back exactly
+        torch.testing.assert_close(got[k], start[k], rtol=1e-5, atol=1e-5, msg=k)
+
+    wide = warm.model_copy(
+        update={
+            "student": warm.student.model_copy(update={"ffn": 2 * warm.student.ffn}),
+            "run": warm.run.model_copy(update={"dir": tmp_path / "x"}),
+        }
+    )
+    with pytest.raises(ValueError, match=r"optim\.init_from: .*different student: ffn"):
+        train(wide, ds, echo=False)
 
 
 def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
