@@ -82,7 +82,8 @@ eval_pid=$!
 #    and teacher weights are still there), gives each candidate a second warm-restart cycle instead:
 #    a new run folder that starts from its lineage's best.pt (optim.init_from) with peak lr CONT_LR.
 #    FROM_MODEL=<model folder> (e.g. models/protembed-student-v1, carried with model.json and at least
-#    its model.fp16.onnx) starts candidates of the same architecture from that shipped model instead of
+#    one of its .onnx files; model.int8.onnx is the one that fits the upload) starts candidates of the
+#    same architecture from that shipped model instead of
 #    from scratch, peak lr CONT_LR: training continues across sessions, which checkpoints cannot (they
 #    stay on the GPU box).
 # pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.

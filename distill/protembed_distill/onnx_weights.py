@@ -24,8 +24,15 @@ PREFIX = "model."  # the export wrapper's attribute holding the Student
 ARCHITECTURE_KEYS = ("layers", "d_model", "heads", "ffn", "positions", "pool_dim")
 
 
+_QUANT_SUFFIXES = ("_quantized", "_scale", "_zero_point")  # onnxruntime's quantize_dynamic naming
+
+
 def onnx_state_dict(onnx_path: Path) -> dict[str, torch.Tensor]:
-    """Every Student parameter in an exported fp32 graph, named and shaped as in ``state_dict()``."""
+    """Every Student parameter in an exported graph, named and shaped as in ``state_dict()``.
+
+    Reads the fp32 file, the fp16 file (weights widen exactly) and the dynamic-int8 file (weights
+    dequantized: (q - zero_point) x scale, close to but not equal to fp32's; enough to start from).
+    """
     import onnx
     from onnx import numpy_helper
 
@@ -35,27 +42,43 @@ def onnx_state_dict(onnx_path: Path) -> dict[str, torch.Tensor]:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    state = {name[len(PREFIX) :]: arr for name, arr in inits.items() if name.startswith(PREFIX)}
+
+    def bias_after(node: Any) -> str:
+        """The named bias added to ``node``'s output, through the Cast/Mul that int8 graphs put between."""
+        frontier = [node]
+        for _ in range(4):
+            nxt = [c for n in frontier for c in consumers.get(n.output[0], [])]
+            for c in nxt:
+                named = [i for i in c.input if i.startswith(PREFIX) and i.endswith(".bias")]
+                if c.op_type == "Add" and len(named) == 1:
+                    return named[0]
+            frontier = [c for c in nxt if c.op_type in ("Cast", "Mul")]
+        raise ValueError(
+            f"{onnx_path}: {node.op_type} {node.name or node.output[0]} is not followed by a named bias; "
+            "not a graph exported by protembed export"
+        )
+
+    state = {
+        name[len(PREFIX) :]: arr
+        for name, arr in inits.items()
+        if name.startswith(PREFIX) and not name.endswith(_QUANT_SUFFIXES)
+    }
     for node in graph.node:
-        weight = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else ""
-        if weight not in inits or weight.startswith(PREFIX):
+        if node.op_type == "MatMul" and node.input[1] in inits and not node.input[1].startswith(PREFIX):
+            weight = inits[node.input[1]]  # [in, out]: the Linear's weight, transposed
+        elif node.op_type == "MatMulInteger" and node.input[1].endswith("_quantized"):
+            base = node.input[1][: -len("_quantized")]
+            q = inits[node.input[1]].astype(np.float32)
+            weight = (q - inits[base + "_zero_point"].astype(np.float32)) * inits[base + "_scale"]
+            if base.startswith(PREFIX):  # a head's named weight (a Gemm before quantization)
+                state[base[len(PREFIX) :]] = weight.T
+                continue
+        else:
             continue
-        biases = [
-            i
-            for add in consumers.get(node.output[0], [])
-            if add.op_type == "Add"
-            for i in add.input
-            if i.startswith(PREFIX) and i.endswith(".bias")
-        ]
-        if len(biases) != 1:
-            raise ValueError(
-                f"{onnx_path}: MatMul {node.name or node.output[0]} is not followed by one named bias; "
-                "not a graph exported by protembed export"
-            )
-        state[biases[0][len(PREFIX) : -len(".bias")] + ".weight"] = inits[weight].T
+        state[bias_after(node)[len(PREFIX) : -len(".bias")] + ".weight"] = weight.T
     for name, arr in state.items():
         if arr.dtype not in (np.float32, np.float16):
-            raise ValueError(f"{onnx_path}: {name} is {arr.dtype}; read the fp32 or fp16 file")
+            raise ValueError(f"{onnx_path}: {name} is {arr.dtype}, not a float weight")
     # copies (initializers are read-only); fp16 weights widen exactly
     return {name: torch.tensor(arr, dtype=torch.float32) for name, arr in state.items()}
 
@@ -77,13 +100,12 @@ def load_model_folder_weights(
     ]
     if differs:
         raise ValueError(f"{folder} holds a different student: {', '.join(differs)}")
-    # fp32 when it is there; the fp16 file (half the bytes) where only it was copied, e.g. to a GPU box
-    # whose upload is size-limited.
-    files = [
-        f for f in (card.file("fp32"), card.file("fp16")) if f is not None and (folder / f.file).is_file()
-    ]
+    # fp32 when it is there; else the fp16 or int8 file (a half or a third of the bytes) where only it
+    # was copied, e.g. to a GPU box whose upload is size-limited.
+    listed = [card.file(v) for v in ("fp32", "fp16", "int8")]
+    files = [f for f in listed if f is not None and (folder / f.file).is_file()]
     if not files:
-        raise ValueError(f"{folder}: neither the fp32 nor the fp16 file that model.json lists is there")
+        raise ValueError(f"{folder}: none of the fp32, fp16 and int8 files that model.json lists is there")
     state = onnx_state_dict(folder / files[0].file)
     heads = {
         k.split(".")[1]: int(v.shape[0])
