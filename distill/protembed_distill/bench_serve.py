@@ -437,11 +437,7 @@ def replay_padding(
 
 # --- raw ONNX Runtime on the same sequences ---------------------------------------------------------
 def prepare_raw_ort(
-    cfg: ServeBenchConfig,
-    sequences: Sequence[str],
-    max_batch_tokens: int,
-    max_batch_size: int,
-    batching: dict[str, Any],
+    cfg: ServeBenchConfig, sequences: Sequence[str], batching: dict[str, Any]
 ) -> Callable[[], dict[str, Any]]:
     """Load the model and encode the stream once; the returned function measures (called several times
     over a run, see :func:`run_serve_bench`).
@@ -458,6 +454,9 @@ def prepare_raw_ort(
     default = student.card.output(student.card.default_output)
     assert default is not None
     batches: list[list[str]] = []
+    # the server's token budget and size cap, from its /info batching settings
+    max_batch_tokens = int(batching.get("max_batch_tokens", 16384))
+    max_batch_size = int(batching.get("max_batch_size", 64))
     for b in token_batches([len(s) for s in sequences], max_batch_tokens):
         for i in range(0, len(b), max_batch_size):
             batches.append([sequences[j] for j in b[i : i + max_batch_size]])
@@ -601,8 +600,6 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
 
         info = httpx.get(server.url + "/info", timeout=10.0).json()
         batching = {k: v for k, v in info.get("batching", {}).items() if not k.startswith("queued_")}
-        max_batch_tokens = int(batching.get("max_batch_tokens", 16384))
-        max_batch_size = int(batching.get("max_batch_size", 64))
         levels: dict[str, list[dict[str, Any]]] = {}
         # Every request stream is drawn up front (same order as before), so the raw ONNX Runtime limit can
         # be measured on the final stream several times while the server sits idle between transports:
@@ -612,7 +609,7 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
             (transport, take(cfg.warmup_requests), [take(n) for n in sizes]) for transport in cfg.transports
         ]
         streams = plan[-1][2][cfg.levels.index(max(cfg.levels))]
-        measure_raw = prepare_raw_ort(cfg, streams, max_batch_tokens, max_batch_size, batching)
+        measure_raw = prepare_raw_ort(cfg, streams, batching)
         raws: list[dict[str, Any]] = []
         for transport, warm, level_seqs in plan:
             raws.append(measure_raw())

@@ -7,7 +7,8 @@ accepts a model folder as well as a checkpoint, and training continues from the 
 ``torch.onnx.export`` keeps parameter names for most initializers (``model.<parameter>``, the export
 wrapper's attribute being ``model``) but folds the weight of every Linear applied to [batch, length, d]
 activations into an anonymous, transposed ``MatMul`` initializer. Each such MatMul feeds an ``Add``
-with the Linear's named bias, which names the weight back.
+with the Linear's named bias, which names the weight back (in the int8 file through the Cast and Mul
+that dequantize the product; there the heads' weights keep their names, with ``_quantized``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from protembed.artifact import read_model_card
 
 PREFIX = "model."  # the export wrapper's attribute holding the Student
 ARCHITECTURE_KEYS = ("layers", "d_model", "heads", "ffn", "positions", "pool_dim")
-
-
 _QUANT_SUFFIXES = ("_quantized", "_scale", "_zero_point")  # onnxruntime's quantize_dynamic naming
 
 
@@ -86,7 +85,7 @@ def onnx_state_dict(onnx_path: Path) -> dict[str, torch.Tensor]:
 def load_model_folder_weights(
     model: torch.nn.Module, folder: Path, student: dict[str, Any], teacher_dims: dict[str, int]
 ) -> None:
-    """Load ``folder``'s fp32 weights into ``model``; errors say what differs from this run's student.
+    """Load ``folder``'s weights into ``model``; errors say what differs from this run's student.
 
     ``student`` is the run's [student] table; the per-residue training heads are not exported, so they
     keep their initialisation.

@@ -214,7 +214,7 @@ def _init_weights(
     model: Student, cfg: DistillConfig, teacher_dims: dict[str, int], standardizers: dict[str, Standardizer]
 ) -> None:
     path = Path(cfg.optim.init_from or "")
-    if path.is_dir():  # an exported model folder: the weights of its fp32 ONNX graph
+    if path.is_dir():  # an exported model folder: the weights in its ONNX graph (onnx_weights.py)
         from protembed_distill.onnx_weights import load_model_folder_weights
 
         try:
