@@ -309,3 +309,15 @@ async def test_variants_never_share_cached_vectors(
     finally:
         for eng in engines:
             await eng.stop()
+
+
+async def test_spinning_setting_reaches_the_session(make_settings: Callable[..., Settings]) -> None:
+    for spinning, want in ((True, "1"), (False, "0")):
+        eng = Engine.from_settings(make_settings(intra_op_spinning=spinning))
+        await eng.start()
+        try:
+            session = eng.backend.session  # type: ignore[union-attr]
+            opts = session.get_session_options()
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == want
+        finally:
+            await eng.stop()
