@@ -31,7 +31,7 @@ import time
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -64,6 +64,12 @@ class OutputMeta:
         if "" in (self.model_variant, other.model_variant):
             return replace(self, model_variant="") == replace(other, model_variant="")
         return self == other
+
+    @classmethod
+    def of(cls, answer: Any) -> OutputMeta:
+        """The meta of an answer that names its vectors with the same fields: the engine's
+        ``EmbedResponse`` (local runs) or the client's ``EmbedResult`` (through a server)."""
+        return cls(**{f.name: getattr(answer, f.name) for f in fields(cls)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> OutputMeta:

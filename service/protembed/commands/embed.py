@@ -125,15 +125,7 @@ class LocalEmbedder:
         response = await self.engine.embed(
             [EmbedInput(sequence=s, id=i) for s, i in zip(sequences, ids, strict=True)], self.options
         )
-        meta = OutputMeta(
-            response.model,
-            response.model_version,
-            response.output,
-            response.per_residue,
-            response.dim,
-            response.model_variant,
-        )
-        return BatchEmbeddings(meta, [r.embedding for r in response.results])
+        return BatchEmbeddings(OutputMeta.of(response), [r.embedding for r in response.results])
 
 
 class RemoteEmbedder:
@@ -149,15 +141,7 @@ class RemoteEmbedder:
         result = await self.client.embed_result(
             list(sequences), list(ids), self.output, self.per_residue, self.normalize
         )
-        meta = OutputMeta(
-            result.model,
-            result.model_version,
-            result.output,
-            result.per_residue,
-            result.dim,
-            result.model_variant,
-        )
-        return BatchEmbeddings(meta, result.embeddings)
+        return BatchEmbeddings(OutputMeta.of(result), result.embeddings)
 
 
 # --- the command -------------------------------------------------------------------------------------
