@@ -55,15 +55,20 @@ def decode_array(data: bytes) -> np.ndarray | None:
     body = memoryview(data)[offset:]
     if len(body) != 4 * math.prod(shape):
         return None
-    return np.frombuffer(body, dtype="<f4").reshape(shape).astype(np.float32)
+    # A read-only view on the cached bytes, not a copy: every consumer reads it (and normalizing makes a
+    # new array), and bytes are immutable, so nothing can change the cached value through it.
+    return np.frombuffer(body, dtype="<f4").reshape(shape)
 
 
 def _count_lookups(metrics: Metrics | None, backend: str, out: list[bytes | None]) -> list[bytes | None]:
     """Count the hits and misses of one ``get_many`` answer; returns it unchanged."""
     if metrics is not None:
         hits = sum(v is not None for v in out)
-        metrics.child(metrics.cache_hits, backend).inc(hits)
-        metrics.child(metrics.cache_misses, backend).inc(len(out) - hits)
+        # Zero increments are skipped: each costs a lock, and this runs on every request.
+        if hits:
+            metrics.child(metrics.cache_hits, backend).inc(hits)
+        if hits < len(out):
+            metrics.child(metrics.cache_misses, backend).inc(len(out) - hits)
     return out
 
 

@@ -297,8 +297,8 @@ class Engine:
     def resolve_output(self, options: EmbedOptions) -> OutputSpec:
         name = options.output or self.card.default_output
         spec = self.card.output(name)
-        choices = [o.name for o in self.card.per_protein_outputs()]
         if spec is None or spec.level != "per_protein":
+            choices = [o.name for o in self.card.per_protein_outputs()]
             raise InvalidRequestError(f"unknown output {name!r}; this model offers {choices}")
         if options.per_residue:
             residue = self.card.per_residue_output(spec.space)
@@ -388,8 +388,10 @@ class Engine:
             results.append(EmbeddingResult(index=i, id=item.id, embedding=vec, cached=hit, length=len(seq)))
         hits = sum(r.cached for r in results)
         m = self.metrics
-        m.child(m.embedded_items, spec.name, "cache").inc(hits)
-        m.child(m.embedded_items, spec.name, "model").inc(len(results) - hits)
+        if hits:
+            m.child(m.embedded_items, spec.name, "cache").inc(hits)
+        if hits < len(results):
+            m.child(m.embedded_items, spec.name, "model").inc(len(results) - hits)
         residues = sum(map(len, sequences))
         self.metrics.embedded_residues.inc(residues)
         name = options.output or self.card.default_output

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="Log level of the server and uvicorn."
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry traces, metrics and logs (FastAPI 0.165 and later), "
+        "for deployments that configure an OpenTelemetry SDK. Off by default: even with no SDK it checks "
+        "the global providers on every request, a tenth of a cache hit's cost. /metrics (Prometheus) is "
+        "always on.",
+    )
 
     # --- model ------------------------------------------------------------------------------------
     model: Path = Field(

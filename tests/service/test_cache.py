@@ -33,6 +33,7 @@ def test_values_are_raw_little_endian_float32() -> None:
     assert len(data) == 4 + 1 + 2 * 4 + 6 * 4
     back = decode_array(data)
     assert back is not None and back.dtype == np.float32 and np.array_equal(back, vec)
+    assert not back.flags.writeable  # a view on the cached bytes: nobody may change a cached value
     assert decode_array(data[:-1]) is None and decode_array(b"junk") is None
 
 

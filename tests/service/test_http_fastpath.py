@@ -1,16 +1,20 @@
-"""EmbedFastPath answers POST /embed exactly as the FastAPI route does, and declines what it should."""
+"""EmbedFastPath answers POST /embed exactly as the FastAPI route does, and declines what it should; the
+cheaper JSON rendering and the telemetry switch that a cache hit's cost led to."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
-from protembed.http.app import EmbedFastPath, create_app
+from protembed.http.app import EmbedFastPath, VectorJSONResponse, create_app
 from protembed.settings import Settings
 
 # (body or raw bytes, headers): hits and misses, engine errors, auth, request-shape errors, other types.
@@ -80,3 +84,24 @@ async def test_other_content_types_go_to_the_route(
             r = await client.post("/embed", content=body, headers={"content-type": content_type})
             answers.append((r.status_code, r.json()))
     assert answers[0] == answers[1]
+
+
+def test_vector_json_is_the_standard_json_faster() -> None:
+    """pydantic-core's rendering parses back to exactly what the standard library's would: every float32
+    round-trips, including tiny, huge and integral values."""
+    rng = np.random.default_rng(0)
+    vec = np.concatenate([rng.standard_normal(768), [1e-7, -3e-38, 3e38, 5.0, 0.0, -0.0]]).astype(np.float32)
+    content = {"model": "m", "data": [{"index": 0, "id": None, "embedding": vec.tolist(), "cached": True}]}
+    fast, std = VectorJSONResponse(content), JSONResponse(content)
+    assert json.loads(fast.body) == json.loads(std.body) == content
+    assert np.array_equal(np.array(json.loads(fast.body)["data"][0]["embedding"], dtype=np.float32), vec)
+    assert fast.headers["content-type"] == std.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_opentelemetry_setting_reaches_fastapi(make_settings: Callable[..., Settings], enabled: bool) -> None:
+    app = create_app(make_settings(opentelemetry=enabled))
+    config = getattr(app, "_telemetry", None)  # FastAPI < 0.165 has no native telemetry at all
+    if config is None:
+        pytest.skip("this FastAPI has no native telemetry")
+    assert (config["tracing"], config["metrics"], config["logs"]) == (enabled, enabled, enabled)
