@@ -57,6 +57,9 @@ class ServeBenchConfig:
     seconds_per_level: float = 30.0
     warmup_requests: int = 8
     cache_sequences: int = 40
+    # Rounds of (raw ONNX Runtime, then the server at the top level), each on a fresh stream: the
+    # headline ratio is the median of the rounds' ratios (see run_serve_bench).
+    paired_rounds: int = 3
     cache_repeats: int = 10
     raw_min_seconds: float = 5.0
     raw_min_passes: int = 1  # per measurement; it is measured before each transport and after the run
@@ -496,9 +499,10 @@ def prepare_raw_ort(
                 **queue_kwargs(batching),
             )
             formed.extend(tokenizer.batch_encode(b) for b in batches_formed)
-        formed_seconds, _, _ = best_pass(formed)
+        formed_seconds, _, formed_mean = best_pass(formed)
         return {
             "server_batches_residues_per_s": residues / formed_seconds,
+            "server_batches_mean_residues_per_s": residues / formed_mean,
             "server_batches": len(formed),
             "server_batches_padding_ratio": 1.0 - residues / sum(e.padded_tokens for e in formed),
             "limit_residues_per_s": residues / min(seconds, single_seconds, formed_seconds),
@@ -555,6 +559,38 @@ async def cache_latency(
     }
 
 
+def paired_round(
+    cfg: ServeBenchConfig,
+    server: ServerProcess,
+    stream: list[str],
+    batching: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Raw ONNX Runtime on the batches the server's queue forms from ``stream`` (mean over passes, the
+    server idle), then the server on that stream at the top level over the first transport: two means
+    over similar windows, seconds apart, so a drift in the host's speed cancels in their ratio."""
+    raw = prepare_raw_ort(cfg, stream, batching)()
+    top, transport = max(cfg.levels), cfg.transports[0]
+
+    async def body(call: Call) -> dict[str, Any]:
+        return await closed_loop(call, stream, top, cfg.seconds_per_level)
+
+    row = _run(_with_transport(transport, server, cfg, body, top))
+    out = {
+        "transport": transport,
+        "concurrency": top,
+        "raw_residues_per_s": raw["server_batches_mean_residues_per_s"],
+        "server_residues_per_s": row["residues_per_s"],
+        "errors": row["errors"],
+        "ratio": row["residues_per_s"] / raw["server_batches_mean_residues_per_s"],
+    }
+    log(
+        f"bench serve: paired round: server {out['server_residues_per_s']:.0f} res/s vs raw "
+        f"{out['raw_residues_per_s']:.0f} = {out['ratio']:.3f}"
+    )
+    return out
+
+
 def median_length_pool(sequences: Sequence[str], k: int) -> list[str]:
     """The k sequences whose lengths are closest to the pool's median length."""
     median = statistics.median(len(s) for s in sequences)
@@ -577,7 +613,11 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
         cfg = replace(cfg, variant=variant_for(card, "CPUExecutionProvider"))
     crop = card.max_length
     sizes = level_sizes(cfg)
-    needed = len(cfg.transports) * (sum(sizes) + cfg.warmup_requests) + cfg.cache_sequences * 20
+    needed = (
+        len(cfg.transports) * (sum(sizes) + cfg.warmup_requests)
+        + cfg.paired_rounds * sizes[-1]
+        + cfg.cache_sequences * 20
+    )
     records = read_fasta(cfg.corpus)
     order = np.random.default_rng(cfg.seed).permutation(len(records))
     pool = list(dict.fromkeys(records[i].sequence[:crop] for i in order))
@@ -635,6 +675,10 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
                     f"p99 {row['p99_ms']:.1f} ms, "
                     f"errors {row['errors']}"
                 )
+        paired = [
+            paired_round(cfg, server, take(sizes[cfg.levels.index(max(cfg.levels))]), batching, log)
+            for _ in range(cfg.paired_rounds)
+        ]
         cache_seqs = median_length_pool(take(cfg.cache_sequences * 20), cfg.cache_sequences)
         cache = _run(cache_latency(server, cfg, cache_seqs))
         log(
@@ -703,10 +747,19 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
             "concurrency": best["concurrency"],
             "residues_per_s": best["residues_per_s"],
         },
-        # As the issue defines it: against raw ONNX Runtime on the same batches, those the server's queue
-        # forms from this stream at the top level. What the server adds (HTTP, Python, the cores shared
-        # with its event loop and the load client), its batching choices aside.
-        "server_vs_raw_ort": best["residues_per_s"] / raw["server_batches_residues_per_s"],
+        # As the issue defines it, at saturation: against raw ONNX Runtime on the same batches, those the
+        # server's queue forms from the stream at the top level. What the server adds (HTTP, Python, the
+        # cores shared with its event loop and the load client), its batching choices aside. The median
+        # of paired rounds: this host's speed drifts by a fifth within minutes, and a ratio of two bests
+        # taken minutes apart measured the drift as much as the server.
+        "server_vs_raw_ort": (
+            statistics.median(r["ratio"] for r in paired)
+            if paired
+            else best["residues_per_s"] / raw["server_batches_residues_per_s"]
+        ),
+        "paired_rounds": paired,
+        # The best level of the sweep against the best raw pass of the run.
+        "server_vs_raw_ort_best": best["residues_per_s"] / raw["server_batches_residues_per_s"],
         # Stricter: against the whole stream length-sorted into full batches, which no online batcher
         # sees (it also charges the server for the padding and size of the batches it can form).
         "server_vs_raw_ort_sorted": best["residues_per_s"] / raw["residues_per_s"],
@@ -754,7 +807,16 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
                     f"length-sorted {report['raw_ort']['residues_per_s']:.0f}; one sequence per run "
                     f"{report['raw_ort']['single_residues_per_s']:.0f}",
                 ],
-                ["server / raw ONNX Runtime on the same batches", fmt(report["server_vs_raw_ort"])],
+                [
+                    "server / raw ONNX Runtime on the same batches (median of paired rounds)",
+                    f"{fmt(report['server_vs_raw_ort'])} ("
+                    + ", ".join(fmt(r["ratio"]) for r in report["paired_rounds"])
+                    + ")",
+                ],
+                [
+                    "server / raw ONNX Runtime, best level against best raw pass",
+                    fmt(report["server_vs_raw_ort_best"]),
+                ],
                 [
                     "server / raw ONNX Runtime, whole stream length-sorted (stricter)",
                     fmt(report["server_vs_raw_ort_sorted"]),
@@ -854,6 +916,7 @@ def render_markdown(report: dict[str, Any], head: str) -> str:
 def summary_values(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "server_vs_raw_ort": report["server_vs_raw_ort"],
+        "server_vs_raw_ort_best": report["server_vs_raw_ort_best"],
         "server_vs_raw_ort_sorted": report["server_vs_raw_ort_sorted"],
         "server_vs_raw_ort_best_shape": report["server_vs_raw_ort_best_shape"],
         "padding_ratio_bucketed": report["padding_ratio_bucketed"],

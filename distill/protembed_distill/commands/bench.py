@@ -32,6 +32,7 @@ SERVE_SMOKE: dict[str, Any] = {
     "warmup_requests": 2,
     "cache_sequences": 3,
     "cache_repeats": 3,
+    "paired_rounds": 2,
     "raw_min_seconds": 0.0,
     "raw_min_passes": 1,
     "startup_timeout_s": 60.0,
@@ -104,6 +105,13 @@ def add_parser(subparsers: Any) -> None:
     )
     s.add_argument(
         "--seconds-per-level", type=float, default=30.0, help="time bound per level (default: %(default)s)"
+    )
+    s.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=3,
+        help="rounds of raw ONNX Runtime then the server at the top level, each on a fresh stream; "
+        "server_vs_raw_ort is the median of their ratios (default: %(default)s)",
     )
     s.add_argument("--http-encoding", choices=["float", "base64"], default="base64")
     s.add_argument(
@@ -265,6 +273,7 @@ def run_serve(args: argparse.Namespace) -> int:
         transports=list(dict.fromkeys(args.transports)),
         requests_per_level=args.requests_per_level,
         seconds_per_level=args.seconds_per_level,
+        paired_rounds=args.paired_rounds,
         seed=args.seed,
         http_encoding=args.http_encoding,
         http_client=args.http_client,
@@ -274,6 +283,9 @@ def run_serve(args: argparse.Namespace) -> int:
         cfg = replace(cfg, **SERVE_SMOKE)
     if min(cfg.levels) < 1:
         print("protembed bench serve: --levels must be >= 1", file=sys.stderr)
+        return 2
+    if cfg.paired_rounds < 0:
+        print("protembed bench serve: --paired-rounds must be >= 0", file=sys.stderr)
         return 2
     _quiet_clients()
     report = _run_report(
