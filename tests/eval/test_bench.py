@@ -145,6 +145,9 @@ def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: 
     assert report["server_vs_raw_ort_sorted"] == best / raw["residues_per_s"]
     assert report["server_vs_raw_ort_best_shape"] == best / raw["limit_residues_per_s"]
     assert report["cache"]["hit_median_ms"] > 0 and report["cache"]["speedup"] > 1.0
+    # the headline cache figures from a blocking socket; the asyncio client's beside them, other sequences
+    assert report["cache"]["client"] == "blocking socket" and report["cache_async_client"]["speedup"] > 1.0
+    assert report["cache"]["sequences"] == report["cache_async_client"]["sequences"] == 3
     summary = json.loads((out / "summary.json").read_text())
     for key in ("server_vs_raw_ort", "padding_ratio_bucketed", "padding_ratio_fifo", "cache_hit_speedup"):
         assert isinstance(summary[key], float)
