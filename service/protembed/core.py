@@ -23,6 +23,7 @@ from protembed.errors import (
     InvalidRequestError,
     InvalidSequenceError,
     ModelArtifactError,
+    ModelOutputError,
     NotReadyError,
     RequestTooLargeError,
     SequenceTooLongError,
@@ -370,6 +371,9 @@ class Engine:
         if missing and before_compute is not None:
             before_compute()
         computed = await self._compute(missing, spec, deadline, cancelled) if missing else {}
+        for i, (item, seq) in enumerate(zip(inputs, sequences, strict=True)):
+            if seq in computed and not np.isfinite(computed[seq]).all():
+                raise ModelOutputError(i, item.id)
         if computed:
             self.cache.put_many(
                 [

@@ -143,3 +143,19 @@ class ModelArtifactError(ProtembedError):
     http_status = 500
     grpc_code = "INTERNAL"
     error_type = "model_artifact"
+
+
+class ModelOutputError(ProtembedError):
+    """The model returned non-finite values for an item: a model fault, never cached or sent as numbers
+    (JSON has no NaN, and a client would store it as an embedding)."""
+
+    http_status = 500
+    grpc_code = "INTERNAL"
+    error_type = "model_output"
+    detail_fields = (("index", "index"), ("id", "item_id"))
+
+    def __init__(self, index: int, item_id: str | None = None) -> None:
+        self.index = index
+        self.item_id = item_id
+        where = f"item {index}" + (f" (id {item_id!r})" if item_id is not None else "")
+        super().__init__(f"{where}: the model produced non-finite values (NaN or infinity); none were cached")

@@ -29,6 +29,7 @@ from protembed.errors import (
     DeadlineExceededError,
     InvalidRequestError,
     InvalidSequenceError,
+    ModelOutputError,
     NotReadyError,
     ProtembedError,
     RequestCancelledError,
@@ -73,6 +74,30 @@ async def test_teacher_output_per_residue_and_normalize(engine: Engine, tiny_mod
     assert np.abs(res.results[0].embedding - ref["residue_states"]).max() <= 1e-4
     norm = await engine.embed(inputs(*SEQS), EmbedOptions(output="beta", normalize=True))
     assert all(abs(float(np.linalg.norm(r.embedding)) - 1) < 1e-5 for r in norm.results)
+
+
+async def test_non_finite_model_output_is_an_error_never_cached(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert engine.backend is not None
+    real = engine.backend.run
+    bad = "WYWYWYWYWY"
+
+    def poisoned(batch: Any, outputs: Any) -> dict[str, np.ndarray]:
+        out = real(batch, outputs)
+        for arr in out.values():
+            arr[batch.lengths == len(bad)] = np.nan
+        return out
+
+    monkeypatch.setattr(engine.backend, "run", poisoned)
+    with pytest.raises(ModelOutputError) as err:
+        await engine.embed(inputs("MKTAYIAK", bad), EmbedOptions())
+    assert (err.value.index, err.value.item_id, err.value.http_status) == (1, "id1", 500)
+    assert err.value.to_dict()["type"] == "model_output" and "item 1 (id 'id1')" in err.value.message
+    monkeypatch.undo()
+    again = await engine.embed(inputs("MKTAYIAK", bad), EmbedOptions())
+    assert [r.cached for r in again.results] == [False, False]  # the failed request cached nothing
+    assert all(np.isfinite(r.embedding).all() for r in again.results)
 
 
 async def test_second_request_is_a_cache_hit_per_output(engine: Engine) -> None:
