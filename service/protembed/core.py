@@ -371,10 +371,10 @@ class Engine:
         if missing and before_compute is not None:
             before_compute()
         computed = await self._compute(missing, spec, deadline, cancelled) if missing else {}
-        for i, (item, seq) in enumerate(zip(inputs, sequences, strict=True)):
-            if seq in computed and not np.isfinite(computed[seq]).all():
-                raise ModelOutputError(i, item.id)
         if computed:
+            for i, (item, seq) in enumerate(zip(inputs, sequences, strict=True)):
+                if seq in computed and not np.isfinite(computed[seq]).all():
+                    raise ModelOutputError(i, item.id)
             self.cache.put_many(
                 [
                     (key, encode_array(computed[seq]))
