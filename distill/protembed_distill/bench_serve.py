@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import socket
 import statistics
@@ -477,7 +478,7 @@ def replay_padding(
 # --- raw ONNX Runtime on the same sequences ---------------------------------------------------------
 def prepare_raw_ort(
     cfg: ServeBenchConfig, sequences: Sequence[str], batching: dict[str, Any]
-) -> Callable[[], dict[str, Any]]:
+) -> Callable[..., dict[str, Any]]:
     """Load the model and encode the stream once; the returned function measures (called several times
     over a run, see :func:`run_serve_bench`).
 
@@ -517,13 +518,14 @@ def prepare_raw_ort(
     padded = sum(e.padded_tokens for e in encoded)
     formed: list[Any] = []  # the server queue's batches, encoded; built at the first measurement
 
-    def measure() -> dict[str, Any]:
+    def measure(with_singles: bool = True) -> dict[str, Any]:
         # The fastest pass is the limit: on a shared machine the slow passes measure the neighbours, and
         # the server's side of the ratio is its best level too, so both sides are "best seen in this run".
         # One sequence per run is measured too: on a CPU a big padded batch is not always faster per
         # residue (activations outgrow the caches), and the limit is whichever way the hardware is faster.
+        # A paired round needs only the server queue's batches (with_singles=False saves that pass).
         seconds, passes, mean_seconds = best_pass(encoded)
-        single_seconds, _, _ = best_pass(singles)
+        single_seconds = best_pass(singles)[0] if with_singles else math.inf
         if not formed:
             batches_formed: list[list[str]] = []
             replay_padding(
@@ -536,13 +538,12 @@ def prepare_raw_ort(
             )
             formed.extend(tokenizer.batch_encode(b) for b in batches_formed)
         formed_seconds, _, formed_mean = best_pass(formed)
-        return {
+        out = {
             "server_batches_residues_per_s": residues / formed_seconds,
             "server_batches_mean_residues_per_s": residues / formed_mean,
             "server_batches": len(formed),
             "server_batches_padding_ratio": 1.0 - residues / sum(e.padded_tokens for e in formed),
             "limit_residues_per_s": residues / min(seconds, single_seconds, formed_seconds),
-            "single_residues_per_s": residues / single_seconds,
             "mean_residues_per_s": residues / mean_seconds,
             "sequences": len(sequences),
             "residues": residues,
@@ -554,6 +555,9 @@ def prepare_raw_ort(
             "padded_tokens_per_s": padded / seconds,
             "sequences_per_s": len(sequences) / seconds,
         }
+        if with_singles:
+            out["single_residues_per_s"] = residues / single_seconds
+        return out
 
     return measure
 
@@ -633,7 +637,7 @@ def paired_round(
     """Raw ONNX Runtime on the batches the server's queue forms from ``stream`` (mean over passes, the
     server idle), then the server on that stream at the top level over the first transport: two means
     over similar windows, seconds apart, so a drift in the host's speed cancels in their ratio."""
-    raw = prepare_raw_ort(cfg, stream, batching)()
+    raw = prepare_raw_ort(cfg, stream, batching)(with_singles=False)
     top, transport = max(cfg.levels), cfg.transports[0]
 
     async def body(call: Call) -> dict[str, Any]:
