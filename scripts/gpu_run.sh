@@ -83,9 +83,8 @@ eval_pid=$!
 #    a new run folder that starts from its lineage's best.pt (optim.init_from) with peak lr CONT_LR.
 #    FROM_MODEL=<model folder> (e.g. models/protembed-student-v1, carried with model.json and at least
 #    one of its .onnx files; model.int8.onnx is the one that fits the upload) starts candidates of the
-#    same architecture from that shipped model instead of
-#    from scratch, peak lr CONT_LR: training continues across sessions, which checkpoints cannot (they
-#    stay on the GPU box).
+#    same architecture from that shipped model instead of from scratch, peak lr CONT_LR: training
+#    continues across sessions, which checkpoints cannot (they stay on the GPU box).
 # pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.
 declare -A cands=(
   [p0]="--set student.pool_dim=0"
@@ -94,6 +93,8 @@ declare -A cands=(
   # UniRep-1900 weighted twice: its head trails NEAR's (held-out cosine 0.873 vs 0.960 in the first run)
   [p768-lr3-u2]="--set student.pool_dim=768 --set optim.lr=3e-3 --set teachers.0.weight=2.0"
 )
+# Both ways of continuing restart the schedule from these weights: a short warmup to a lower peak.
+restart="--set optim.lr=${CONT_LR:-5e-4} --set optim.warmup_steps=50"
 pids=()
 for name in ${CANDIDATES:-p0 p768 p768-lr3}; do
   [ -n "${cands[$name]:-}" ] || { log "unknown candidate $name (known: ${!cands[*]})"; exit 2; }
@@ -106,10 +107,10 @@ for name in ${CANDIDATES:-p0 p768 p768-lr3}; do
       [ -d "$root/cand-$name-c$n" ] || { dir=$root/cand-$name-c$n; break; }
     done
     [ -f "$prev/checkpoints/best.pt" ] || { log "CONTINUE: $prev has no best.pt"; exit 2; }
-    args="$args --set optim.init_from=$prev/checkpoints/best.pt --set optim.lr=${CONT_LR:-5e-4} --set optim.warmup_steps=50"
+    args="$args --set optim.init_from=$prev/checkpoints/best.pt $restart"
     log "$name: continuing from $prev in $dir"
   elif [ -n "${FROM_MODEL:-}" ]; then
-    args="$args --set optim.init_from=$FROM_MODEL --set optim.lr=${CONT_LR:-5e-4} --set optim.warmup_steps=50"
+    args="$args --set optim.init_from=$FROM_MODEL $restart"
     log "$name: starting from the model in $FROM_MODEL"
   fi
   mkdir -p "$dir/data" && cp runs/gpu/data/dedupe-*.json "$dir/data/"
