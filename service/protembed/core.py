@@ -372,9 +372,11 @@ class Engine:
             before_compute()
         computed = await self._compute(missing, spec, deadline, cancelled) if missing else {}
         if computed:
-            for i, (item, seq) in enumerate(zip(inputs, sequences, strict=True)):
-                if seq in computed and not np.isfinite(computed[seq]).all():
-                    raise ModelOutputError(i, item.id)
+            # Each computed vector checked once; the first item that asked for a bad one is named.
+            bad = next((seq for seq, vec in computed.items() if not np.isfinite(vec).all()), None)
+            if bad is not None:
+                i = sequences.index(bad)
+                raise ModelOutputError(i, inputs[i].id)
             self.cache.put_many(
                 [
                     (key, encode_array(computed[seq]))
