@@ -72,7 +72,7 @@ def parse_fasta(lines: Iterable[str]) -> Iterator[FastaRecord]:
     header_line = 0
     chunks: list[str] = []
     for line_no, raw in enumerate(lines, start=1):
-        line = raw.strip()
+        line = raw.strip(tokenizer.WHITESPACE)  # the tokenizer's rule: other spaces are reported, not lost
         if not line or line.startswith(";"):
             continue
         if line.startswith(">"):

@@ -20,6 +20,9 @@ UNKNOWN_RESIDUE = "X"
 # Ambiguous or non-standard codes that are accepted and read as unknown: selenocysteine (U),
 # pyrrolysine (O), Asx (B) and Glx (Z).
 AMBIGUOUS_RESIDUES = "UZOB"
+# Stripped around a sequence. ASCII only, so that the rule is the same in every client's regex engine
+# (the OpenAPI pattern spells it too); other spaces are reported as invalid characters.
+WHITESPACE = " \t\n\r\f\v"
 ALPHABET_VERSION = "protembed-aa-v1"
 
 # Token ids: 0 is padding, residues follow in a fixed order, X last. Never reorder: trained
@@ -42,17 +45,20 @@ for _tok, _id in TOKEN_TO_ID.items():
 def normalize(sequence: str, index: int | None = None) -> str:
     """Return the canonical form of one sequence, or raise naming the item, character and position.
 
-    Rules: strip surrounding whitespace, upper-case, map U/Z/O/B to X, drop one trailing ``*`` (a stop
+    Rules: strip surrounding ASCII whitespace, upper-case, map U/Z/O/B to X, drop one trailing ``*`` (a stop
     codon marker from translated FASTA). Anything else — digits, gaps, inner ``*``, inner whitespace,
     non-ASCII — is rejected rather than silently dropped, since dropping shifts every later residue.
     """
     if not isinstance(sequence, str):
         raise InvalidSequenceError(index, f"expected a string, got {type(sequence).__name__}")
-    seq = sequence.strip().upper()
+    seq = sequence.strip(WHITESPACE)
     if seq.endswith("*"):
-        seq = seq[:-1].rstrip()
+        seq = seq[:-1].rstrip(WHITESPACE)
     if not seq:
         raise InvalidSequenceError(index, "sequence is empty")
+    # Upper-case ASCII only: str.upper() maps some other characters onto ASCII letters ('ſ' -> 'S',
+    # 'ﬀ' -> 'FF'), which would turn a stray character into residues and shift the rest.
+    seq = seq.upper() if seq.isascii() else "".join(c.upper() if c.isascii() else c for c in seq)
     seq = seq.translate(_TRANSLATE)
     if _ALLOWED.issuperset(seq):  # the common case, checked in C; the loop below only names the error
         return seq

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protembed import tokenizer
 from protembed.errors import InvalidSequenceError
+from protembed.http.schemas import SEQUENCE_SCHEMA
 
 
 @pytest.mark.parametrize(
@@ -33,6 +38,9 @@ def test_normalize_accepts(raw: str, expected: str) -> None:
         ("MKÄ", "Ä", 3),
         ("MK T", " ", 3),
         ("MKT**", "*", 4),
+        ("Mſ", "ſ", 2),  # str.upper() would read it as S
+        ("mkﬀ", "ﬀ", 3),  # ... and this as FF
+        ("\u00a0MKT", "\u00a0", 1),  # only ASCII whitespace is stripped
     ],
 )
 def test_normalize_rejects_with_character_and_position(raw: str, char: str, position: int) -> None:
@@ -68,3 +76,15 @@ def test_batch_encode_pads_with_zero_and_masks() -> None:
     assert batch.attention_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
     assert batch.padded_tokens == 8 and batch.real_tokens == 6
     assert tokenizer.TOKENS[batch.input_ids[1, 0]] == "M"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ACMKxbuz*- 1.\t\n\v\x1c\u00a0\u2003ſﬀıÄ")), max_size=12))
+def test_openapi_pattern_accepts_exactly_what_normalize_accepts(raw: str) -> None:
+    """The pattern the OpenAPI document gives clients (and schema-driven fuzzers) is the tokenizer's rule."""
+    try:
+        tokenizer.normalize(raw, 0)
+        accepted = True
+    except InvalidSequenceError:
+        accepted = False
+    assert (re.fullmatch(SEQUENCE_SCHEMA["pattern"], raw) is not None) == accepted, repr(raw)

@@ -416,7 +416,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def info(eng: EngineDep) -> dict[str, object]:
         return eng.info()
 
-    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 

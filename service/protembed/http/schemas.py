@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic.json_schema import WithJsonSchema
+
+from protembed.tokenizer import AMBIGUOUS_RESIDUES, STANDARD_RESIDUES, UNKNOWN_RESIDUE, WHITESPACE
+
+_CODES = STANDARD_RESIDUES + UNKNOWN_RESIDUE + AMBIGUOUS_RESIDUES
+_SPACE = "[" + WHITESPACE.encode("unicode_escape").decode() + "]"  # escapes every regex engine reads
+# What the tokenizer accepts (protembed.tokenizer.normalize), for clients and schema-driven fuzzers.
+# Documented only, not enforced by pydantic: the engine's own check names the item, the character and
+# its position, which a pattern mismatch could not.
+SEQUENCE_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": f"^{_SPACE}*[{_CODES}{_CODES.lower()}]+({_SPACE}*\\*)?{_SPACE}*$",
+    "description": "Amino-acid sequence: one-letter codes, any case, surrounding whitespace and one "
+    "trailing '*' ignored; U, Z, O and B read as X.",
+}
+SequenceText = Annotated[str, WithJsonSchema(SEQUENCE_SCHEMA)]
 
 
 class SequenceItem(BaseModel):
@@ -13,9 +30,7 @@ class SequenceItem(BaseModel):
     id: str | None = Field(
         default=None, description="Your identifier, echoed back in the result.", max_length=256
     )
-    sequence: str = Field(
-        description="Amino-acid sequence (one-letter codes; case and surrounding spaces ignored)."
-    )
+    sequence: SequenceText
 
 
 class EmbedRequest(BaseModel):
@@ -28,8 +43,9 @@ class EmbedRequest(BaseModel):
         },
     )
 
-    sequences: list[str | SequenceItem] = Field(
-        description="Items to embed: plain sequences, or objects with an id and a sequence."
+    sequences: list[SequenceText | SequenceItem] = Field(
+        description="Items to embed: plain sequences, or objects with an id and a sequence.",
+        json_schema_extra={"minItems": 1},  # documented; the engine's own check names the problem
     )
     output: str | None = Field(
         default=None,
@@ -80,13 +96,18 @@ class OpenAIEmbeddingsRequest(BaseModel):
         },
     )
 
-    input: str | list[str] = Field(description="One sequence or a list of sequences.")
+    input: Annotated[
+        SequenceText | list[SequenceText],
+        WithJsonSchema(
+            {"anyOf": [SEQUENCE_SCHEMA, {"type": "array", "items": SEQUENCE_SCHEMA, "minItems": 1}]}
+        ),
+    ] = Field(description="One sequence or a list of sequences.")
     model: str | None = Field(
         default=None, description="The served model id, or '<model id>/<output>' to pick a teacher space."
     )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(
-        default=None, description="Accepted only if equal to the output's dimension."
+        default=None, ge=1, description="Accepted only if equal to the output's dimension."
     )
 
 
