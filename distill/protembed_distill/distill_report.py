@@ -26,25 +26,46 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def build(cfg: DistillConfig, reports_dir: Path) -> dict[str, Any]:
-    """Collect the run's figures; also copies the training log and sweep next to the report."""
+def build(cfg: DistillConfig, reports_dir: Path, from_reports: bool = False) -> dict[str, Any]:
+    """Collect the run's figures; also copies the training log and sweep next to the report.
+
+    ``from_reports``: the run folder is gone (it lived on a GPU box, or in an earlier session), so the
+    run's figures come from the copies the last report kept (``distill.json``, ``distill/train.jsonl``);
+    the card and ``bench_model.json`` are read afresh, so a new benchmark reaches the report.
+    """
     run_dir = Path(cfg.run.dir)
     model_dir = Path(cfg.output.model_dir)
     card = read_json(model_dir / "model.json")
     if card is None:
         raise FileNotFoundError(f"{model_dir / 'model.json'}: export the model first (--stage export)")
-    events = _jsonl(run_dir / "train.jsonl")
+    if from_reports:
+        previous = read_json(reports_dir / "distill.json")
+        if previous is None:
+            raise FileNotFoundError(f"{reports_dir / 'distill.json'}: no earlier report to rebuild from")
+        if previous.get("model", {}).get("id") != card["id"]:
+            raise FileNotFoundError(
+                f"{reports_dir / 'distill.json'} reports model {previous.get('model', {}).get('id')!r}, "
+                f"not {card['id']!r}: run the report from that model's run folder instead"
+            )
+        events = _jsonl(reports_dir / "distill" / "train.jsonl")
+        sweep = previous.get("sweep")
+        teacher_embedding = previous.get("teacher_embedding") or {}
+        teacher_fp16 = previous.get("teacher_weights_fp16")
+    else:
+        events = _jsonl(run_dir / "train.jsonl")
+        sweep = read_json(run_dir / "sweep" / "sweep.json")
+        teacher_embedding = read_json(run_dir / "embed_report.json") or {}
+        # Written by scripts/after_gpu.sh when the caches were filled from fp16-rounded weights.
+        teacher_fp16 = read_json(run_dir / "teacher_fp16_effect.json")
     epochs = [e for e in events if e.get("kind") == "epoch"]
-    sweep = read_json(run_dir / "sweep" / "sweep.json")
     bench = read_json(reports_dir / "bench_model.json")
     report = new_report("distill")
     report.update(
         {
             "model": {"id": card["id"], "version": card["version"], "folder": str(model_dir)},
             "data": card.get("training_data", {}),
-            "teacher_embedding": read_json(run_dir / "embed_report.json") or {},
-            # Written by scripts/after_gpu.sh when the caches were filled from fp16-rounded weights.
-            "teacher_weights_fp16": read_json(run_dir / "teacher_fp16_effect.json"),
+            "teacher_embedding": teacher_embedding,
+            "teacher_weights_fp16": teacher_fp16,
             "sweep": sweep,
             "epochs": epochs,
             "metrics": card.get("metrics", {}),
@@ -60,6 +81,8 @@ def build(cfg: DistillConfig, reports_dir: Path) -> dict[str, Any]:
             },
         }
     )
+    if from_reports:
+        return report
     # The raw logs travel with the report so the curve can be re-plotted without the run folder.
     log_dir = reports_dir / "distill"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -227,6 +250,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(cfg: DistillConfig, reports_dir: Path) -> tuple[Path, Path]:
-    report = build(cfg, reports_dir)
+def write(cfg: DistillConfig, reports_dir: Path, from_reports: bool = False) -> tuple[Path, Path]:
+    report = build(cfg, reports_dir, from_reports)
     return write_report(reports_dir, "distill", report, render(report))

@@ -69,3 +69,40 @@ def test_plots_are_drawn_from_the_reports(tmp_path: Path) -> None:
     assert [p.name for p in made] == [plots.QUALITY_PLOT, plots.LATENCY_PLOT]
     for p in made:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_distill_report_rebuilds_from_its_own_copies_with_a_new_benchmark(tmp_path: Path) -> None:
+    """The bundled model's run folder is long gone (a GPU box); its report can still take a new bench."""
+    import shutil
+
+    import pytest
+
+    from protembed_distill import distill_report
+    from protembed_distill.config import load_config
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / "distill").mkdir()
+    shutil.copyfile(repo / "reports" / "distill.json", tmp_path / "distill.json")
+    shutil.copyfile(repo / "reports" / "distill" / "train.jsonl", tmp_path / "distill" / "train.jsonl")
+    bench = json.loads((repo / "reports" / "bench_model.json").read_text())
+    bench["ratios"]["student:int8"]["teachers_combined"] = 123.4  # a benchmark the old report never saw
+    (tmp_path / "bench_model.json").write_text(json.dumps(bench))
+    cfg = load_config(
+        repo / "distill" / "configs" / "gpu.toml",
+        [f"run.dir='{tmp_path / 'gone'}'", f"output.model_dir='{repo / 'models' / 'protembed-student-v1'}'"],
+    )
+    previous = json.loads((tmp_path / "distill.json").read_text())
+
+    _, md_path = distill_report.write(cfg, tmp_path, from_reports=True)
+    rebuilt = json.loads((tmp_path / "distill.json").read_text())
+    assert rebuilt["epochs"] == previous["epochs"] and len(rebuilt["epochs"]) >= 1
+    assert rebuilt["sweep"] == previous["sweep"]
+    assert rebuilt["teacher_embedding"] == previous["teacher_embedding"]
+    assert rebuilt["throughput"]["student:int8"]["teachers_combined"] == 123.4
+    assert "123.4" in md_path.read_text()
+    assert (tmp_path / "distill" / "train.jsonl").is_file()  # its own log is kept, not cleared
+
+    other = dict(previous, model={"id": "another-model"})
+    (tmp_path / "distill.json").write_text(json.dumps(other))
+    with pytest.raises(FileNotFoundError, match="another-model"):
+        distill_report.build(cfg, tmp_path, from_reports=True)

@@ -56,6 +56,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--reports", type=Path, default=Path("reports"), help="where --stage report writes distill.md/.json"
     )
+    p.add_argument(
+        "--from-reports",
+        action="store_true",
+        help="--stage report: rebuild from the run's figures kept under --reports (distill.json, "
+        "distill/train.jsonl) when the run folder is gone, e.g. after a new `protembed bench model`",
+    )
     p.set_defaults(func=run)
 
 
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         from protembed_distill.distill_report import write
 
         try:
-            paths = write(cfg, args.reports)
+            paths = write(cfg, args.reports, from_reports=args.from_reports)
         except FileNotFoundError as err:
             print(f"protembed distill: {err}", file=sys.stderr)
             return 1
