@@ -122,11 +122,14 @@ class LossConfig(_Strict):
     kl: float = Field(default=0.0, ge=0)  # MTDP's KL between softmax(teacher/T) and softmax(student/T)
     kl_temperature: float = Field(default=1.0, gt=0)
     per_residue: float = Field(default=0.5, ge=0)  # weight of the residue loss for per_residue teachers
+    # 1 - cosine in the teacher's original units (the figure a drop-in for the teacher's vectors is
+    # judged by, which the standardized terms weight differently); off by default
+    raw_cosine: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _some_term(self) -> LossConfig:
-        if self.cosine == 0 and self.mse == 0 and self.kl == 0:
-            raise ValueError("at least one of cosine, mse, kl must be > 0")
+        if self.cosine == 0 and self.mse == 0 and self.kl == 0 and self.raw_cosine == 0:
+            raise ValueError("at least one of cosine, mse, kl, raw_cosine must be > 0")
         return self
 
 

@@ -1,6 +1,7 @@
 """Distillation losses on standardized teacher embeddings.
 
-Per teacher: ``cosine * (1 - cos) + mse * MSE (+ kl * T^2 KL(softmax(t/T) || softmax(s/T)))``.
+Per teacher: ``cosine * (1 - cos) + mse * MSE (+ kl * T^2 KL(softmax(t/T) || softmax(s/T)))
+(+ raw_cosine * (1 - cos in the teacher's original units))``.
 Standardizing with training-set mean/std first matters: raw UniRep vectors share a large common
 component, so a raw cosine is near 1 for any protein and teaches little; in standardized space the
 loss has to get the protein-specific part right. MSE keeps scale (cosine alone is scale-free), and
@@ -39,11 +40,22 @@ class Standardizer:
         return z * self.std.to(z.device) + self.mean.to(z.device)
 
 
-def embedding_loss(pred: Tensor, target: Tensor, cfg: LossConfig) -> tuple[Tensor, dict[str, float]]:
-    """pred/target [B, dim] in standardized space; returns (loss, parts for logging)."""
+def embedding_loss(
+    pred: Tensor, target: Tensor, cfg: LossConfig, standardizer: Standardizer | None = None
+) -> tuple[Tensor, dict[str, float]]:
+    """pred/target [B, dim] in standardized space; returns (loss, parts for logging).
+
+    ``standardizer`` (the teacher's training-set statistics) is needed only for ``cfg.raw_cosine``.
+    """
     pred = pred.float()
     parts: dict[str, float] = {}
     loss = pred.new_zeros(())
+    if cfg.raw_cosine:
+        if standardizer is None:
+            raise ValueError("loss.raw_cosine needs the teacher's standardizer")
+        raw = 1.0 - F.cosine_similarity(standardizer.invert(pred), standardizer.invert(target), dim=-1).mean()
+        loss = loss + cfg.raw_cosine * raw
+        parts["raw_cos"] = float(raw.detach())
     if cfg.cosine:
         cos = 1.0 - F.cosine_similarity(pred, target, dim=-1).mean()
         loss = loss + cfg.cosine * cos

@@ -209,7 +209,7 @@ def measure_sizes(cfg: DistillConfig, ds: Dataset, threads: int, seconds: float 
     import torch
 
     from protembed_distill.export import export_temp_fp32, onnx_throughput
-    from protembed_distill.losses import embedding_loss
+    from protembed_distill.losses import Standardizer, embedding_loss
     from protembed_distill.student import Student
     from protembed_distill.train import collate, make_batches
 
@@ -230,7 +230,12 @@ def measure_sizes(cfg: DistillConfig, ds: Dataset, threads: int, seconds: float 
             ids, mask = collate(ds.train, b, torch.device("cpu"))
             out = model(ids, mask)
             loss = sum(
-                embedding_loss(out[f"teacher_{n}"], torch.zeros(len(b), d), cfg.loss)[0]
+                embedding_loss(
+                    out[f"teacher_{n}"],
+                    torch.zeros(len(b), d),
+                    cfg.loss,
+                    Standardizer(torch.zeros(d), torch.ones(d)),  # throughput only: any statistics do
+                )[0]
                 for n, d in dims.items()
             )
             opt.zero_grad()

@@ -377,7 +377,7 @@ def evaluate(
             torch.nn.functional.cosine_similarity(raw_pred, targets.raw[t.name], dim=-1).mean()
         )
         result["val_cosine_std"][t.name] = float(torch.nn.functional.cosine_similarity(p, tgt, dim=-1).mean())
-        loss, _ = embedding_loss(p, tgt, cfg.loss)
+        loss, _ = embedding_loss(p, tgt, cfg.loss, loaded.standardizers[t.name])
         result["val_loss_by_teacher"][t.name] = float(loss)
         total += t.weight / wsum * float(loss)
     if res_cos:
@@ -573,7 +573,9 @@ def _train_loop(
                 loss = torch.zeros((), device=device)
                 parts: dict[str, float] = {}
                 for t in cfg.teachers:
-                    lt, p = embedding_loss(out[f"teacher_{t.name}"], b.targets[t.name], cfg.loss)
+                    lt, p = embedding_loss(
+                        out[f"teacher_{t.name}"], b.targets[t.name], cfg.loss, loaded.standardizers[t.name]
+                    )
                     loss = loss + t.weight / wsum * lt
                     parts.update({f"{t.name}.{k}": v for k, v in p.items()})
                     if t.name in b.residue_targets:
