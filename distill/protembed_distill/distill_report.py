@@ -43,7 +43,7 @@ def build(cfg: DistillConfig, reports_dir: Path, from_reports: bool = False) -> 
         if previous is None:
             raise FileNotFoundError(f"{reports_dir / 'distill.json'}: no earlier report to rebuild from")
         if previous.get("model", {}).get("id") != card["id"]:
-            raise FileNotFoundError(
+            raise ValueError(
                 f"{reports_dir / 'distill.json'} reports model {previous.get('model', {}).get('id')!r}, "
                 f"not {card['id']!r}: run the report from that model's run folder instead"
             )

@@ -104,5 +104,5 @@ def test_distill_report_rebuilds_from_its_own_copies_with_a_new_benchmark(tmp_pa
 
     other = dict(previous, model={"id": "another-model"})
     (tmp_path / "distill.json").write_text(json.dumps(other))
-    with pytest.raises(FileNotFoundError, match="another-model"):
+    with pytest.raises(ValueError, match="another-model"):
         distill_report.build(cfg, tmp_path, from_reports=True)

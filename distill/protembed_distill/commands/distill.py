@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             paths = write(cfg, args.reports, from_reports=args.from_reports)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ValueError) as err:
             print(f"protembed distill: {err}", file=sys.stderr)
             return 1
         _log(f"report: {', '.join(str(p) for p in paths)}")
