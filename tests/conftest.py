@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,6 +27,13 @@ from protembed_distill.bench_serve import spawn_server, stop_server  # noqa: E40
 from tiny_model import build_tiny_model  # noqa: E402
 
 TINY_MAX_LENGTH = 64
+
+# Property tests explore new examples on every local run; in CI they replay a fixed derivation, so a
+# landing never hinges on which examples one run happened to draw (print_blob: a failure says how to
+# replay it).
+hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 
 def free_port() -> int:
