@@ -64,6 +64,15 @@ def best_run_brute_force(q: BatchQueue, due: bool) -> tuple[float, int]:
     return best
 
 
+def assert_within_limits(batch: list[Entry], size: int, tokens: int, bound: float | None) -> None:
+    """Size cap and token budget (a lone item always fits); the padding bound unless ``bound`` is None."""
+    toks = [e.tokens for e in batch]
+    longest = max(toks)
+    assert len(batch) == 1 or (len(batch) <= size and len(batch) * longest <= tokens), toks
+    if bound is not None:
+        assert 1.0 - sum(toks) / (len(batch) * longest) <= bound + 1e-9, toks
+
+
 lengths = st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=40)
 
 
@@ -89,8 +98,7 @@ def test_bucketed_plan_is_the_best_run(
     cap = max(1, min(size, tokens // longest))
     # the bisection finds what trying every run finds
     assert (sum(toks) / (cap * longest), sum(toks)) == pytest.approx(best_run_brute_force(q, due))
-    assert len(plan) == 1 or (len(plan) <= size and len(plan) * longest <= tokens)
-    assert 1.0 - sum(toks) / (len(plan) * longest) <= bound + 1e-9
+    assert_within_limits(plan, size, tokens, bound)
     if due:
         assert entries[0] in plan
 
@@ -130,12 +138,10 @@ def test_every_item_runs_once_within_the_limits(
             # it held back only with a batch in flight, nothing due and nothing forced
             assert not before or not (idle or due or force)
             return None
-        longest = max(e.tokens for e in batch)
-        assert len(batch) == 1 or (len(batch) <= size and len(batch) * longest <= tokens)
-        if policy == "bucketed":
-            assert 1.0 - sum(e.tokens for e in batch) / (len(batch) * longest) <= bound + 1e-9
-        else:
-            assert batch == before[: len(batch)]  # arrival order, from the oldest
+        # fifo has no padding bound (it is the baseline), but keeps arrival order from the oldest
+        assert_within_limits(batch, size, tokens, bound if policy == "bucketed" else None)
+        if policy == "fifo":
+            assert batch == before[: len(batch)]
         if due:
             assert before[0] in batch  # the oldest item is never passed over once due
         ran.extend(e.sequence for e in batch)
