@@ -31,6 +31,7 @@ from protembed.errors import (
 from protembed.metrics import Metrics
 from protembed.runtime import Backend, OrtBackend, likely_provider
 from protembed.settings import Settings
+from protembed.windows import plan_windows, pool_windows
 
 log = logging.getLogger(__name__)
 
@@ -92,53 +93,6 @@ class EmbedResponse:
     results: list[EmbeddingResult]
     items: int
     residues: int
-
-
-@dataclass(frozen=True)
-class Window:
-    """One chunk of a long sequence: it covers [start, end) and owns [own_start, own_end) of it."""
-
-    start: int
-    end: int
-    own_start: int
-    own_end: int
-
-
-def plan_windows(length: int, max_length: int, overlap: int) -> list[Window]:
-    """Overlapping windows of at most ``max_length`` covering ``length`` residues.
-
-    Neighbouring windows share ``overlap`` residues (the last window is aligned to the end, so it may
-    share more); each shared stretch is split at its middle, so every residue is owned by exactly one
-    window — the one in which it has the most context on both sides.
-    """
-    if length <= max_length:
-        return [Window(0, length, 0, length)]
-    if not 0 <= overlap < max_length:
-        raise ValueError(f"chunk_overlap {overlap} must be in [0, max_length={max_length})")
-    stride = max_length - overlap
-    starts = [*list(range(0, length - max_length, stride)), length - max_length]
-    spans = [(s, s + max_length) for s in starts]
-    windows = []
-    for k, (s, e) in enumerate(spans):
-        own_start = 0 if k == 0 else (s + spans[k - 1][1]) // 2
-        own_end = length if k == len(spans) - 1 else (spans[k + 1][0] + e) // 2
-        windows.append(Window(s, e, own_start, own_end))
-    return windows
-
-
-def pool_windows(windows: Sequence[Window], vectors: Sequence[np.ndarray], per_residue: bool) -> np.ndarray:
-    """Per-residue: stitch each window's owned residues. Per-protein: mean weighted by owned residues.
-
-    The per-protein outputs are linear heads on a masked mean of residue states, so the residue-weighted
-    mean of the windows' outputs approximates the whole-sequence output (exact up to context effects).
-    """
-    if per_residue:
-        return np.concatenate(
-            [v[w.own_start - w.start : w.own_end - w.start] for w, v in zip(windows, vectors, strict=True)]
-        )
-    weights = np.array([w.own_end - w.own_start for w in windows], dtype=np.float64)
-    stacked = np.stack(vectors).astype(np.float64)
-    return (weights[:, None] * stacked).sum(0).astype(np.float32) / np.float32(weights.sum())
 
 
 def l2_normalize(array: np.ndarray) -> np.ndarray:

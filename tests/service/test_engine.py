@@ -21,8 +21,6 @@ from protembed.core import (
     EmbedOptions,
     Engine,
     batch_tokens_for,
-    plan_windows,
-    pool_windows,
     variant_for,
 )
 from protembed.errors import (
@@ -37,6 +35,7 @@ from protembed.errors import (
     SequenceTooLongError,
 )
 from protembed.settings import Settings
+from protembed.windows import plan_windows, pool_windows
 from tiny_model import reference_embeddings
 
 SEQS = ["MKTAYIAKQRQISFVKSHFSRQ", "ac", "WYWYWYWYWYWYWYWYWYWYWYWYWYWYWYWYWYWY", "mkuzob*"]
