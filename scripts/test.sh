@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
-# torch==2.13.0 resolves to the CPU wheel on these machines; an unpinned torch pulls several GB of CUDA.
-pip install -q torch==2.13.0
-pip install -q -e ".[distill,parquet,dev]"
+# Every version comes from the committed lock (scripts/lock.sh refreshes it), so an upstream release
+# cannot change what the tests run against. torch==2.13.0 there is the CPU wheel on these machines.
+pip install -q -c requirements/lock.txt torch
+pip install -q -c requirements/lock.txt -e ".[distill,parquet,dev]"
 protembed teachers fetch unirep1900 unirep256 near antiberty
 ruff check .
 mypy

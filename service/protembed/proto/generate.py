@@ -13,12 +13,16 @@ inside the descriptor stays ``protembed/v1/embedder.proto``, which is what refle
 (grpcurl) and other languages expect.
 
 ``tests/grpc/test_proto_generated.py`` runs :func:`generate` into a temporary folder and fails when
-the committed files differ.
+the committed files differ (:func:`stale_files`) in anything but the generators' version stamps, so a
+patch release of grpcio-tools does not make a clean checkout red while a changed .proto still does.
+The stamps of the committed files are the runtime floors (:func:`generated_versions`): the generated
+code refuses to import under an older grpcio or protobuf, and pyproject.toml must not promise less.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +72,52 @@ def generate(out_dir: Path = OUT_DIR, proto_root: Path = PROTO_ROOT) -> list[Pat
             written.append(init)
             folder = folder.parent
     return written
+
+
+# Where the generators stamp their own version into the code: grpcio-tools' plugin and protoc.
+_STAMPS = (
+    re.compile(r"^(GRPC_GENERATED_VERSION = ')(\d+\.\d+\.\d+)(')$", re.M),
+    re.compile(r"^(# Protobuf Python Version: )(\d+\.\d+\.\d+)()$", re.M),
+    re.compile(r"(ValidateProtobufRuntimeVersion\(\s*_runtime_version\.Domain\.PUBLIC,\s*)(\d+,\s*\d+,\s*\d+)(,)"),
+)
+
+
+def without_version_stamps(text: str) -> str:
+    """``text`` with the generators' version stamps blanked, everything else kept."""
+    for pattern in _STAMPS:
+        text = pattern.sub(r"\1<version>\3", text)
+    return text
+
+
+def stale_files(fresh_dir: Path, committed_dir: Path = OUT_DIR) -> list[str]:
+    """Files ``generate(fresh_dir)`` wrote that are missing from ``committed_dir`` or differ from the
+    committed copy other than in version stamps (relative paths)."""
+    stale = []
+    for path in sorted(p for p in fresh_dir.rglob("*") if p.is_file()):
+        committed = committed_dir / path.relative_to(fresh_dir)
+        if not committed.exists() or without_version_stamps(committed.read_text()) != without_version_stamps(
+            path.read_text()
+        ):
+            stale.append(str(path.relative_to(fresh_dir)))
+    return stale
+
+
+def generated_versions(out_dir: Path = OUT_DIR) -> dict[str, tuple[int, ...]]:
+    """The grpcio and protobuf versions the committed generated code demands at import."""
+    found: dict[str, tuple[int, ...]] = {}
+    for path in out_dir.rglob("*_pb2*.py"):
+        text = path.read_text()
+        grpc_stamp = _STAMPS[0].search(text)
+        if grpc_stamp:
+            found["grpcio"] = max(found.get("grpcio", ()), _version(grpc_stamp.group(2)))
+        pb_stamp = _STAMPS[2].search(text)
+        if pb_stamp:
+            found["protobuf"] = max(found.get("protobuf", ()), _version(pb_stamp.group(2)))
+    return found
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text))
 
 
 def main(argv: list[str] | None = None) -> int:
