@@ -59,6 +59,10 @@ class OutputMeta:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
+    def describe(self) -> str:
+        """How errors name these vectors, e.g. "per-protein 'student' vectors (dim 768) of M 1.1.0"."""
+        return _describe(self)
+
     def matches(self, other: OutputMeta) -> bool:
         """Same vectors: equal in every field; an unrecorded variant matches any variant."""
         if "" in (self.model_variant, other.model_variant):
@@ -395,6 +399,11 @@ class BulkWriter:
             with np.load(part) as data:
                 ids.update(str(i) for i in data["ids"])
         return ids
+
+    @property
+    def meta(self) -> OutputMeta | None:
+        """What produces the vectors: this run's, else the existing output's; None before any vector."""
+        return self._meta or self._existing_meta
 
     def set_meta(self, meta: OutputMeta) -> None:
         """Record what produces the vectors; refuses to mix with an output written by something else."""

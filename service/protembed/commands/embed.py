@@ -11,6 +11,11 @@ of the file is embedded and the exit status is 3 when anything was skipped; with
 stops at the first bad record with exit status 1 (what was embedded before it is kept, so a rerun after
 fixing the file resumes).
 
+With --shard I/N only the records of shard I (0 .. N-1) are embedded: a record's shard is a hash of its
+id, so every machine given the same FASTA file and N agrees on the split, records added later never move
+the others, and each shard resumes on its own. ``protembed merge OUT SHARD...`` joins the shards' outputs
+into one file. A finished run always leaves OUT, even when its shard held no records.
+
 Exit status: 0 every record is in the output; 3 finished, but some records were skipped (listed on
 stderr); 1 stopped early (an error, or --on-error fail); 2 bad command-line arguments.
 """
@@ -103,7 +108,23 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write a crash-safe checkpoint every N records (also every 30 s and every 64 MiB) "
         "[default: 1000]",
     )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        type=_shard_arg,
+        help="embed only shard I of N (I from 0 to N-1), chosen by a hash of each record id; "
+        "e.g. --shard $JOB_COMPLETION_INDEX/8 in a Kubernetes Indexed Job",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _shard_arg(spec: str) -> Any:
+    from protembed.shards import Shard
+
+    try:
+        return Shard.parse(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 # --- where vectors come from -------------------------------------------------------------------------
@@ -138,6 +159,9 @@ class RemoteEmbedder:
     async def embed_batch(self, sequences: Sequence[str], ids: Sequence[str]) -> Any:
         from protembed.bulk import BatchEmbeddings, OutputMeta
 
+        # PRIORITY (issue 18 item 4): the one call that sends bulk traffic to a server; pass the bulk
+        # priority here once the client carries one, so this command and the workflows/embed Snakemake
+        # workflow (which runs it) never compete with interactive users.
         result = await self.client.embed_result(
             list(sequences), list(ids), self.output, self.per_residue, self.normalize
         )
@@ -177,7 +201,12 @@ async def _run(args: argparse.Namespace) -> int:
     from protembed.fasta import RecordProblem, count_records, read_fasta
 
     writer = BulkWriter(args.out, checkpoint_records=args.checkpoint_every)  # fails early on a bad suffix
-    total = count_records(args.input)
+    records = read_fasta(args.input)
+    if args.shard is not None:
+        # Before the record checks: every record of an id (duplicates, too) reaches one shard, which
+        # reports it with its number in the whole file.
+        records = (r for r in records if args.shard.holds(r.id))
+    total = count_records(args.input) if args.shard is None else None  # a shard's size is unknown ahead
     bar = tqdm(total=total, unit="seq", dynamic_ncols=True, disable=True if args.no_progress else None)
 
     def report(problem: RecordProblem) -> None:
@@ -191,7 +220,7 @@ async def _run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     try:
         stats = await embed_records(
-            read_fasta(args.input),
+            records,
             embedder,
             writer,
             batch_items=batch_items,
@@ -211,8 +240,11 @@ async def _run(args: argparse.Namespace) -> int:
         status = EXIT_FAILED
     else:
         bar.close()
+        if writer.meta is None:  # nothing embedded, ever: still leave an (empty) output for merge
+            writer.set_meta(await describe_output(embedder))
+        shard = "" if args.shard is None else f"shard {args.shard}: "
         print(
-            f"protembed embed: {stats.records} records: {stats.embedded} embedded, "
+            f"protembed embed: {shard}{stats.records} records: {stats.embedded} embedded, "
             f"{stats.already_done} already in {args.out}, {stats.skipped} skipped",
             file=sys.stderr,
         )
@@ -223,6 +255,12 @@ async def _run(args: argparse.Namespace) -> int:
         # Whatever happened, keep what was embedded: merge checkpoints into the output.
         writer.finish()
     return status
+
+
+async def describe_output(embedder: Any) -> Any:
+    """The OutputMeta of the vectors ``embedder`` produces, from one tiny request: the answer names them
+    exactly as it names real ones (model, variant, output, level, dim), with no second source of truth."""
+    return (await embedder.embed_batch(["M"], ["protembed-output-probe"])).meta
 
 
 async def _open_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
