@@ -177,7 +177,8 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("PROTEMBED_REDIS_URL", "REDIS_URL", "redis_url"),
         description="Redis URL (also read from REDIS_URL); when set the cache is shared in Redis instead of "
-        "in-process.",
+        "in-process. redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS) uses a Redis "
+        "Cluster: lookups go to every node concurrently, one round trip per node.",
     )
     cache_ttl_s: int = Field(
         default=7 * 86400, ge=0, description="Time to live of Redis cache entries in seconds (0 = none)."
@@ -191,6 +192,12 @@ class Settings(BaseSettings):
         default=0.1,
         gt=0,
         description="Per-call Redis timeout in seconds; a slower Redis is skipped and the model answers.",
+    )
+    cache_encoding: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="How cached vectors are stored (Redis and in-process): float16 holds twice the "
+        "sequences in the same memory, at most 5e-4 relative error per value (docs/cache.md); the cache "
+        "key names the encoding.",
     )
 
     @field_validator("providers", mode="before")
