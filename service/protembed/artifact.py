@@ -68,6 +68,26 @@ class TeacherInfo(BaseModel):
     representation: str = ""
 
 
+class Tolerance(BaseModel):
+    """How far a variant's output may be from the reference vectors (largest absolute difference and
+    lowest cosine over every output and reference sequence)."""
+
+    max_abs: float = Field(ge=0)
+    min_cosine: float = Field(ge=-1, le=1)
+
+
+class ReferenceSpec(BaseModel):
+    """Reference vectors written at export (``reference.npz``) for the server's self-check at warm-up."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    sha256: str = ""
+    bytes: int = 0
+    computed_with: str = ""
+    tolerance: dict[str, Tolerance] = Field(default_factory=dict)  # by variant
+
+
 class ModelCard(BaseModel):
     """Schema of model.json (see the contract); unknown extra keys are kept, not dropped."""
 
@@ -86,6 +106,7 @@ class ModelCard(BaseModel):
     training_data: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     licence: dict[str, Any] = Field(default_factory=dict)
+    reference: ReferenceSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
@@ -192,6 +213,21 @@ def _inspect_graph(path: Path) -> tuple[list[str], list[str]]:
     return [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
 
 
+def _check_file(path: Path, size: int, sha256: str, what: str) -> None:
+    if not path.is_file():
+        raise ModelArtifactError(f"{path}: listed in {CARD_FILE} ({what}) but missing")
+    actual = path.stat().st_size
+    if actual != size:
+        raise ModelArtifactError(
+            f"{path}: size {actual} bytes differs from {size} in {CARD_FILE}; corrupt or replaced"
+        )
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise ModelArtifactError(
+            f"{path}: sha256 {digest} differs from {sha256} in {CARD_FILE}; corrupt or replaced"
+        )
+
+
 def load_model(folder: str | Path, variant: str = "fp32", *, verify_graph: bool = True) -> LoadedModel:
     """Read and verify a model folder.
 
@@ -207,19 +243,9 @@ def load_model(folder: str | Path, variant: str = "fp32", *, verify_graph: bool 
     card_path = folder / CARD_FILE
     check_tokens(card, card_path)
     for entry in card.files:
-        path = folder / entry.file
-        if not path.is_file():
-            raise ModelArtifactError(f"{path}: listed in {CARD_FILE} (variant {entry.variant}) but missing")
-        size = path.stat().st_size
-        if size != entry.bytes:
-            raise ModelArtifactError(
-                f"{path}: size {size} bytes differs from {entry.bytes} in {CARD_FILE}; corrupt or replaced"
-            )
-        digest = sha256_file(path)
-        if digest != entry.sha256:
-            raise ModelArtifactError(
-                f"{path}: sha256 {digest} differs from {entry.sha256} in {CARD_FILE}; corrupt or replaced"
-            )
+        _check_file(folder / entry.file, entry.bytes, entry.sha256, f"variant {entry.variant}")
+    if card.reference is not None:
+        _check_file(folder / card.reference.file, card.reference.bytes, card.reference.sha256, "reference")
     chosen = card.file(variant)
     if chosen is None:
         raise ModelArtifactError(
@@ -249,6 +275,13 @@ def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
             )
         entry["sha256"] = sha256_file(path)
         entry["bytes"] = path.stat().st_size
+    reference = data.get("reference")
+    if reference is not None:
+        path = folder / reference["file"]
+        if not path.is_file():
+            raise ModelArtifactError(f"{path}: the card's reference vectors are missing")
+        reference["sha256"] = sha256_file(path)
+        reference["bytes"] = path.stat().st_size
     target = folder / CARD_FILE
     try:
         parsed = ModelCard.model_validate(data)

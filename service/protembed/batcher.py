@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -37,15 +37,48 @@ from protembed.errors import (
     RequestCancelledError,
 )
 from protembed.metrics import Metrics
+from protembed.runtime import Model
 
 log = logging.getLogger(__name__)
 
-# infer(sequences, outputs) -> {output: [one array per sequence, in order]}; runs in a worker thread.
-InferFn = Callable[[list[str], frozenset[str]], dict[str, list[np.ndarray]]]
 Clock = Callable[[], float]
+_SHUTTING_DOWN = "server is shutting down; retry on another replica"
 # bucketed: batches of similar lengths, padding share bounded; fifo: arrival order (the baseline).
 Policy = Literal["bucketed", "fifo"]
 POLICIES: tuple[str, ...] = get_args(Policy)
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Every batching parameter, in one place: the engine builds it from the settings, /info reports it,
+    benchmarks replay it."""
+
+    max_batch_tokens: int  # token budget of one batch, padding counted (count x longest)
+    max_batch_size: int  # most items in one batch
+    max_wait_s: float  # how long the oldest item may be passed over for fuller batches
+    max_queue_tokens: int  # queue bound in residues (backpressure past it)
+    max_padding_ratio: float = 0.1  # bucketed: most padding share of a batch
+    policy: Policy = "bucketed"
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"batching policy {self.policy!r} is not one of {list(POLICIES)}")
+        if not 0.0 <= self.max_padding_ratio <= 1.0:
+            raise ValueError(f"max_padding_ratio {self.max_padding_ratio} must be in [0, 1]")
+        if self.max_batch_tokens <= 0 or self.max_batch_size <= 0:
+            raise ValueError("max_batch_tokens and max_batch_size must be positive")
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of the queue for /info, metrics and Retry-After."""
+
+    queued_items: int
+    queued_tokens: int
+    running_items: int
+    tokens_per_s: float
+    retry_after_s: float
+    dropped: dict[str, int]
 
 
 @dataclass(eq=False)
@@ -89,26 +122,12 @@ class BatchQueue:
 
     def __init__(
         self,
+        config: BatchingConfig,
         *,
-        max_batch_tokens: int,
-        max_batch_size: int,
-        max_wait_s: float,
-        max_queue_tokens: int,
-        max_padding_ratio: float = 0.1,
-        policy: Policy = "bucketed",
         clock: Clock = time.monotonic,
         on_drop: Callable[[str], None] | None = None,
     ) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"batching policy {policy!r} is not one of {list(POLICIES)}")
-        if not 0.0 <= max_padding_ratio <= 1.0:
-            raise ValueError(f"max_padding_ratio {max_padding_ratio} must be in [0, 1]")
-        self.policy: Policy = policy
-        self.max_padding_ratio = max_padding_ratio
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
-        self.max_queue_tokens = max_queue_tokens
+        self.config = config
         self.clock = clock
         self.pending: dict[str, Entry] = {}  # insertion order = arrival order, oldest first
         self.running: dict[str, Entry] = {}  # dispatched to the model, for in-flight dedup
@@ -116,6 +135,59 @@ class BatchQueue:
         self.tokens_per_s = 0.0  # measured throughput, for Retry-After
         self.dropped: dict[str, int] = {}  # waiters dropped before the model, by reason
         self.on_drop = on_drop
+
+    # The configuration, read through (tests and the planners use these names).
+    @property
+    def policy(self) -> Policy:
+        return self.config.policy
+
+    @property
+    def max_padding_ratio(self) -> float:
+        return self.config.max_padding_ratio
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.config.max_batch_tokens
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.config.max_wait_s
+
+    @property
+    def max_queue_tokens(self) -> int:
+        return self.config.max_queue_tokens
+
+    def set_budget(self, max_batch_tokens: int) -> None:
+        """Change the batch token budget (the engine settles it once the provider is known)."""
+        self.config = replace(self.config, max_batch_tokens=max_batch_tokens)
+
+    def stats(self) -> QueueStats:
+        return QueueStats(
+            queued_items=len(self.pending),
+            queued_tokens=self.queued_tokens,
+            running_items=len(self.running),
+            tokens_per_s=self.tokens_per_s,
+            retry_after_s=self.retry_after_s(),
+            dropped=dict(self.dropped),
+        )
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every queued and running waiter with ``error`` and forget them (shutdown)."""
+        for entry in [*self.pending.values(), *self.running.values()]:
+            for w in entry.waiters:
+                if not w.future.done():
+                    w.future.set_exception(error)
+        self.pending.clear()
+        self.running.clear()
+        self.queued_tokens = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.pending and not self.running
 
     # --- admission ---------------------------------------------------------------------------------
     def new_tokens(self, sequences: Sequence[str], output: str) -> int:
@@ -307,63 +379,75 @@ class BatchQueue:
 
 
 class Batcher:
-    """Asyncio driver around ``BatchQueue``: one worker task, inference in one dedicated thread."""
+    """Asyncio driver around ``BatchQueue``: one worker task, the model run in one dedicated thread."""
 
     def __init__(
         self,
-        infer: InferFn,
+        config: BatchingConfig,
         *,
-        max_batch_tokens: int,
-        max_batch_size: int,
-        max_wait_s: float,
-        max_queue_tokens: int,
-        max_padding_ratio: float = 0.1,
-        policy: Policy = "bucketed",
         clock: Clock = time.monotonic,
         metrics: Metrics | None = None,
     ) -> None:
-        self.infer = infer
         self.queue = BatchQueue(
-            max_batch_tokens=max_batch_tokens,
-            max_batch_size=max_batch_size,
-            max_wait_s=max_wait_s,
-            max_queue_tokens=max_queue_tokens,
-            max_padding_ratio=max_padding_ratio,
-            policy=policy,
+            config,
             clock=clock,
             on_drop=None if metrics is None else (lambda reason: metrics.dropped_items.labels(reason).inc()),
         )
+        self.model: Model | None = None
         self.metrics = metrics
         self.batches_run = 0
+        self._closed = False
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
 
     @property
+    def config(self) -> BatchingConfig:
+        return self.queue.config
+
+    def set_budget(self, max_batch_tokens: int) -> None:
+        self.queue.set_budget(max_batch_tokens)
+
+    def stats(self) -> QueueStats:
+        return self.queue.stats()
+
+    @property
     def running(self) -> bool:
         return self._worker is not None and not self._worker.done()
 
-    async def start(self) -> None:
+    async def start(self, model: Model) -> None:
+        """Run batches through ``model`` (its ``embed`` is called in the worker thread)."""
+        self.model = model
         if self.running:
             return
+        self._closed = False
         # One thread: ORT parallelises inside a run; a second concurrent run would only contend.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="protembed-infer")
         self._worker = asyncio.create_task(self._loop(), name="protembed-batcher")
 
+    def close(self) -> None:
+        """Refuse new work from now on (NotReadyError); what is queued still runs."""
+        self._closed = True
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Close, then wait up to ``timeout_s`` for queued and running work to finish; True if it did."""
+        self.close()
+        end = time.monotonic() + timeout_s
+        while not self.queue.idle and self.running and time.monotonic() < end:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return self.queue.idle
+
     async def stop(self) -> None:
-        """Stop the worker and fail whatever is still queued with NotReadyError."""
+        """Stop the worker and fail whatever is still queued or running with NotReadyError."""
+        self._closed = True
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        for entry in list(self.queue.pending.values()) + list(self.queue.running.values()):
-            for w in entry.waiters:
-                if not w.future.done():
-                    w.future.set_exception(NotReadyError("server is shutting down"))
-        self.queue.pending.clear()
-        self.queue.running.clear()
-        self.queue.queued_tokens = 0
+        self.queue.fail_all(NotReadyError(_SHUTTING_DOWN))
+        self._observe_queue()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
@@ -377,8 +461,8 @@ class Batcher:
         cancelled: Callable[[], bool] | None = None,
     ) -> list[np.ndarray]:
         """``output`` for each (normalized) sequence, in order; raises ProtembedError subclasses."""
-        if not self.running:
-            raise NotReadyError("batcher is not running")
+        if self._closed or not self.running:
+            raise NotReadyError(_SHUTTING_DOWN if self._closed else "batcher is not running")
         if not sequences:
             return []
         if deadline is not None and self.queue.clock() >= deadline:
@@ -435,8 +519,9 @@ class Batcher:
             self.metrics.batch_padding_ratio.observe(1.0 - sum(map(len, sequences)) / padded)
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
+        assert self.model is not None
         try:
-            result = await loop.run_in_executor(self._executor, self.infer, sequences, outputs)
+            result = await loop.run_in_executor(self._executor, self.model.embed, sequences, outputs)
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
             err = exc if isinstance(exc, ProtembedError) else ProtembedError(f"inference failed: {exc}")

@@ -16,20 +16,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from protembed import __version__, tokenizer
-from protembed.artifact import LoadedModel, ModelCard, OutputSpec, load_model, read_model_card
-from protembed.batcher import Batcher
+from protembed.artifact import ModelCard, OutputSpec, read_model_card
+from protembed.batcher import Batcher, BatchingConfig
 from protembed.cache import Cache, cache_key, decode_array, encode_array, make_cache
 from protembed.errors import (
     InvalidRequestError,
     InvalidSequenceError,
-    ModelArtifactError,
     ModelOutputError,
     NotReadyError,
     RequestTooLargeError,
     SequenceTooLongError,
 )
 from protembed.metrics import Metrics
-from protembed.runtime import Backend, OrtBackend, likely_provider
+from protembed.providers import likely_provider
+from protembed.reference import SelfCheck, self_check
+from protembed.runtime import AUTO_VARIANT, OnnxModel, SessionOptions, variant_for
 from protembed.settings import Settings
 from protembed.windows import plan_windows, pool_windows
 
@@ -44,20 +45,6 @@ GPU_BATCH_TOKENS = 16384
 
 def batch_tokens_for(provider: str) -> int:
     return CPU_BATCH_TOKENS if provider == "CPUExecutionProvider" else GPU_BATCH_TOKENS
-
-
-AUTO_VARIANT = "auto"
-
-
-def variant_for(card: ModelCard, provider: str) -> str:
-    """The file ``model_variant=auto`` serves: int8 on the CPU when the card lists one, else fp32.
-
-    ONNX Runtime's dynamic int8 ops (MatMulInteger and friends) are CPU kernels; on a GPU they would
-    bounce between devices, so GPUs keep fp32.
-    """
-    if provider == "CPUExecutionProvider" and card.file("int8") is not None:
-        return "int8"
-    return "fp32"
 
 
 @dataclass(frozen=True)
@@ -100,61 +87,88 @@ def l2_normalize(array: np.ndarray) -> np.ndarray:
     return (array / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
+def batching_config(settings: Settings) -> BatchingConfig:
+    """The batcher's parameters from the settings (a budget of 0 is settled once the provider is known)."""
+    return BatchingConfig(
+        max_batch_tokens=settings.max_batch_tokens or GPU_BATCH_TOKENS,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        max_queue_tokens=settings.max_queue_tokens,
+        max_padding_ratio=settings.max_padding_ratio,
+        policy=settings.batching,
+    )
+
+
+def session_options(settings: Settings) -> SessionOptions:
+    return SessionOptions(
+        providers=settings.providers,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        spinning=settings.intra_op_spinning,
+    )
+
+
 class Engine:
-    """Model + cache + batcher behind ``embed``; one per process, shared by REST and gRPC."""
+    """The request core: validation, cache, dedup, long-sequence windows and errors around the model
+    layer (``runtime.OnnxModel``), which the batcher runs; one per process, shared by REST and gRPC."""
 
     def __init__(
         self,
         settings: Settings,
-        model: LoadedModel,
         *,
         metrics: Metrics | None = None,
-        backend: Backend | None = None,
+        model: OnnxModel | None = None,
         cache: Cache | None = None,
     ) -> None:
         self.settings = settings
-        self.model = model
-        self.card: ModelCard = model.card
+        self.model: OnnxModel | None = model
+        self.card: ModelCard = model.card if model is not None else read_model_card(settings.model)
         self.metrics = metrics if metrics is not None else Metrics()
-        self.backend: Backend | None = backend
         self.cache: Cache | None = cache
         if settings.long_sequences == "chunk" and settings.chunk_overlap >= self.card.max_length // 2:
             raise ValueError(
                 f"chunk_overlap={settings.chunk_overlap} must be below half the model's max length "
                 f"({self.card.max_length}) so windows advance"
             )
-        self.batcher = Batcher(
-            self._infer,
-            # 0 (by provider) is settled in start(), once the session says which provider runs.
-            max_batch_tokens=settings.max_batch_tokens or GPU_BATCH_TOKENS,
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_wait_ms / 1000.0,
-            max_queue_tokens=settings.max_queue_tokens,
-            max_padding_ratio=settings.max_padding_ratio,
-            policy=settings.batching,
-            metrics=self.metrics,
-        )
+        self.batcher = Batcher(batching_config(settings), metrics=self.metrics)
+        self.self_check: SelfCheck | None = None
         self._ready = False
 
     @classmethod
     def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> Engine:
-        """Read and verify the artifact now (checksums, tokens); the session is built by ``start``."""
-        variant = settings.model_variant
-        if variant == AUTO_VARIANT:
-            variant = variant_for(read_model_card(settings.model), likely_provider(settings.providers))
-        return cls(settings, load_model(settings.model, variant, verify_graph=False), metrics=metrics)
+        """An engine over ``settings.model``; the card is read now, the session is opened by ``start``."""
+        return cls(settings, metrics=metrics)
+
+    @property
+    def variant(self) -> str:
+        """The file being served, or (before start) the one the settings will most likely serve."""
+        if self.model is not None:
+            return self.model.variant
+        if self.settings.model_variant != AUTO_VARIANT:
+            return self.settings.model_variant
+        return variant_for(self.card, likely_provider(self.settings.providers))
 
     # --- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Open the model, check its numbers, warm it up, start the batcher and the cache. A failed
+        self-check leaves the engine not ready (``not_ready_reason`` says why), serving nothing."""
         if self._ready:
             return
         s = self.settings
-        if self.backend is None:
-            self.backend = await asyncio.to_thread(self._open_backend)
+        if self.model is None:
+            self.model = await asyncio.to_thread(OnnxModel.open, s.model, s.model_variant, session_options(s))
+            self.card = self.model.card
+        model = self.model
         if not s.max_batch_tokens:
-            self.batcher.queue.max_batch_tokens = batch_tokens_for(self.backend.provider)
+            self.batcher.set_budget(batch_tokens_for(model.provider))
         if s.warmup:
-            await asyncio.to_thread(self._warm_up)
+            await asyncio.to_thread(model.warm_up)
+        self.self_check = await asyncio.to_thread(self_check, model, model.loaded)
+        self.metrics.observe_self_check(self.self_check)
+        if not self.self_check.ok:
+            log.error("not ready: %s", self.self_check.detail)
+            return
+        log.info("self-check %s: %s", self.self_check.status, self.self_check.detail)
         if self.cache is None:
             self.cache = make_cache(
                 s.redis_url,
@@ -162,14 +176,15 @@ class Engine:
                 ttl_s=s.cache_ttl_s,
                 timeout_s=s.redis_timeout_s,
                 metrics=self.metrics,
+                encoding=s.cache_encoding,
             )
-        await self.batcher.start()
+        await self.batcher.start(model)
         self.metrics.model_info.info(
             {
                 "id": self.card.id,
                 "version": self.card.version,
-                "variant": self.model.variant,
-                "provider": self.provider,
+                "variant": model.variant,
+                "provider": model.provider,
                 "server_version": __version__,
             }
         )
@@ -179,33 +194,24 @@ class Engine:
             "ready: %s %s (%s) on %s, cache %s",
             self.card.id,
             self.card.version,
-            self.model.variant,
-            self.provider,
+            model.variant,
+            model.provider,
             self.cache.backend,
         )
 
-    def _open_backend(self) -> OrtBackend:
-        s = self.settings
-
-        def open_session() -> OrtBackend:
-            return OrtBackend(
-                self.model, s.providers, s.intra_op_threads, s.inter_op_threads, s.intra_op_spinning
-            )
-
-        backend = open_session()
-        if s.model_variant == AUTO_VARIANT:
-            # A listed GPU provider can still fall back to the CPU (no device): then serve what the CPU
-            # runs best.
-            wanted = variant_for(self.card, backend.provider)
-            if wanted != self.model.variant:
-                log.info("%s runs the model: serving the %s variant", backend.provider, wanted)
-                self.model = load_model(self.model.folder, wanted, verify_graph=False)
-                backend = open_session()
-        return backend
-
-    async def stop(self) -> None:
+    def mark_draining(self) -> None:
+        """Stop being ready and refuse new work at once; queued work still runs (see ``drain``)."""
         self._ready = False
         self.metrics.ready.set(0)
+        self.batcher.close()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Finish queued work for up to ``timeout_s``; True when nothing was left."""
+        self.mark_draining()
+        return await self.batcher.drain(timeout_s)
+
+    async def stop(self) -> None:
+        self.mark_draining()
         await self.batcher.stop()
         if self.cache is not None:
             await self.cache.close()
@@ -216,37 +222,16 @@ class Engine:
         return self._ready
 
     @property
+    def not_ready_reason(self) -> str:
+        if self._ready:
+            return ""
+        if self.self_check is not None and not self.self_check.ok:
+            return self.self_check.detail
+        return "model is loading" if self.model is None or not self.batcher.running else "shutting down"
+
+    @property
     def provider(self) -> str:
-        return self.backend.provider if self.backend is not None else "not started"
-
-    def _warm_up(self) -> None:
-        """One batch through every output; also checks the graph's dims against the card."""
-        assert self.backend is not None
-        length = min(16, self.card.max_length)
-        seqs = ["M" + "A" * (length - 1), "MK"[: min(2, length)]]
-        outputs = self._infer(seqs, frozenset(o.onnx_output for o in self.card.outputs))
-        for spec in self.card.outputs:
-            got = outputs[spec.onnx_output][0].shape[-1]
-            if got != spec.dim:
-                raise ModelArtifactError(
-                    f"{self.model.onnx_path}: output {spec.onnx_output} has dim {got}, "
-                    f"model.json says {spec.dim}"
-                )
-
-    # --- inference (worker thread) -----------------------------------------------------------------
-    def _infer(self, sequences: list[str], outputs: frozenset[str]) -> dict[str, list[np.ndarray]]:
-        assert self.backend is not None
-        batch = tokenizer.batch_encode(sequences)
-        raw = self.backend.run(batch, sorted(outputs))
-        lengths = batch.lengths.tolist()
-        result: dict[str, list[np.ndarray]] = {}
-        for name, arr in raw.items():
-            if arr.ndim == 3:  # per-residue: cut the padding off each row (a copy, so the padded
-                # [batch, longest, dim] block is not kept alive by the rows)
-                result[name] = [arr[i, :n].copy() for i, n in enumerate(lengths)]
-            else:  # per-protein: row views of the small [batch, dim] output, no per-item copy
-                result[name] = list(arr)
-        return result
+        return self.model.provider if self.model is not None else "not started"
 
     # --- the API -----------------------------------------------------------------------------------
     def resolve_output(self, options: EmbedOptions) -> OutputSpec:
@@ -313,7 +298,7 @@ class Engine:
         unique = list(dict.fromkeys(sequences))
         # The variant is part of the key: int8 and fp32 vectors differ slightly, and replicas sharing
         # one Redis may serve different variants (CPU and GPU nodes under ``auto``).
-        space = f"{spec.name}@{self.model.variant}"
+        space = f"{spec.name}@{self.variant}"
         keys = [cache_key(self.card.id, self.card.version, space, seq) for seq in unique]
         found: dict[str, np.ndarray] = {}
         for seq, raw in zip(unique, await self.cache.get_many(keys), strict=True):
@@ -358,7 +343,7 @@ class Engine:
         return EmbedResponse(
             model=self.card.id,
             model_version=self.card.version,
-            model_variant=self.model.variant,
+            model_variant=self.variant,
             output=name,
             dim=spec.dim,
             per_residue=per_residue,
@@ -390,20 +375,25 @@ class Engine:
 
     def info(self) -> dict[str, object]:
         s = self.settings
-        backend_providers = getattr(self.backend, "active_providers", [self.provider])
+        model = self.model
+        config, stats = self.batcher.config, self.batcher.stats()
+        variant = self.variant
+        entry = self.card.file(variant)
         return {
             "server_version": __version__,
             "ready": self._ready,
             "model": {
                 "id": self.card.id,
                 "version": self.card.version,
-                "variant": self.model.variant,
-                "file": self.model.onnx_path.name,
+                "variant": variant,
+                "file": entry.file if entry is not None else None,
                 "max_length": self.card.max_length,
             },
             "provider": self.provider,
-            "providers": list(backend_providers),
+            "provider_reason": model.provider_reason if model is not None else "not started",
+            "providers": list(model.active_providers) if model is not None else [],
             "requested_providers": list(s.providers),
+            "self_check": self.self_check.as_dict() if self.self_check is not None else None,
             "outputs": [o.model_dump(mode="json") for o in self.card.outputs],
             "default_output": self.card.default_output,
             "limits": {
@@ -416,14 +406,14 @@ class Engine:
                 "chunk_overlap": s.chunk_overlap,
             },
             "batching": {
-                "max_batch_tokens": self.batcher.queue.max_batch_tokens,
-                "max_batch_size": s.max_batch_size,
-                "max_wait_ms": s.max_wait_ms,
-                "max_queue_tokens": s.max_queue_tokens,
-                "policy": s.batching,
-                "max_padding_ratio": s.max_padding_ratio,
-                "queued_items": self.batcher.queue.queued_items,
-                "queued_tokens": self.batcher.queue.queued_tokens,
+                "max_batch_tokens": config.max_batch_tokens,
+                "max_batch_size": config.max_batch_size,
+                "max_wait_ms": config.max_wait_s * 1000.0,
+                "max_queue_tokens": config.max_queue_tokens,
+                "policy": config.policy,
+                "max_padding_ratio": config.max_padding_ratio,
+                "queued_items": stats.queued_items,
+                "queued_tokens": stats.queued_tokens,
             },
             "cache": self.cache.describe() if self.cache is not None else {"backend": "not started"},
             "card": self.card.model_dump(mode="json"),

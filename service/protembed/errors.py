@@ -145,6 +145,14 @@ class ModelArtifactError(ProtembedError):
     error_type = "model_artifact"
 
 
+class ProviderUnavailableError(ProtembedError):
+    """The operator asked for execution providers none of which can run here (the server does not start)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+    error_type = "provider_unavailable"
+
+
 class ModelOutputError(ProtembedError):
     """The model returned non-finite values for an item: a model fault, never cached or sent as numbers
     (JSON has no NaN, and a client would store it as an embedding)."""

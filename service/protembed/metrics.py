@@ -113,6 +113,20 @@ class Metrics:
             f"{p}_model", "Served model: id, version, variant, execution provider.", registry=r
         )
         self.ready = Gauge(f"{p}_ready", "1 once the model is loaded and warmed up.", registry=r)
+        # the warm-up self-check against the card's reference vectors (absent when the card has none)
+        self.self_check_max_abs = Gauge(
+            f"{p}_self_check_max_abs_diff",
+            "Largest absolute difference from the card's reference vectors at warm-up.",
+            registry=r,
+        )
+        self.self_check_min_cosine = Gauge(
+            f"{p}_self_check_min_cosine",
+            "Lowest cosine to the card's reference vectors at warm-up.",
+            registry=r,
+        )
+        self.self_check_passed = Gauge(
+            f"{p}_self_check_passed", "1 when the warm-up self-check passed, 0 when it failed.", registry=r
+        )
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, memoized. ``labels()`` takes a lock and rebuilds its key on every
@@ -123,6 +137,14 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def observe_self_check(self, check: Any) -> None:
+        """Record a ``reference.SelfCheck`` (nothing when it was skipped: no reference to compare)."""
+        if check.max_abs is None:
+            return
+        self.self_check_max_abs.set(check.max_abs)
+        self.self_check_min_cosine.set(check.min_cosine)
+        self.self_check_passed.set(1 if check.ok else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,101 +1,182 @@
-"""Model backends behind one narrow interface: "run this token batch, give me these outputs".
+"""The model layer: sequences in, per-item arrays out.
 
-Callers (the engine's batch function) never branch on which backend it is; the ONNX Runtime session is
-the production one, tests may pass any object with the same shape.
+``OnnxModel`` owns everything between a list of normalized sequences and one array per sequence per
+output: tokenizing, the ONNX Runtime session (provider choice, variant fallback), running it, cutting the
+padding off, warming it up and checking its numbers against the card's reference vectors. The batcher
+calls :meth:`OnnxModel.embed` directly; the engine above it keeps the request logic (validation, cache,
+dedup, errors). Evaluation and benchmarks use this same class, and tests may hand the batcher any object
+with the same ``embed`` (the :class:`Model` protocol).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from protembed.artifact import LoadedModel, check_graph_io
+from protembed import tokenizer
+from protembed.artifact import LoadedModel, ModelCard, check_graph_io, load_model, read_model_card
 from protembed.errors import ModelArtifactError
-from protembed.tokenizer import EncodedBatch, batch_encode
+from protembed.providers import CPU, ProviderChoice, choose_providers
 
 log = logging.getLogger(__name__)
 
+AUTO_VARIANT = "auto"
+# One model output per sequence: [dim] per protein, [length, dim] per residue.
+Outputs = dict[str, list[np.ndarray]]
 
-class Backend(Protocol):
+
+class Model(Protocol):
+    """What the batcher needs of a model."""
+
     @property
     def provider(self) -> str: ...
 
-    def run(self, batch: EncodedBatch, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named ONNX outputs for one padded batch (float32, batch first)."""
+    def embed(self, sequences: Sequence[str], outputs: Collection[str]) -> Outputs:
+        """For each named ONNX output, one float32 array per sequence, in order (no padding)."""
         ...
 
 
-def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """Requested providers that this onnxruntime build has, in order; CPU is always the last resort."""
-    chosen = [p for p in requested if p in available]
-    skipped = [p for p in requested if p not in available]
-    if skipped:
-        log.info("execution providers not in this onnxruntime build, skipped: %s", skipped)
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+def variant_for(card: ModelCard, provider: str) -> str:
+    """The file ``model_variant=auto`` serves: int8 on the CPU when the card lists one, else fp32.
+
+    ONNX Runtime's int8 kernels are CPU kernels; on a GPU they would bounce between devices, so GPUs
+    keep fp32.
+    """
+    if provider == CPU and card.file("int8") is not None:
+        return "int8"
+    return "fp32"
 
 
-def likely_provider(requested: Sequence[str]) -> str:
-    """The provider a session will ask for first, before one exists (it may still fall back)."""
-    import onnxruntime as ort
+@dataclass
+class SessionOptions:
+    """How to open an ONNX Runtime session (from the settings object; kept separate so evaluation and
+    benchmarks can open a model without a server's settings)."""
 
-    return resolve_providers(requested, ort.get_available_providers())[0]
+    providers: Sequence[str] = (CPU,)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    spinning: bool = True
 
 
-class OrtBackend:
-    """An ONNX Runtime InferenceSession over one artifact variant."""
+@dataclass
+class OnnxModel:
+    """One ONNX Runtime session over one variant of a model folder."""
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        providers: Sequence[str],
-        intra_op_threads: int = 0,
-        inter_op_threads: int = 0,
-        spinning: bool = True,
-    ) -> None:
+    loaded: LoadedModel
+    session: object  # onnxruntime.InferenceSession (untyped package)
+    choice: ProviderChoice
+    active_providers: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(
+        cls, folder: str | Path, variant: str = AUTO_VARIANT, options: SessionOptions | None = None
+    ) -> OnnxModel:
+        """Verify the artifact and open a session. With ``variant='auto'`` the file follows the provider
+        that really runs (a listed GPU provider that cannot load leaves the CPU, which serves int8)."""
+        import onnxruntime as ort
+
+        options = options or SessionOptions()
+        choice = choose_providers(options.providers, ort.get_available_providers())
+        log.info("execution provider: %s", choice.reason)
+        wanted = (
+            variant_for(read_model_card(folder), choice.providers[0]) if variant == AUTO_VARIANT else variant
+        )
+        model = cls._open_session(load_model(folder, wanted, verify_graph=False), choice, options)
+        if variant == AUTO_VARIANT and variant_for(model.card, model.provider) != wanted:
+            # ONNX Runtime itself fell back (a device vanished between the probe and the session).
+            wanted = variant_for(model.card, model.provider)
+            log.info("%s runs the model: serving the %s variant", model.provider, wanted)
+            model = cls._open_session(load_model(folder, wanted, verify_graph=False), choice, options)
+        return model
+
+    @classmethod
+    def _open_session(cls, loaded: LoadedModel, choice: ProviderChoice, options: SessionOptions) -> OnnxModel:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = inter_op_threads
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        opts.intra_op_num_threads = options.intra_op_threads
+        opts.inter_op_num_threads = options.inter_op_threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chosen = resolve_providers(providers, ort.get_available_providers())
+        providers: list[str | tuple[str, dict[str, str]]] = [
+            # fp32 means fp32: no TF32 matmuls on Ampere and later (the self-check's tolerance assumes it)
+            (p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" and loaded.variant == "fp32" else p
+            for p in choice.providers
+        ]
         try:
-            self.session = ort.InferenceSession(str(model.onnx_path), opts, providers=chosen)
+            session = ort.InferenceSession(str(loaded.onnx_path), opts, providers=providers)
         except Exception as exc:  # ORT's exceptions are untyped (onnxruntime.capi...Fail etc.)
-            raise ModelArtifactError(f"{model.onnx_path}: ONNX Runtime cannot load it: {exc}") from exc
-        self.path: Path = model.onnx_path
+            raise ModelArtifactError(f"{loaded.onnx_path}: ONNX Runtime cannot load it: {exc}") from exc
         check_graph_io(
-            model.card,
-            model.onnx_path,
-            [i.name for i in self.session.get_inputs()],
-            [o.name for o in self.session.get_outputs()],
+            loaded.card,
+            loaded.onnx_path,
+            [i.name for i in session.get_inputs()],
+            [o.name for o in session.get_outputs()],
         )
-        # ORT silently falls back (e.g. CUDA listed but no device): report what the session really uses.
-        self.active_providers: list[str] = list(self.session.get_providers())
-        self.requested_providers = list(providers)
-        if self.active_providers[0] != chosen[0]:
-            log.warning("requested %s but ONNX Runtime is using %s", chosen[0], self.active_providers[0])
-        log.info("model %s on %s", model.onnx_path, self.active_providers)
+        active = list(session.get_providers())
+        if active[0] != choice.providers[0]:
+            log.warning("requested %s but ONNX Runtime is using %s", choice.providers[0], active[0])
+        log.info("model %s (%s) on %s", loaded.onnx_path, loaded.variant, active)
+        return cls(loaded, session, choice, active)
+
+    # --- what the card says ------------------------------------------------------------------------
+    @property
+    def card(self) -> ModelCard:
+        return self.loaded.card
+
+    @property
+    def variant(self) -> str:
+        return self.loaded.variant
 
     @property
     def provider(self) -> str:
         return self.active_providers[0]
 
-    def run(self, batch: EncodedBatch, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        values = self.session.run(
+    @property
+    def provider_reason(self) -> str:
+        return self.choice.reason
+
+    # --- running -----------------------------------------------------------------------------------
+    def run(self, batch: tokenizer.EncodedBatch, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named ONNX outputs for one padded batch (float32, batch first, padding included)."""
+        values = self.session.run(  # type: ignore[attr-defined]
             list(outputs), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         )
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}
 
-    def warm_up(self, outputs: Sequence[str], max_length: int) -> None:
-        """Run a couple of shapes once so the first real request pays no lazy initialisation."""
-        for length in sorted({min(8, max_length), min(64, max_length)}):
-            batch = batch_encode(["M" + "A" * (length - 1), "MK"])
-            self.run(batch, outputs)
+    def embed(self, sequences: Sequence[str], outputs: Collection[str]) -> Outputs:
+        return unpad(self.run(tokenizer.batch_encode(list(sequences)), sorted(outputs)), sequences)
+
+    def warm_up(self) -> None:
+        """Run a couple of shapes through every output so the first request pays no lazy initialisation,
+        and check the graph's output widths against the card."""
+        longest = self.card.max_length
+        got = self.embed(
+            ["M" + "A" * (min(64, longest) - 1), "MK"[: min(2, longest)]],
+            [o.onnx_output for o in self.card.outputs],
+        )
+        for spec in self.card.outputs:
+            dim = got[spec.onnx_output][0].shape[-1]
+            if dim != spec.dim:
+                raise ModelArtifactError(
+                    f"{self.loaded.onnx_path}: output {spec.onnx_output} has dim {dim}, "
+                    f"model.json says {spec.dim}"
+                )
+
+
+def unpad(raw: dict[str, np.ndarray], sequences: Sequence[str]) -> Outputs:
+    """One array per sequence from padded batch outputs."""
+    lengths = [len(s) for s in sequences]
+    result: Outputs = {}
+    for name, arr in raw.items():
+        if arr.ndim == 3:  # per-residue: cut the padding off each row (a copy, so the padded
+            # [batch, longest, dim] block is not kept alive by the rows)
+            result[name] = [arr[i, :n].copy() for i, n in enumerate(lengths)]
+        else:  # per-protein: row views of the small [batch, dim] output, no per-item copy
+            result[name] = list(arr)
+    return result

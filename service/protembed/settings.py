@@ -121,6 +121,13 @@ class Settings(BaseSettings):
         "a spinning thread burns CPU after each batch.",
     )
     warmup: bool = Field(default=True, description="Run a warm-up batch before reporting ready.")
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM: readiness and gRPC health flip to not serving at once and new work gets "
+        "503 / UNAVAILABLE; queued work may finish for this long, then what is left gets 503 / "
+        "UNAVAILABLE. Keep it below the pod's terminationGracePeriodSeconds minus its preStop sleep.",
+    )
 
     # --- batching ---------------------------------------------------------------------------------
     max_batch_tokens: int = Field(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from protembed_distill.evaluate import DEFAULT_DATA_DIR as DATA  # one place decides where the data is
+from protembed_bench.evaluate import DEFAULT_DATA_DIR as DATA  # one place decides where the data is
 
 T = TypeVar("T")
 
@@ -62,15 +62,15 @@ def corpus_sequences(n: int, max_length: int = 64, skip: int = 0) -> list[tuple[
 
 
 class ServerThread:
-    """`create_app(settings)` under uvicorn in a thread; its lifespan starts the engine and gRPC."""
+    """`build_app(settings)` under uvicorn in a thread; its lifespan starts the engine and gRPC."""
 
     def __init__(self, settings: Any) -> None:
         import uvicorn
 
-        from protembed.http.app import create_app
+        from protembed.server import build_app
 
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = build_app(settings)
         config = uvicorn.Config(
             self.app, host=settings.host, port=settings.port, log_level="warning", lifespan="on"
         )

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protembed_testing import corpus_sequences
 
 from protembed.client import Client
-from protembed.grpc_server import bound_port, start_grpc_server, stop_grpc_server
+from protembed.grpc.server import bound_port, start_grpc_server, stop_grpc_server
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 from protembed.settings import Settings

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from protembed.batcher import Batcher, BatchQueue, Entry, Waiter
+from protembed.batcher import Batcher, BatchingConfig, BatchQueue, Entry, Waiter
 from protembed.errors import DeadlineExceededError, OverloadedError, RequestCancelledError
 
 
@@ -29,7 +29,7 @@ def make_queue(clock: FakeClock, **kw: object) -> BatchQueue:
         "max_queue_tokens": 1000,
     }
     opts.update(kw)
-    return BatchQueue(clock=clock, **opts)  # type: ignore[arg-type]
+    return BatchQueue(BatchingConfig(**opts), clock=clock)  # type: ignore[arg-type]
 
 
 def waiter(output: str = "student", **kw: object) -> Waiter:
@@ -299,6 +299,26 @@ class FakeModel:
         }
 
 
+class FnModel:
+    """A plain function as the batcher's model."""
+
+    provider = "fake"
+
+    def __init__(self, fn: Callable[..., dict[str, list[np.ndarray]]]) -> None:
+        self.embed = fn
+
+
+class StartedBatcher(Batcher):
+    """A batcher that knows its model at construction, so tests can ``await b.start()``."""
+
+    def __init__(self, model: Callable[..., dict[str, list[np.ndarray]]], config: BatchingConfig) -> None:
+        super().__init__(config)
+        self._fake = FnModel(model)
+
+    async def start(self, model: object = None) -> None:  # type: ignore[override]
+        await super().start(self._fake)  # type: ignore[arg-type]
+
+
 def make_batcher(model: Callable[..., dict[str, list[np.ndarray]]], **kw: object) -> Batcher:
     opts: dict[str, object] = {
         "max_batch_tokens": 1000,
@@ -307,7 +327,7 @@ def make_batcher(model: Callable[..., dict[str, list[np.ndarray]]], **kw: object
         "max_queue_tokens": 10_000,
     }
     opts.update(kw)
-    return Batcher(model, **opts)  # type: ignore[arg-type]
+    return StartedBatcher(model, BatchingConfig(**opts))  # type: ignore[arg-type]
 
 
 async def test_results_come_back_in_order_and_off_the_loop() -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protembed.batcher import BatchQueue, Entry, Waiter
+from protembed.batcher import BatchingConfig, BatchQueue, Entry, Waiter
 
 # Waiters hold futures; the queue never awaits them, so a loop that never runs is enough to make them.
 _LOOP = asyncio.new_event_loop()
@@ -32,15 +32,15 @@ def waiter() -> Waiter:
 
 
 def queue(clock: list[float], *, tokens: int, size: int, bound: float, policy: str) -> BatchQueue:
-    return BatchQueue(
+    config = BatchingConfig(
         max_batch_tokens=tokens,
         max_batch_size=size,
         max_wait_s=1.0,
         max_queue_tokens=10**9,
         max_padding_ratio=bound,
         policy=policy,  # type: ignore[arg-type]
-        clock=lambda: clock[0],
     )
+    return BatchQueue(config, clock=lambda: clock[0])
 
 
 def best_run_brute_force(q: BatchQueue, due: bool) -> tuple[float, int]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gated_backend import gated_backend
-from protembed.artifact import load_model, read_model_card
+from protembed.artifact import read_model_card
 from protembed.cache import MemoryCache
 from protembed.core import (
     CPU_BATCH_TOKENS,
@@ -78,8 +78,8 @@ async def test_teacher_output_per_residue_and_normalize(engine: Engine, tiny_mod
 async def test_non_finite_model_output_is_an_error_never_cached(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert engine.backend is not None
-    real = engine.backend.run
+    assert engine.model is not None
+    real = engine.model.run
     bad = "WYWYWYWYWY"
 
     def poisoned(batch: Any, outputs: Any) -> dict[str, np.ndarray]:
@@ -88,7 +88,7 @@ async def test_non_finite_model_output_is_an_error_never_cached(
             arr[batch.lengths == len(bad)] = np.nan
         return out
 
-    monkeypatch.setattr(engine.backend, "run", poisoned)
+    monkeypatch.setattr(engine.model, "run", poisoned)
     with pytest.raises(ModelOutputError) as err:
         await engine.embed(inputs("MKTAYIAK", bad), EmbedOptions())
     assert (err.value.index, err.value.item_id, err.value.http_status) == (1, "id1", 500)
@@ -290,8 +290,8 @@ async def test_auto_variant_follows_the_provider_that_runs(
     assert variant_for(fp32_only, "CPUExecutionProvider") == "fp32"
 
     assert Settings.model_fields["model_variant"].default == "auto"
-    assert Engine.from_settings(make_settings()).model.variant == "int8"  # the CPU is the only provider
-    assert Engine.from_settings(make_settings(model_variant="fp32")).model.variant == "fp32"
+    assert Engine.from_settings(make_settings()).variant == "int8"  # the CPU is the only provider
+    assert Engine.from_settings(make_settings(model_variant="fp32")).variant == "fp32"
 
     # CUDA listed first: fp32 is chosen for it; where the session falls back to the CPU (no device, as
     # on CI), the engine switches to the CPU's variant before it reports ready.
@@ -299,7 +299,7 @@ async def test_auto_variant_follows_the_provider_that_runs(
     await eng.start()
     try:
         want = "fp32" if eng.provider == "CUDAExecutionProvider" else "int8"
-        assert eng.model.variant == want and eng.info()["model"]["variant"] == want
+        assert eng.variant == want and eng.info()["model"]["variant"] == want
         assert eng.info()["model"]["file"] == ("model.onnx" if want == "fp32" else "model.int8.onnx")
         resp = await eng.embed(inputs("MKTAYIAK"), EmbedOptions())
         assert resp.results[0].embedding.shape == (8,)
@@ -314,10 +314,7 @@ async def test_variants_never_share_cached_vectors(
     # vectors are its own.
     shared = MemoryCache(2**20)
     engines = [
-        Engine(
-            make_settings(model_variant=v), load_model(tiny_model_dir, v, verify_graph=False), cache=shared
-        )
-        for v in ("fp32", "int8")
+        Engine(make_settings(model_variant=v), cache=shared) for v in ("fp32", "int8")
     ]
     for eng in engines:
         await eng.start()
@@ -340,7 +337,7 @@ async def test_spinning_setting_reaches_the_session(make_settings: Callable[...,
         eng = Engine.from_settings(make_settings(intra_op_spinning=spinning))
         await eng.start()
         try:
-            session = eng.backend.session  # type: ignore[union-attr]
+            session = eng.model.session  # type: ignore[union-attr]
             opts = session.get_session_options()
             assert opts.get_session_config_entry("session.intra_op.allow_spinning") == want
         finally:

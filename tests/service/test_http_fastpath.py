@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from protembed.http.app import EmbedFastPath, VectorJSONResponse, create_app
+from protembed.server import build_app
 from protembed.settings import Settings
 
 # (body or raw bytes, headers): hits and misses, engine errors, auth, request-shape errors, other types.
@@ -53,8 +54,8 @@ async def replies(app: FastAPI) -> list[tuple[int, Any]]:
 
 async def test_fast_path_answers_as_the_route_does(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(max_items_per_request=8, api_key="s3cret")
-    fast = create_app(settings)
-    slow = create_app(settings)
+    fast = build_app(settings)
+    slow = build_app(settings)
     slow.user_middleware = [m for m in slow.user_middleware if m.cls is not EmbedFastPath]
     assert any(m.cls is EmbedFastPath for m in fast.user_middleware)
     got, want = await replies(fast), await replies(slow)
@@ -63,7 +64,7 @@ async def test_fast_path_answers_as_the_route_does(make_settings: Callable[..., 
     assert got == want
 
     open_settings = make_settings(max_items_per_request=8)
-    fast, slow = create_app(open_settings), create_app(open_settings)
+    fast, slow = build_app(open_settings), build_app(open_settings)
     slow.user_middleware = [m for m in slow.user_middleware if m.cls is not EmbedFastPath]
     got, want = await replies(fast), await replies(slow)
     assert [s for s, _ in got] == [200, 200, 422, 422, 413, 422, 400, 200, 200]
@@ -75,7 +76,7 @@ async def test_fast_path_answers_as_the_route_does(make_settings: Callable[..., 
 async def test_other_content_types_go_to_the_route(
     make_settings: Callable[..., Settings], content_type: str
 ) -> None:
-    fast, slow = create_app(make_settings()), create_app(make_settings())
+    fast, slow = build_app(make_settings()), build_app(make_settings())
     slow.user_middleware = [m for m in slow.user_middleware if m.cls is not EmbedFastPath]
     body = b'{"sequences": ["MKTAYIAKQRQ"]}'
     answers = []

@@ -23,10 +23,9 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn  # heavy imports only when serving
     from pydantic import ValidationError
 
-    from protembed.http.app import create_app
+    from protembed import server
 
     try:
         settings = settings_from_args(args)
@@ -34,17 +33,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"protembed serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
-        access_log=settings.log_level == "debug",
-    )
-    server = uvicorn.Server(config)
-    server.run()
-    # uvicorn returns normally when startup fails (e.g. a corrupt model): report that as a failure
-    return 0 if server.started else 1
+    return server.run(settings)

@@ -10,12 +10,10 @@ import asyncio
 import base64
 import contextlib
 import functools
-import hmac
-import importlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,8 +24,9 @@ from pydantic_core import to_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protembed import __version__
+from protembed.auth import ApiKey
 from protembed.core import EmbedInput, EmbedOptions, EmbedResponse, Engine
-from protembed.errors import InvalidRequestError, NotReadyError, ProtembedError, UnauthenticatedError
+from protembed.errors import InvalidRequestError, NotReadyError, ProtembedError
 from protembed.http.errors import error_response, install_error_handlers, protembed_error_response
 from protembed.http.schemas import (
     EMBED_EXAMPLES,
@@ -297,41 +296,26 @@ async def get_engine(request: Request) -> Engine:
 
 
 async def check_key(request: Request) -> None:
-    """Require the API key, when one is configured (constant-time comparison)."""
-    key = request.app.state.settings.api_key
-    if key is None:
-        return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise UnauthenticatedError("missing or wrong API key (send 'Authorization: Bearer <key>')")
+    """Require the API key, when one is configured (``protembed.auth``: the same check as gRPC's)."""
+    api_key: ApiKey = request.app.state.api_key
+    if api_key.required:
+        api_key.check(request.headers.get("authorization"), request.headers.get("x-api-key"))
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """The FastAPI app; its lifespan loads and starts the engine (and the gRPC server when enabled)."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    metrics: Metrics | None = None,
+    lifespan: Any = None,
+) -> FastAPI:
+    """The FastAPI app over ``engine`` (``app.state.engine``, which may be set later). It starts and
+    stops nothing itself: ``protembed.server`` runs the engine and gRPC and passes its ``lifespan``."""
     settings = settings if settings is not None else (engine.settings if engine is not None else Settings())
-    metrics = engine.metrics if engine is not None else Metrics()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        eng = engine
-        if eng is None:
-            eng = await asyncio.to_thread(Engine.from_settings, settings, metrics=metrics)
-        app.state.engine = eng
-        await eng.start()
-        grpc_server = await _start_grpc(eng, settings)
-        try:
-            yield
-        finally:
-            if grpc_server is not None:
-                from protembed.grpc_server import stop_grpc_server
-
-                # Health flips to NOT_SERVING first, so a load balancer stops routing during the grace period.
-                await stop_grpc_server(grpc_server, grace=5)
-            await eng.stop()
+    metrics = metrics if metrics is not None else (engine.metrics if engine is not None else Metrics())
 
     app = FastAPI(
         title="protembed",
@@ -341,6 +325,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         **_telemetry_kwargs(settings.opentelemetry),
     )
     app.state.settings = settings
+    app.state.api_key = ApiKey(settings.api_key)
     app.state.metrics = metrics
     app.state.engine = engine
     install_error_handlers(app)
@@ -409,7 +394,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def readyz(request: Request) -> Response:
         eng: Engine | None = request.app.state.engine
         if eng is None or not eng.ready:
-            return error_response(503, "not_ready", "model is loading")
+            return error_response(503, "not_ready", eng.not_ready_reason if eng is not None else "starting")
         return JSONResponse({"status": "ready", "model": eng.card.id, "provider": eng.provider})
 
     @app.get("/info", dependencies=[Depends(check_key)], summary="Model card, provider, limits, batching")
@@ -446,19 +431,3 @@ def _openai_output(eng: Engine, model: str | None) -> str | None:
         return name
     choices = [eng.card.id] + [f"{eng.card.id}/{o.name}" for o in eng.card.per_protein_outputs()]
     raise InvalidRequestError(f"unknown model {model!r}; this server offers {choices}")
-
-
-async def _start_grpc(engine: Engine, settings: Settings) -> Any:
-    """Start the gRPC server on the same loop and engine, when enabled and installed."""
-    if settings.grpc_port <= 0:
-        return None
-    try:
-        module = importlib.import_module("protembed.grpc_server")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("protembed.grpc_server", "grpc"):
-            raise
-        log.warning("gRPC disabled: %s is not available (%s)", "protembed.grpc_server", exc)
-        return None
-    server = await module.start_grpc_server(engine, settings)
-    log.info("gRPC listening on %s:%d", settings.host, settings.grpc_port)
-    return server

@@ -14,28 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from pydantic import SecretStr
 
+from protembed.auth import ApiKey
 from protembed.core import EmbedInput, EmbedOptions, EmbedResponse, Engine
 from protembed.errors import (
     DeadlineExceededError,
     OverloadedError,
     ProtembedError,
     RequestTooLargeError,
-    UnauthenticatedError,
 )
+from protembed.grpc.errors import abort, error_message, status_code
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 from protembed.settings import Settings
@@ -46,43 +42,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name  # "protembed.v1.Embedder"
 DEFAULT_MAX_STREAM_IN_FLIGHT = 1024
-HEALTH_POLL_S = 0.25
 # Bytes of protobuf framing per embedding beyond its vector (index, id, shape, flags), for size checks.
 _PER_ITEM_OVERHEAD = 64
-
-
-# --- the one place errors become gRPC statuses -------------------------------------------------------
-
-
-def status_code(err: ProtembedError) -> grpc.StatusCode:
-    """The gRPC status of a domain error, from its ``grpc_code`` (errors.py is the single source)."""
-    return getattr(grpc.StatusCode, err.grpc_code, grpc.StatusCode.INTERNAL)
-
-
-def error_metadata(err: ProtembedError) -> tuple[tuple[str, str], ...]:
-    """Trailing metadata that lets clients act on an error: its type, the item, when to retry."""
-    md: list[tuple[str, str]] = [("protembed-error-type", err.error_type)]
-    index = getattr(err, "index", None)
-    if isinstance(index, int):
-        md.append(("protembed-error-index", str(index)))
-    if isinstance(err, OverloadedError):
-        md.append(("retry-after", f"{err.retry_after_s:g}"))
-    return tuple(md)
-
-
-def error_message(err: ProtembedError) -> pb.Error:
-    """A per-request error inside a stream (the stream itself goes on)."""
-    index = getattr(err, "index", None)
-    return pb.Error(
-        code=status_code(err).name,
-        message=err.message,
-        type=err.error_type,
-        index=index if isinstance(index, int) else -1,
-    )
-
-
-async def _abort(context: grpc.aio.ServicerContext, err: ProtembedError) -> None:
-    await context.abort(status_code(err), err.message, trailing_metadata=error_metadata(err))
 
 
 # --- translation -------------------------------------------------------------------------------------
@@ -131,9 +92,7 @@ class Embedder(pb_grpc.EmbedderServicer):
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        key = getattr(settings, "api_key", None)
-        secret = key.get_secret_value() if isinstance(key, SecretStr) else key
-        self._api_key: bytes | None = secret.encode() if secret else None
+        self.api_key = ApiKey(settings.api_key)
         self.max_message_bytes = int(getattr(settings, "grpc_max_message_bytes", 16 * 2**20))
         self.max_stream_in_flight = max(
             1, int(getattr(settings, "max_stream_in_flight", DEFAULT_MAX_STREAM_IN_FLIGHT))
@@ -141,20 +100,10 @@ class Embedder(pb_grpc.EmbedderServicer):
 
     # -- cross-cutting checks
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        if self._api_key is None:
+        if not self.api_key.required:
             return
-        given: str | None = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
-                given = value[7:].strip()
-            elif key == "x-api-key" and isinstance(value, str):
-                given = value.strip()
-        if given is None:
-            raise UnauthenticatedError(
-                "missing API key: send 'authorization: Bearer <key>' or 'x-api-key' metadata"
-            )
-        if not hmac.compare_digest(given.encode(), self._api_key):
-            raise UnauthenticatedError("wrong API key")
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        self.api_key.check(metadata.get("authorization"), metadata.get("x-api-key"))
 
     def _check_response_size(self, inputs: list[EmbedInput], options: EmbedOptions) -> None:
         """Refuse up front a call whose answer could not be sent within the message size limit."""
@@ -208,7 +157,7 @@ class Embedder(pb_grpc.EmbedderServicer):
                 return await work()
             except ProtembedError as err:
                 code[0] = status_code(err).name
-                await _abort(context, err)
+                await abort(context, err)
             except Exception:
                 code[0] = "INTERNAL"
                 log.exception("gRPC %s failed", method)
@@ -227,7 +176,7 @@ class Embedder(pb_grpc.EmbedderServicer):
                 self._authorize(context)
             except ProtembedError as err:
                 code[0] = status_code(err).name
-                await _abort(context, err)
+                await abort(context, err)
             card = self.engine.card
             return pb.InfoResponse(
                 model=card.id,
@@ -338,89 +287,3 @@ class _Stream:
                 raise
 
 
-# --- server lifecycle --------------------------------------------------------------------------------
-
-
-async def _follow_readiness(
-    server: grpc.aio.Server, engine: Engine, servicer: health.aio.HealthServicer
-) -> None:
-    """Mirror ``engine.ready`` into the health service until the server terminates."""
-    last: bool | None = None
-    while True:
-        ready = bool(engine.ready)
-        if ready != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ready
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", SERVICE_NAME):
-                await servicer.set(name, status)
-            last = ready
-        # Returns False once the server has terminated; True when the poll interval elapsed.
-        if not await server.wait_for_termination(timeout=HEALTH_POLL_S):
-            _RUNNING.pop(id(server), None)  # stopped with server.stop(): forget it
-            return
-
-
-@dataclass
-class _Running:
-    health: health.aio.HealthServicer
-    follower: asyncio.Task[None]
-    port: int
-
-
-# Servers started here, by id(): grpc.aio.Server has no room for our state.
-_RUNNING: dict[int, _Running] = {}
-
-
-def bound_port(server: grpc.aio.Server) -> int:
-    """The port a server from :func:`start_grpc_server` listens on (useful with port 0)."""
-    return _RUNNING[id(server)].port
-
-
-async def start_grpc_server(
-    engine: Engine, settings: Settings, *, port: int | None = None
-) -> grpc.aio.Server:
-    """Start the gRPC server on ``settings.host:settings.grpc_port`` (or ``port``) in the running loop.
-
-    Returns the started server; stop it with :func:`stop_grpc_server` (which reports NOT_SERVING first)
-    or ``await server.stop(grace)``. ``bound_port(server)`` gives the port (useful with port 0).
-    """
-    max_bytes = int(getattr(settings, "grpc_max_message_bytes", 16 * 2**20))
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_bytes),
-            ("grpc.max_send_message_length", max_bytes),
-        ]
-    )
-    pb_grpc.add_EmbedderServicer_to_server(Embedder(engine, settings), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    # Not serving until the readiness follower has seen the engine ready.
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-
-    wanted = settings.grpc_port if port is None else port
-    address = f"[{settings.host}]:{wanted}" if ":" in settings.host else f"{settings.host}:{wanted}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
-    await server.start()
-    follower = asyncio.create_task(_follow_readiness(server, engine, health_servicer))
-    _RUNNING[id(server)] = _Running(health_servicer, follower, bound)
-    log.info("gRPC server listening on %s:%d (%s, health, reflection)", settings.host, bound, SERVICE_NAME)
-    return server
-
-
-async def stop_grpc_server(server: grpc.aio.Server, grace: float | None = 5.0) -> None:
-    """Report NOT_SERVING, let in-flight calls finish for ``grace`` seconds, then stop."""
-    running = _RUNNING.pop(id(server), None)
-    if running is not None:
-        await running.health.enter_graceful_shutdown()
-    await server.stop(grace)
-    if running is not None:
-        running.follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running.follower
