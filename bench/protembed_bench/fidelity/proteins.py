@@ -1,0 +1,80 @@
+"""Per-protein retention: linear probes (StandardScaler + logistic regression, C by 3-fold CV on train)
+on each task, every model scored on the same test rows with one shared bootstrap, so the retention
+ratio student / best teacher gets a paired interval."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from protembed_bench import probes
+
+__all__ = ["TASK_METRICS", "probe_task"]
+
+# The first metric picks C and the best teacher; capsid also reports MCC (its classes are unbalanced).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "deeploc": ("accuracy",),
+    "deeploc_membrane": ("accuracy",),
+    "deepsol": ("accuracy",),
+    "capsid": ("accuracy", "mcc"),
+}
+
+
+def probe_task(
+    task: str,
+    features: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    train_y: Sequence[str],
+    test_y: Sequence[str],
+    *,
+    teachers: Sequence[str] = (),
+    folds: int = 3,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Scores of every feature set (name -> (train matrix, test matrix)) and, for each non-teacher, its
+    retention against the best of ``teachers`` (names in ``features``) per metric, paired."""
+    metrics = TASK_METRICS[task]
+    y_train, y_test, classes = probes.encode_labels(train_y, test_y)
+    boot = probes.bootstrap_indices(len(y_test), resamples, seed)
+    results: dict[str, Any] = {}
+    preds: dict[str, np.ndarray] = {}
+    for name, (x_train, x_test) in features.items():
+        res = probes.run_probe(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            "classification",
+            metrics=metrics,
+            boot_idx=boot,
+            folds=folds,
+            seed=seed,
+        )
+        preds[name] = res.predictions
+        results[name] = {
+            **{m: res.metrics[m].to_dict() for m in metrics},
+            "C": res.regularisation,
+            "C_at_grid_edge": res.regularisation_at_grid_edge,
+            "dim": res.n_features,
+        }
+    retention: dict[str, Any] = {}
+    for m in metrics:
+        if not teachers:
+            break
+        best = max(teachers, key=lambda t: results[t][m]["point"])
+        for name in features:
+            if name in teachers:
+                continue
+            r = probes.paired_ratio_interval(y_test, preds[name], preds[best], m, boot)
+            retention.setdefault(name, {})[m] = {"vs": best, **r.to_dict()}
+    return {
+        "task": task,
+        "classes": classes,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "metrics": list(metrics),
+        "results": results,
+        "retention": retention,
+    }

@@ -1,0 +1,305 @@
+"""The fidelity evaluation end to end, from the caches the two vector jobs fill:
+
+    python -m protembed_bench.fidelity.teacher_vectors --until 08:45     # teachers (slow; resumable)
+    python -m protembed_bench.fidelity.student_vectors --variant int8    # the served student
+    python -m protembed_bench.fidelity.run --out reports/fidelity        # probes -> .json + .md
+
+Per-protein tasks are probed twice: on the full sets for every student model (what users get), and
+on the rows whose teacher vectors are cached for the retention ratios (all rows when the teacher job
+finished; otherwise its stratified prefix, and the report says how many). Per residue: the
+secondary-structure test chains (held out of distillation) with every feature set side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protembed_bench import probes
+from protembed_bench.fidelity.proteins import probe_task
+from protembed_bench.fidelity.residues import q3_table, window_onehot
+from protembed_bench.fidelity.sets import (
+    LENGTH_BOUND,
+    load_chains,
+    load_protein_sets,
+    sequence_key,
+)
+from protembed_bench.fidelity.student_vectors import ServedStudent, served_overlap
+from protembed_bench.fidelity.teacher_vectors import DEFAULT_CACHE, TEACHERS, cached_vectors
+
+__all__ = ["main", "render"]
+
+
+def _model_arg(text: str) -> tuple[str, Path, str]:
+    """``NAME=FOLDER:VARIANT`` (e.g. ``student=models/protembed-student-v1:int8``)."""
+    name, _, rest = text.partition("=")
+    folder, _, variant = rest.rpartition(":")
+    if not name or not folder or not variant:
+        raise argparse.ArgumentTypeError(f"--model {text!r}: expected NAME=FOLDER:VARIANT")
+    return name, Path(folder), variant
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m protembed_bench.fidelity.run")
+    p.add_argument(
+        "--model",
+        type=_model_arg,
+        action="append",
+        default=None,
+        help="NAME=FOLDER:VARIANT, repeatable; the first is the reference student "
+        "(default: student=models/protembed-student-v1:int8, the served variant)",
+    )
+    p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--train-chains", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-full", action="store_true", help="only the retention subset and residues")
+    p.add_argument("--skip-residues", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("reports/fidelity"))
+    args = p.parse_args(argv)
+    models = args.model or [("student", Path("models/protembed-student-v1"), "int8")]
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    students = {
+        name: ServedStudent(folder, variant, args.cache_dir / "student") for name, folder, variant in models
+    }
+    sets = load_protein_sets(args.data_dir)
+
+    def say(msg: str) -> None:
+        print(f"[fidelity {dt.datetime.now(dt.UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+    report: dict[str, Any] = {
+        "command": "python -m protembed_bench.fidelity.run "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": f"{_cpu()}, {os.cpu_count()} cores",
+        "load_average_start": [round(x, 2) for x in load_start],
+        "length_bound": LENGTH_BOUND,
+        "served_overlap": served_overlap(),
+        "models": {
+            n: {
+                "folder": str(s.onnx_path.parent),
+                "variant": s.variant,
+                "sha256": s.sha256,
+                "version": s.card.version,
+            }
+            for n, s in students.items()
+        },
+        "full": {},
+        "subset": {},
+    }
+    heads = ("student", "unirep1900", "near")
+
+    def student_feats(seqs: list[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for name, s in students.items():
+            vecs = s.embed(seqs, ["student"])
+            out[name] = np.stack(vecs["student"]).astype(np.float32)
+        return out
+
+    for task, data in sets.items():
+        if args.skip_full:
+            break
+        say(f"{task}: full sets, {len(data.train)} train / {len(data.test)} test")
+        tr, te = student_feats(data.train), student_feats(data.test)
+        feats = {n: (tr[n], te[n]) for n in students}
+        feats["composition"] = (
+            probes.composition_features(data.train),
+            probes.composition_features(data.test),
+        )
+        report["full"][task] = probe_task(task, feats, data.train_y, data.test_y, seed=args.seed)
+
+    # Retention: rows with both teachers' vectors cached.
+    for task, data in sets.items():
+        split_rows: dict[str, list[int]] = {}
+        tvecs: dict[str, dict[str, np.ndarray]] = {}
+        for split in ("train", "test"):
+            seqs = getattr(data, split)
+            got = {t: cached_vectors(args.cache_dir / "proteins" / f"{t}.h5", seqs) for t in TEACHERS}
+            split_rows[split] = [
+                i for i, s in enumerate(seqs) if all(sequence_key(s) in got[t] for t in TEACHERS)
+            ]
+            for t in TEACHERS:
+                tvecs.setdefault(t, {}).update(got[t])
+        n_tr, n_te = len(split_rows["train"]), len(split_rows["test"])
+        if n_tr < 50 or n_te < 50:
+            say(f"{task}: only {n_tr} train / {n_te} test rows have teacher vectors; no retention")
+            continue
+        say(f"{task}: retention on {n_tr} of {len(data.train)} train / {n_te} of {len(data.test)} test")
+        seqs_tr = [data.train[i] for i in split_rows["train"]]
+        seqs_te = [data.test[i] for i in split_rows["test"]]
+        y_tr = [data.train_y[i] for i in split_rows["train"]]
+        y_te = [data.test_y[i] for i in split_rows["test"]]
+        feats = {}
+        for name, s in students.items():
+            a, b = s.embed(seqs_tr, list(heads)), s.embed(seqs_te, list(heads))
+            feats[name] = (np.stack(a["student"]), np.stack(b["student"]))
+            for h in heads[1:]:
+                feats[f"{name}:head:{h}"] = (np.stack(a[h]), np.stack(b[h]))
+        for t in TEACHERS:
+            feats[f"teacher:{t}"] = (
+                np.stack([tvecs[t][sequence_key(s)] for s in seqs_tr]),
+                np.stack([tvecs[t][sequence_key(s)] for s in seqs_te]),
+            )
+        feats["composition"] = (probes.composition_features(seqs_tr), probes.composition_features(seqs_te))
+        res = probe_task(task, feats, y_tr, y_te, teachers=[f"teacher:{t}" for t in TEACHERS], seed=args.seed)
+        res["rows"] = {"train": n_tr, "train_all": len(data.train), "test": n_te, "test_all": len(data.test)}
+        report["subset"][task] = res
+
+    if not args.skip_residues:
+        chains = load_chains(args.data_dir, args.train_chains, args.seed)
+        say(f"residues: {len(chains.train)} train / {len(chains.test)} test chains")
+        rfeats: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for name, s in students.items():
+            rfeats[f"{name}:residues"] = (
+                s.embed(chains.train, ["residues"])["residues"],
+                s.embed(chains.test, ["residues"])["residues"],
+            )
+        tres: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for t in TEACHERS:
+            path = args.cache_dir / "residues" / f"{t}.h5"
+            tr = cached_vectors(path, chains.train, residues=True)
+            te = cached_vectors(path, chains.test, residues=True)
+            if not all(sequence_key(s) in tr for s in chains.train) or not all(
+                sequence_key(s) in te for s in chains.test
+            ):
+                say(f"residues: {t}'s residue states are not all cached; left out")
+                continue
+            tres[t] = (
+                [tr[sequence_key(s)] for s in chains.train],
+                [te[sequence_key(s)] for s in chains.test],
+            )
+            rfeats[f"teacher:{t}"] = tres[t]
+        if len(tres) == len(TEACHERS):
+            rfeats["teachers:both"] = tuple(  # type: ignore[assignment]
+                [np.concatenate(parts, axis=1) for parts in zip(*(tres[t][k] for t in TEACHERS), strict=True)]
+                for k in range(2)
+            )
+        win = ([window_onehot(s) for s in chains.train], [window_onehot(s) for s in chains.test])
+        rfeats["window_onehot"] = win
+        first = next(iter(students))
+        rfeats[f"{first}:residues+window"] = tuple(  # type: ignore[assignment]
+            [
+                np.concatenate([a.astype(np.float32), b], axis=1)
+                for a, b in zip(rfeats[f"{first}:residues"][k], win[k], strict=True)
+            ]
+            for k in range(2)
+        )
+        report["residues"] = q3_table(rfeats, chains.train_y, chains.test_y, seed=args.seed)
+    report["wall_s"] = round(time.perf_counter() - t_start, 1)
+    report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    args.out.with_suffix(".md").write_text(render(report))
+    say(f"wrote {args.out.with_suffix('.md')}")
+    return 0
+
+
+def _iv(d: dict[str, float]) -> str:
+    return f"{d['point']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as markdown (tables of scores, retention with paired intervals, per-residue Q3)."""
+    lines = [
+        "# Student fidelity as served (issue 17)",
+        "",
+        f"- Command: `{report['command']}`",
+        f"- Date (UTC): {report['date']}; machine: {report['cpu']}; load average "
+        f"{report['load_average_start']} at start, {report['load_average_end']} at the end (other jobs "
+        f"shared the machine); wall {report['wall_s']} s",
+        f"- Sequences: every row, each cut to its first {report['length_bound']} residues for every model; "
+        f"the student sees the whole stretch as the server serves it (windows of its context with "
+        f"{report['served_overlap']} residues overlap, `long_sequences=chunk`).",
+        "- Models: "
+        + "; ".join(
+            f"{n} = {m['folder']} {m['variant']} {m['version']} (sha256 {m['sha256'][:12]})"
+            for n, m in report["models"].items()
+        ),
+        "- Probes: StandardScaler + logistic regression, C by 3-fold CV on train; 95% bootstrap intervals "
+        "(1000 resamples of the test rows, shared by all models, so ratios are paired).",
+        "",
+    ]
+    if report["full"]:
+        lines += [
+            "## Full sets (the student only: teacher vectors of all rows cost hours of CPU)",
+            "",
+            "| set | model | metric | score | n train / test |",
+            "|---|---|---|---|---|",
+        ]
+        for task, r in report["full"].items():
+            for name, res in r["results"].items():
+                for m in r["metrics"]:
+                    lines.append(
+                        f"| {task} | {name} | {m} | {_iv(res[m])} | {r['n_train']} / {r['n_test']} |"
+                    )
+        lines.append("")
+    if report["subset"]:
+        lines += [
+            "## Retention (student / best teacher, paired)",
+            "",
+            "| set | rows train / test (of all) | model | metric | score | best teacher | teacher score "
+            "| retention |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for task, r in report["subset"].items():
+            rows = r["rows"]
+            for name, by_metric in r["retention"].items():
+                for m, ret in by_metric.items():
+                    span = f"{rows['train']} / {rows['test']} (of {rows['train_all']} / {rows['test_all']})"
+                    lines.append(
+                        f"| {task} | {span} | {name} | {m} | {_iv(r['results'][name][m])} | {ret['vs']} | "
+                        f"{r['results'][ret['vs']][m]['point']:.3f} | {_iv(ret)} |"
+                    )
+        lines.append("")
+        lines += ["Teachers on the same rows:", "", "| set | teacher | metric | score |", "|---|---|---|---|"]
+        for task, r in report["subset"].items():
+            for name, res in r["results"].items():
+                if name.startswith("teacher:"):
+                    for m in r["metrics"]:
+                        lines.append(f"| {task} | {name} | {m} | {_iv(res[m])} |")
+        lines.append("")
+    if "residues" in report:
+        r = report["residues"]
+        lines += [
+            "## Per residue: secondary structure (Q3) on held-out chains",
+            "",
+            f"{r['chains']['test']} test chains ({r['residues']['test']} residues; held out of distillation "
+            f"by its >= 50% identity filter), probe fitted on {r['residues']['train_used']} residues of "
+            f"{r['chains']['train']} training chains; intervals from a bootstrap over test chains.",
+            "",
+            "| features | dim | Q3 | vs best teacher | vs window one-hot |",
+            "|---|---|---|---|---|",
+        ]
+        teachers = [n for n in r["results"] if n.startswith("teacher:")]
+        best = max(teachers, key=lambda n: r["results"][n]["q3"]["point"]) if teachers else None
+        for name, res in r["results"].items():
+            vb = _iv(r["ratios"][name][best]) if best and name != best else "—"
+            vw = _iv(r["ratios"][name]["window_onehot"]) if name != "window_onehot" else "—"
+            lines.append(f"| {name} | {res['dim']} | {_iv(res['q3'])} | {vb} | {vw} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

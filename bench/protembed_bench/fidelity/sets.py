@@ -1,0 +1,163 @@
+"""The evaluation rows every model is measured on, and the order their teacher vectors are computed in.
+
+One length bound for every model (:data:`LENGTH_BOUND`): a protein is cut to its first ``bound``
+residues for the teachers and for the student alike; the student sees that whole stretch, as the server
+serves it (overlapping windows past its 512-residue context, ``protembed.windows``). No row is dropped.
+
+Teacher vectors cost ~2 CPU-hours per million residues (UniRep-1900 on one core), so
+:func:`teacher_order` puts the rows in an order whose every prefix is a stratified sample of each set
+and split: where the teachers cannot finish the full sets, the cached prefix is the documented subset.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from protembed.errors import InvalidSequenceError
+from protembed.tokenizer import normalize
+
+__all__ = [
+    "LENGTH_BOUND",
+    "PROTEIN_TASKS",
+    "Chains",
+    "ProteinSet",
+    "load_chains",
+    "load_protein_sets",
+    "sequence_key",
+    "teacher_order",
+]
+
+LENGTH_BOUND = 1000  # residues; the issue's bound ("sequences up to 1,000 residues")
+
+# set name -> (folder, label column, rows labelled with these values are left out)
+PROTEIN_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "deeploc": ("deeploc", "location", ()),
+    "deeploc_membrane": ("deeploc", "membrane", ("U",)),
+    "deepsol": ("deepsol", "soluble", ()),
+    "capsid": ("capsid", "capsid", ()),
+}
+
+csv.field_size_limit(sys.maxsize)
+
+
+def sequence_key(sequence: str) -> str:
+    """sha256 hex of the normalized, bounded sequence: the teacher-cache key (as distillation's)."""
+    return hashlib.sha256(sequence.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ProteinSet:
+    """One per-protein task: bounded sequences and labels of its train and test split."""
+
+    name: str
+    folder: str
+    label: str
+    train: list[str]
+    train_y: list[str]
+    test: list[str]
+    test_y: list[str]
+
+
+@dataclass(frozen=True)
+class Chains:
+    """Secondary-structure chains: bounded sequences and one DSSP-3 letter per residue."""
+
+    train: list[str]
+    train_y: list[str]
+    test: list[str]
+    test_y: list[str]
+
+
+def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation file {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        missing = [c for c in ("sequence", *columns) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {', '.join(missing)}")
+        rows = []
+        for rowno, row in enumerate(reader, 2):
+            try:
+                row["sequence"] = normalize(row["sequence"], rowno)
+            except InvalidSequenceError as err:
+                raise ValueError(f"{path}:{rowno}: {err}") from None
+            rows.append(row)
+        return rows
+
+
+def load_protein_sets(data_dir: Path, bound: int = LENGTH_BOUND) -> dict[str, ProteinSet]:
+    """Every row of every per-protein task (full sets), sequences cut to ``bound`` residues."""
+    out: dict[str, ProteinSet] = {}
+    for name, (folder, label, excluded) in PROTEIN_TASKS.items():
+        parts: dict[str, tuple[list[str], list[str]]] = {}
+        for split in ("train", "test"):
+            rows = _read_rows(data_dir / "eval" / folder / f"{split}.tsv", [label])
+            kept = [r for r in rows if r[label] not in excluded]
+            parts[split] = ([r["sequence"][:bound] for r in kept], [r[label] for r in kept])
+        out[name] = ProteinSet(name, folder, label, *parts["train"], *parts["test"])
+    return out
+
+
+def load_chains(data_dir: Path, train_chains: int, seed: int, bound: int = LENGTH_BOUND) -> Chains:
+    """All test chains and ``train_chains`` seeded training chains of the secondary-structure set.
+
+    The test chains are held out of distillation (its data filter removes corpus sequences at >= 50%
+    identity to them); the training chains are corpus sequences, used only to fit the probe.
+    """
+    path = data_dir / "eval" / "secondary_structure" / "sampled.tsv"
+    rows = _read_rows(path, ["dssp3", "set"])
+    for r in rows:
+        if len(r["dssp3"]) != len(r["sequence"]):
+            raise ValueError(
+                f"{path}: chain {r.get('id', '?')}: {len(r['dssp3'])} labels for "
+                f"{len(r['sequence'])} residues"
+            )
+    train = sorted((r for r in rows if r["set"] == "train"), key=lambda r: _rank(seed, r["sequence"]))
+    train = train[:train_chains]
+    test = [r for r in rows if r["set"] == "test"]
+    return Chains(
+        [r["sequence"][:bound] for r in train],
+        [r["dssp3"][:bound] for r in train],
+        [r["sequence"][:bound] for r in test],
+        [r["dssp3"][:bound] for r in test],
+    )
+
+
+def _rank(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def _stratified(seqs: Sequence[str], labels: Sequence[str], seed: int) -> list[int]:
+    """Row indices in an order whose every prefix holds each label in about its share of the split."""
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i in sorted(range(len(seqs)), key=lambda i: _rank(seed, f"{i}:{seqs[i]}")):
+        by_label[labels[i]].append(i)
+    # Row j of a label with n rows sits at (j + 0.5) / n of the way through: interleaving by that
+    # fraction spreads every label evenly over the order.
+    placed = [((j + 0.5) / len(idx), lab, i) for lab, idx in by_label.items() for j, i in enumerate(idx)]
+    return [i for _, _, i in sorted(placed)]
+
+
+def teacher_order(sets: dict[str, ProteinSet], seed: int = 0) -> list[tuple[str, str, int]]:
+    """(set, split, row) for the unique sequences of all sets: round-robin over the (folder, split)
+    streams, each stream stratified by its first task's label, so a prefix is a stratified subset of
+    every split (deeploc's two tasks share one stream: the same sequences)."""
+    streams: list[list[tuple[str, str, int]]] = []
+    seen_folders: set[str] = set()
+    for name, s in sets.items():
+        if s.folder in seen_folders:
+            continue
+        seen_folders.add(s.folder)
+        for split, seqs, ys in (("train", s.train, s.train_y), ("test", s.test, s.test_y)):
+            streams.append([(name, split, i) for i in _stratified(seqs, ys, seed)])
+    out: list[tuple[str, str, int]] = []
+    for k in range(max(len(s) for s in streams)):
+        out.extend(s[k] for s in streams if k < len(s))
+    return out

@@ -1,0 +1,163 @@
+"""The fidelity evaluation's parts: stratified teacher order, the student as served (windows, cache),
+paired per-residue and per-protein tables."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from protembed.windows import plan_windows
+from protembed_bench.fidelity.proteins import probe_task
+from protembed_bench.fidelity.residues import q3_table, window_onehot
+from protembed_bench.fidelity.sets import ProteinSet, teacher_order
+from protembed_bench.fidelity.student_vectors import ServedStudent
+from tiny_model import reference_embeddings
+
+
+def _seq(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n))
+
+
+def test_teacher_order_prefixes_are_stratified_and_cover_every_row() -> None:
+    rng = np.random.default_rng(0)
+    train_y = ["a"] * 300 + ["b"] * 100
+    test_y = ["a"] * 50 + ["b"] * 150
+    s = ProteinSet(
+        "t", "t", "y", [_seq(rng, 20) for _ in train_y], train_y, [_seq(rng, 20) for _ in test_y], test_y
+    )
+    other = ProteinSet("u", "u", "y", ["MK"] * 10, ["x"] * 10, ["MV"] * 5, ["x"] * 5)
+    order = teacher_order({"t": s, "u": other})
+    assert sorted(order) == sorted(
+        [("t", "train", i) for i in range(400)]
+        + [("t", "test", i) for i in range(200)]
+        + [("u", "train", i) for i in range(10)]
+        + [("u", "test", i) for i in range(5)]
+    )
+    # the first 40 train rows of t hold its labels in their 3:1 share; the first 20 test rows 1:3
+    first_train = [s.train_y[i] for name, split, i in order if (name, split) == ("t", "train")][:40]
+    first_test = [s.test_y[i] for name, split, i in order if (name, split) == ("t", "test")][:20]
+    assert Counter(first_train) == {"a": 30, "b": 10}
+    assert Counter(first_test) == {"a": 5, "b": 15}
+    # round-robin: the small set's rows come early, not after all of t
+    assert max(k for k, row in enumerate(order) if row[0] == "u") < 40
+
+
+def test_served_student_pools_long_sequences_as_the_server_and_caches(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(1)
+    # the tiny model's context is 64, below the server's default overlap: a test overlap of 16
+    student = ServedStudent(tiny_model_dir, "fp32", tmp_path, overlap=16)
+    limit = student.card.max_length
+    short, long = _seq(rng, limit // 2), _seq(rng, 3 * limit + 7)
+    out = student.embed([short, long], ["student", "residues"])
+    ref = reference_embeddings(tiny_model_dir, short)
+    np.testing.assert_allclose(out["student"][0], ref["student"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["residues"][0], ref["residue_states"], atol=1e-3)  # stored as fp16
+    # the long one: every residue once, each from the window that owns it; the protein vector the
+    # residue-weighted mean of the windows' vectors
+    windows = plan_windows(len(long), limit, 16)
+    assert len(windows) > 1
+    assert out["residues"][1].shape[0] == len(long)
+    refs = [reference_embeddings(tiny_model_dir, long[w.start : w.end]) for w in windows]
+    for w, r in zip(windows, refs, strict=True):
+        np.testing.assert_allclose(
+            out["residues"][1][w.own_start : w.own_end],
+            r["residue_states"][w.own_start - w.start : w.own_end - w.start],
+            atol=1e-3,
+        )
+    weights = np.array([w.own_end - w.own_start for w in windows], dtype=np.float64)
+    pooled = sum(wt * r["student"] for wt, r in zip(weights, refs, strict=True)) / weights.sum()
+    np.testing.assert_allclose(out["student"][1], pooled, rtol=1e-4, atol=1e-5)
+    # a second instance answers from the cache alone, with the same arrays
+    again = ServedStudent(tiny_model_dir, "fp32", tmp_path, overlap=16)
+    again.session = None  # type: ignore[assignment]  # would fail if it ran the model
+    cached = again.embed([long], ["student", "residues"])
+    np.testing.assert_array_equal(cached["student"][0], out["student"][1])
+    np.testing.assert_array_equal(cached["residues"][0], out["residues"][1])
+
+
+def test_unknown_output_names_the_model_and_its_outputs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    student = ServedStudent(tiny_model_dir, "fp32", tmp_path)
+    with pytest.raises(ValueError, match="no output 'gamma'"):
+        student.embed(["ACD"], ["gamma"])
+
+
+def test_q3_table_orders_informative_features_above_noise_with_paired_ratios() -> None:
+    rng = np.random.default_rng(2)
+    train_lab = ["".join(rng.choice(list("CEH"), 60)) for _ in range(40)]
+    test_lab = ["".join(rng.choice(list("CEH"), 60)) for _ in range(30)]
+
+    def feats(labels: list[str], noise: float) -> list[np.ndarray]:
+        return [
+            np.stack([np.eye(3)["CEH".index(c)] for c in lab]) + noise * rng.normal(size=(len(lab), 3))
+            for lab in labels
+        ]
+
+    table = q3_table(
+        {
+            "good": (feats(train_lab, 0.1), feats(test_lab, 0.1)),
+            "noise": (
+                [rng.normal(size=(60, 3)) for _ in train_lab],
+                [rng.normal(size=(60, 3)) for _ in test_lab],
+            ),
+        },
+        train_lab,
+        test_lab,
+        resamples=200,
+    )
+    good, noise = table["results"]["good"]["q3"], table["results"]["noise"]["q3"]
+    assert good["point"] > 0.95 and noise["point"] < 0.5
+    ratio = table["ratios"]["good"]["noise"]
+    assert ratio["low"] > 1.5 and ratio["point"] == pytest.approx(good["point"] / noise["point"])
+    assert table["residues"] == {"train_used": 2400, "train_available": 2400, "test": 1800}
+
+
+def test_q3_table_refuses_misaligned_features_and_unknown_labels() -> None:
+    lab = ["CEH", "HHE"]
+    ok = [np.zeros((3, 2)), np.zeros((3, 2))]
+    with pytest.raises(ValueError, match="short: 5/6"):
+        q3_table({"short": ([np.zeros((3, 2)), np.zeros((2, 2))], ok)}, lab, lab)
+    with pytest.raises(ValueError, match="'X' is not one of CEH"):
+        q3_table({"f": (ok, ok)}, ["CEX", "HHE"], lab)
+
+
+def test_window_onehot_marks_the_residue_and_its_neighbours() -> None:
+    from protembed import tokenizer
+
+    w = window_onehot("ACD", half=1).reshape(3, 3, -1)
+    ids = tokenizer.encode("ACD")
+    assert w.sum() == 9  # one token per window slot; past the ends the slot holds the pad token
+    assert w[:, 1].argmax(axis=1).tolist() == ids.tolist()  # the centre is the residue itself
+    assert w[0, 0].argmax() == tokenizer.PAD_ID and w[2, 2].argmax() == tokenizer.PAD_ID
+    assert w[1, 0].argmax() == ids[0] and w[1, 2].argmax() == ids[2]
+
+
+def test_probe_task_retention_is_paired_against_the_best_teacher() -> None:
+    rng = np.random.default_rng(3)
+    y_train = list(rng.choice(["p", "q"], 200))
+    y_test = list(rng.choice(["p", "q"], 150))
+
+    def signal(y: list[str], noise: float) -> np.ndarray:
+        return np.array([[1.0 if v == "p" else -1.0] for v in y]) + noise * rng.normal(size=(len(y), 1))
+
+    feats = {
+        "teacher:strong": (signal(y_train, 0.3), signal(y_test, 0.3)),
+        "teacher:weak": (signal(y_train, 2.0), signal(y_test, 2.0)),
+        "student": (signal(y_train, 0.6), signal(y_test, 0.6)),
+    }
+    r = probe_task(
+        "capsid", feats, y_train, y_test, teachers=["teacher:strong", "teacher:weak"], resamples=200
+    )
+    ret = r["retention"]["student"]
+    assert set(ret) == {"accuracy", "mcc"}
+    assert ret["accuracy"]["vs"] == "teacher:strong"
+    acc = r["results"]
+    assert ret["accuracy"]["point"] == pytest.approx(
+        acc["student"]["accuracy"]["point"] / acc["teacher:strong"]["accuracy"]["point"]
+    )
+    assert ret["accuracy"]["low"] <= ret["accuracy"]["point"] <= ret["accuracy"]["high"]
+    assert "teacher:weak" not in r["retention"]
