@@ -1,0 +1,806 @@
+"""How faithful the student is on proteins longer than its 512-residue window, and which way of combining
+windows is best: measured against the teachers' vectors of the WHOLE sequence (issue 15, item 2).
+
+For every selected sequence (513 to 3,000 residues, stratified by length, from the DeepLoc test set and
+the training corpus) the student's per-protein vectors in each teacher's space (the model's heads
+``teacher_<name>``) are computed several ways and compared by cosine with the teacher's vector of the
+whole sequence:
+
+- ``chunk:<pooling>@<overlap>``: the service's windows (``protembed.windows.plan_windows``) at each
+  overlap, combined by each candidate pooling (``POOLINGS``);
+- ``whole``: the student run on the whole sequence in one piece (its sinusoidal positions are a formula,
+  so they extend past 512; the model was trained on at most 512);
+- ``truncate512``: the first 512 residues only.
+
+Every pooling is a weighted mean of the 768-wide pooled features (``pool_proj(states)``) over
+(window, residue) pairs followed by the linear head, which is exactly what a weighted mean of the
+windows' head outputs computes; so the comparison covers "mean of window vectors" variants and
+"pooled residue states" variants on one footing.
+
+The student is rebuilt in PyTorch from the shipped ONNX file (fp32) so it can run any length; the run
+checks it against ONNX Runtime on windows first. Teacher vectors are slow (UniRep-1900 is an mLSTM:
+about 4 ms per residue on one CPU thread), so they are cached one file per sequence and teacher under
+``--cache``; an interrupted run resumes, and ``--cached-only`` reports on what is cached so far.
+
+The standardized cosine is the one the training reports use (``val_cosine_std``): both vectors
+standardized by per-dimension mean and std of the teacher's vectors; the statistics here come from a
+fixed random sample of corpus sequences cropped to 512 residues (as training crops), since the
+training run's teacher cache is not kept with the model. The same sample gives an in-window reference:
+the student's cosine on sequences it sees whole.
+
+Run (niced, one thread; see reports/long_sequences.md for the exact command of the committed report)::
+
+    OMP_NUM_THREADS=1 nice -n 10 python -m protembed_bench.long_sequences --out reports/long_sequences
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protembed.fasta import read_fasta
+from protembed.tokenizer import encode, normalize
+from protembed.windows import Window, plan_windows
+
+DEFAULT_MODEL = Path("models/protembed-student-v1")
+DEFAULT_DATA = Path("../shared/data")
+DEFAULT_CACHE = Path("~/.cache/protembed/long-sequences")
+BINS: tuple[tuple[int, int], ...] = ((513, 768), (769, 1024), (1025, 1536), (1537, 3000))
+OVERLAPS: tuple[int, ...] = (0, 64, 128, 256)
+TEACHERS: tuple[str, ...] = ("unirep1900", "near")
+
+
+# --- poolings -----------------------------------------------------------------------------------------
+# Each returns, per window, the weight of each of its residues; the pooled feature vector is
+# sum_k sum_j w_k[j] f_k[j] / sum of all weights.
+
+PairWeights = Callable[[Sequence[Window], int], list[np.ndarray]]
+
+
+def _owned_windows(windows: Sequence[Window], length: int) -> list[np.ndarray]:
+    """Today's pool_windows: each window's mean, weighted by the residues it owns."""
+    return [np.full(w.end - w.start, (w.own_end - w.own_start) / (w.end - w.start)) for w in windows]
+
+
+def _window_mean(windows: Sequence[Window], length: int) -> list[np.ndarray]:
+    """Plain mean of the window vectors. Every window of a chunked sequence has max_length residues, so
+    this is also the mean weighted by full window length and the mean over all (residue, window) pairs
+    (overlapping residues counted once per window)."""
+    return [np.full(w.end - w.start, 1.0 / (w.end - w.start)) for w in windows]
+
+
+def _stitched(windows: Sequence[Window], length: int) -> list[np.ndarray]:
+    """Mean over residues of each residue's features from the window that owns it (the stitched
+    per-residue output, pooled as the model pools one window)."""
+    out = []
+    for w in windows:
+        pos = np.arange(w.start, w.end)
+        out.append(((pos >= w.own_start) & (pos < w.own_end)).astype(np.float64))
+    return out
+
+
+def _coverage(windows: Sequence[Window], length: int) -> np.ndarray:
+    cover = np.zeros(length)
+    for w in windows:
+        cover[w.start : w.end] += 1
+    return cover
+
+
+def _residue_mean(windows: Sequence[Window], length: int) -> list[np.ndarray]:
+    """Each residue once: its features averaged over the windows that cover it, then the mean."""
+    cover = _coverage(windows, length)
+    return [1.0 / cover[w.start : w.end] for w in windows]
+
+
+def context(w: Window, length: int) -> np.ndarray:
+    """Per residue of ``w``: residues of context on its shorter side inside the window, +1. A window edge
+    that is the sequence's own end is no cut, so it does not limit context."""
+    pos = np.arange(w.start, w.end)
+    left = np.full(len(pos), np.inf) if w.start == 0 else pos - w.start
+    right = np.full(len(pos), np.inf) if w.end == length else w.end - 1 - pos
+    return np.minimum(np.minimum(left, right), float(length)) + 1.0
+
+
+def _crossfade(windows: Sequence[Window], length: int) -> list[np.ndarray]:
+    """Each residue once, its features a context-weighted average of the covering windows' (linear
+    cross-fade across each overlap), then the mean over residues."""
+    ctx = [context(w, length) for w in windows]
+    total = np.zeros(length)
+    for w, c in zip(windows, ctx, strict=True):
+        total[w.start : w.end] += c
+    return [c / total[w.start : w.end] for w, c in zip(windows, ctx, strict=True)]
+
+
+def lsq_window_weights(windows: Sequence[Window], length: int) -> np.ndarray:
+    """One weight per window (summing to 1) such that the residues' total weights, sum over covering
+    windows of weight / window length, are as even as least squares gets them: the window-level
+    pooling closest to the whole-sequence mean when only window vectors are known."""
+    a = np.zeros((length, len(windows)))
+    for k, w in enumerate(windows):
+        a[w.start : w.end, k] = 1.0 / (w.end - w.start)
+    weights = np.linalg.lstsq(a, np.full(length, 1.0 / length), rcond=None)[0]
+    return np.asarray(weights / weights.sum())
+
+
+def _lsq_windows(windows: Sequence[Window], length: int) -> list[np.ndarray]:
+    weights = lsq_window_weights(windows, length)
+    return [np.full(w.end - w.start, a / (w.end - w.start)) for w, a in zip(windows, weights, strict=True)]
+
+
+POOLINGS: dict[str, PairWeights] = {
+    "owned_windows": _owned_windows,
+    "window_mean": _window_mean,
+    "lsq_windows": _lsq_windows,
+    "stitched": _stitched,
+    "residue_mean": _residue_mean,
+    "crossfade": _crossfade,
+}
+# Poolings the server can compute from the windows' per-protein outputs alone (what the ONNX graph
+# returns today); the others need each window's per-residue pooled features, i.e. a model change
+# such as a pooling mask input (attention over the whole window, mean over the owned residues).
+WINDOW_LEVEL = ("owned_windows", "window_mean", "lsq_windows")
+
+
+def disjoint_windows(length: int, max_length: int) -> list[Window]:
+    """The fewest windows, of equal size (+-1), not overlapping: each owns all of itself."""
+    n = -(-length // max_length)
+    bounds = [round(i * length / n) for i in range(n + 1)]
+    return [Window(s, e, s, e) for s, e in itertools.pairwise(bounds)]
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protein:
+    id: str
+    source: str  # "deeploc_test" or "corpus"
+    sequence: str  # normalized
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha1(self.sequence.encode()).hexdigest()[:20]
+
+
+def bin_of(length: int) -> int | None:
+    for i, (lo, hi) in enumerate(BINS):
+        if lo <= length <= hi:
+            return i
+    return None
+
+
+def bin_label(i: int) -> str:
+    return f"{BINS[i][0]}-{BINS[i][1]}"
+
+
+def read_deeploc_test(data: Path) -> list[Protein]:
+    path = data / "eval" / "deeploc" / "test.tsv"
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [Protein(r["id"], "deeploc_test", normalize(r["sequence"], i)) for i, r in enumerate(rows)]
+
+
+def read_corpus(data: Path) -> list[Protein]:
+    return [
+        Protein(r.id, "corpus", normalize(r.sequence, r.number))
+        for r in read_fasta(data / "corpus" / "corpus.fasta")
+    ]
+
+
+def select(
+    deeploc: Sequence[Protein], corpus: Sequence[Protein], per_bin: int, corpus_share: float, seed: int
+) -> list[Protein]:
+    """``per_bin`` distinct sequences per length bin, ``corpus_share`` of them from the corpus (fewer if a
+    source runs short; the other source fills in), drawn with a fixed seed."""
+    rng = random.Random(seed)
+    chosen: list[Protein] = []
+    seen: set[str] = set()
+    for b in range(len(BINS)):
+        pools = []
+        for source in (deeploc, corpus):
+            pool = [p for p in source if bin_of(len(p.sequence)) == b]
+            rng.shuffle(pool)
+            pools.append(pool)
+        want_corpus = round(per_bin * corpus_share)
+        picked: list[Protein] = []
+        for pool, want in ((pools[1], want_corpus), (pools[0], per_bin)):
+            for p in pool:
+                if len(picked) >= want:
+                    break
+                if p.sequence not in seen:
+                    seen.add(p.sequence)
+                    picked.append(p)
+        if len(picked) < per_bin:  # DeepLoc ran short: top up from the corpus
+            for p in pools[1]:
+                if len(picked) >= per_bin:
+                    break
+                if p.sequence not in seen:
+                    seen.add(p.sequence)
+                    picked.append(p)
+        chosen.extend(picked)
+    return chosen
+
+
+def stats_sample(corpus: Sequence[Protein], n: int, crop: int, seed: int) -> list[Protein]:
+    """``n`` random corpus sequences cropped to their first ``crop`` residues (training crops at 512)."""
+    rng = random.Random(seed + 1)
+    picked = rng.sample(list(corpus), n)
+    return [Protein(p.id, "corpus_stats", p.sequence[:crop]) for p in picked]
+
+
+# --- teachers (cached) --------------------------------------------------------------------------------
+
+
+class TeacherCache:
+    """One .npy per (teacher, sequence) under ``root``; written atomically so a kill loses one group."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, teacher: str, p: Protein) -> Path:
+        return self.root / teacher / f"{p.key}.npy"
+
+    def has(self, teacher: str, p: Protein) -> bool:
+        return self.path(teacher, p).is_file()
+
+    def get(self, teacher: str, p: Protein) -> np.ndarray:
+        return np.load(self.path(teacher, p))
+
+    def put(self, teacher: str, p: Protein, vec: np.ndarray) -> None:
+        path = self.path(teacher, p)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, vec.astype(np.float32))
+        os.replace(tmp, path)
+
+
+def groups_by_length(proteins: Sequence[Protein], max_residues: int) -> list[list[Protein]]:
+    """Batches of similar length (sorted), at most ``max_residues`` padded residues each."""
+    out: list[list[Protein]] = []
+    cur: list[Protein] = []
+    for p in sorted(proteins, key=lambda q: len(q.sequence)):
+        if cur and (len(cur) + 1) * len(p.sequence) > max_residues:
+            out.append(cur)
+            cur = []
+        cur.append(p)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def fill_teacher_cache(
+    cache: TeacherCache, teacher: str, phases: Sequence[Sequence[Protein]], log: Callable[[str], None]
+) -> None:
+    """Embed every protein not yet cached with ``teacher``, phase by phase. Within a phase, groups go
+    round-robin over the length bins, so a run stopped early still leaves a stratified cached subset."""
+    todo_phases = [[p for p in ps if not cache.has(teacher, p)] for ps in phases]
+    total = sum(len(ps) for ps in todo_phases)
+    if not total:
+        log(f"{teacher}: all cached")
+        return
+    from protembed_distill.teachers.registry import load_teacher
+
+    model = load_teacher(teacher)
+    done = 0
+    for ps in todo_phases:
+        by_bin: dict[int | None, list[Protein]] = {}
+        for p in ps:
+            by_bin.setdefault(bin_of(len(p.sequence)), []).append(p)
+        queues = [groups_by_length(v, 8192) for v in by_bin.values()]
+        order = [g for round_ in _round_robin(queues) for g in round_]
+        for group in order:
+            t0 = time.perf_counter()
+            vecs = model.embed([p.sequence for p in group]).per_protein
+            for p, v in zip(group, vecs, strict=True):
+                cache.put(teacher, p, v)
+            done += len(group)
+            residues = sum(len(p.sequence) for p in group)
+            log(
+                f"{teacher}: {done}/{total} ({len(group)} seqs, {residues} residues, "
+                f"{time.perf_counter() - t0:.1f} s)"
+            )
+
+
+def _round_robin(queues: list[list[list[Protein]]]) -> Iterable[list[list[Protein]]]:
+    i = 0
+    while any(i < len(q) for q in queues):
+        yield [q[i] for q in queues if i < len(q)]
+        i += 1
+
+
+# --- the student --------------------------------------------------------------------------------------
+
+
+class StudentRunner:
+    """The shipped student rebuilt in PyTorch from its fp32 ONNX file, with room for any length."""
+
+    def __init__(self, model_dir: Path, max_length: int) -> None:
+        import torch
+
+        from protembed.artifact import read_model_card
+        from protembed_distill.config import StudentConfig
+        from protembed_distill.onnx_weights import onnx_state_dict
+        from protembed_distill.student import Student
+
+        card = read_model_card(model_dir)
+        arch = card.architecture
+        fp32 = card.file("fp32")
+        if fp32 is None:
+            raise ValueError(f"{model_dir}: model.json lists no fp32 file")
+        self.onnx_path = model_dir / fp32.file
+        self.window = card.input.max_length
+        cfg = StudentConfig(
+            layers=arch["layers"],
+            d_model=arch["d_model"],
+            heads=arch["heads"],
+            ffn=arch["ffn"],
+            positions=arch["positions"],
+            pool_dim=arch["pool_dim"],
+            dropout=0.0,
+            max_length=max_length,
+        )
+        if cfg.positions != "sinusoidal":
+            raise ValueError(f"{model_dir}: learned positions end at {self.window}; 'whole' needs sinusoidal")
+        state = onnx_state_dict(self.onnx_path)
+        dims = {
+            k.split(".")[1]: int(v.shape[0])
+            for k, v in state.items()
+            if k.startswith("heads.") and k.endswith(".weight")
+        }
+        self.model = Student(cfg, dims).eval()
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{self.onnx_path}: weights do not fit (missing {missing}, unexpected {unexpected})"
+            )
+        self.teachers = list(dims)
+        self._torch = torch
+        # float64 copies of the linear heads: pooling is done in float64, so are the heads
+        self._heads = {
+            name: tuple(state[f"heads.{name}.{part}"].double().numpy() for part in ("weight", "bias"))
+            for name in self.teachers
+        }
+
+    def features(self, ids: np.ndarray) -> np.ndarray:
+        """Pooled-feature inputs per residue ([n, L, 768] float64) for equal-length rows of token ids."""
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(ids)
+            states = self.model.encode(x, torch.ones_like(x))
+            assert self.model.pool_proj is not None
+            feats = self.model.pool_proj(states)
+        out: np.ndarray = feats.double().numpy()
+        return out
+
+    def heads(self, pooled: np.ndarray) -> dict[str, np.ndarray]:
+        """Teacher-space vectors of pooled features [n, 768] (float64, the heads' exact affine map)."""
+        return {name: pooled @ w.T + b for name, (w, b) in self._heads.items()}
+
+    def onnx_parity(self, sequences: Sequence[str]) -> float:
+        """Largest |PyTorch - ONNX Runtime| over the teacher outputs of the given (<= window) sequences."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        worst = 0.0
+        for s in sequences:
+            ids = encode(s)[None, :]
+            names = [f"teacher_{t}" for t in self.teachers]
+            ref = sess.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            mine = self.heads(self.features(ids).mean(axis=1))
+            for t, r in zip(self.teachers, ref, strict=True):
+                worst = max(worst, float(np.abs(mine[t] - r).max()))
+        return worst
+
+
+def student_vectors(
+    runner: StudentRunner, sequence: str, overlaps: Sequence[int]
+) -> dict[str, dict[str, np.ndarray]]:
+    """method -> teacher -> vector, for every chunked (pooling x overlap), whole and truncated variant."""
+    ids = encode(sequence)
+    n, win = len(ids), runner.window
+    pooled: dict[str, np.ndarray] = {}
+    pooled["whole"] = runner.features(ids[None, :])[0].mean(axis=0)
+    pooled["truncate512"] = runner.features(ids[None, :win])[0].mean(axis=0)
+    for overlap in overlaps:
+        windows = plan_windows(n, win, overlap)
+        feats = runner.features(np.stack([ids[w.start : w.end] for w in windows]))
+        for name, weigh in POOLINGS.items():
+            weights = weigh(windows, n)
+            total = sum(float(w.sum()) for w in weights)
+            vec = sum((wt[:, None] * f).sum(axis=0) for wt, f in zip(weights, feats, strict=True))
+            pooled[f"chunk:{name}@{overlap}"] = np.asarray(vec) / total
+    # Disjoint equal windows, each run alone, weighted by length: an exact residue mean without overlap.
+    windows = disjoint_windows(n, win)
+    pooled["chunk:disjoint"] = np.concatenate(
+        [runner.features(ids[None, w.start : w.end])[0] for w in windows]
+    ).mean(axis=0)
+    names = list(pooled)
+    heads = runner.heads(np.stack([pooled[m] for m in names]))
+    return {m: {t: heads[t][i] for t in runner.teachers} for i, m in enumerate(names)}
+
+
+# --- metrics and report -------------------------------------------------------------------------------
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Per-dimension mean/std as protembed_distill's Standardizer.fit (population std, floored at 1e-3)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Stats:
+        x = x.astype(np.float64)
+        return cls(x.mean(0), np.maximum(x.std(0), 1e-3))
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        return (v - self.mean) / self.std
+
+
+def summarize(
+    records: Sequence[dict[str, Any]], methods: Sequence[str], teachers: Sequence[str]
+) -> dict[str, Any]:
+    """method -> teacher -> metric -> bin label (and 'all') -> {mean, p10, n}."""
+    out: dict[str, Any] = {}
+    for m in methods:
+        out[m] = {}
+        for t in teachers:
+            out[m][t] = {}
+            for metric in ("cos", "cos_std"):
+                per: dict[str, Any] = {}
+                for b in [*range(len(BINS)), None]:
+                    vals = [r["scores"][m][t][metric] for r in records if b is None or r["bin"] == b]
+                    if vals:
+                        per["all" if b is None else bin_label(b)] = {
+                            "mean": float(np.mean(vals)),
+                            "p10": float(np.percentile(vals, 10)),
+                            "n": len(vals),
+                        }
+                out[m][t][metric] = per
+    return out
+
+
+def is_window_level(method: str) -> bool:
+    """Whether the server can compute ``method`` from each window's per-protein output alone."""
+    return method == "chunk:disjoint" or method.split(":")[1].split("@")[0] in WINDOW_LEVEL
+
+
+def rank_chunked(summary: dict[str, Any], teachers: Sequence[str]) -> list[tuple[str, float]]:
+    """Chunked methods by the mean over teachers and bins of the standardized cosine (bins weigh equally,
+    so the longest proteins count as much as the many short ones)."""
+    scores = []
+    for m, per_t in summary.items():
+        if not m.startswith("chunk:"):
+            continue
+        vals = [per_t[t]["cos_std"][bin_label(b)]["mean"] for t in teachers for b in range(len(BINS))]
+        scores.append((m, float(np.mean(vals))))
+    return sorted(scores, key=lambda s: -s[1])
+
+
+def _table(
+    summary: dict[str, Any], methods: Sequence[str], teachers: Sequence[str], metric: str
+) -> list[str]:
+    cols = [(t, bin_label(b)) for t in teachers for b in range(len(BINS))]
+    lines = ["| method | " + " | ".join(f"{t} {lab}" for t, lab in cols) + " |"]
+    lines.append("|---|" + "---:|" * len(cols))
+    for m in methods:
+        cells = [f"{summary[m][t][metric][lab]['mean']:.4f}" for t, lab in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(
+    summary: dict[str, Any], teachers: Sequence[str], best: str, overlaps: Sequence[int], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(BINS))
+    labels = [bin_label(b) for b in range(len(BINS))]
+    fig, axes = plt.subplots(2, len(teachers), figsize=(6 * len(teachers), 9), squeeze=False)
+    best_pool, best_overlap = [*best.split(":")[1].split("@"), "128"][:2]  # disjoint has no overlap
+    for col, t in enumerate(teachers):
+        ax = axes[0][col]
+        shown = ["truncate512", "whole", "chunk:disjoint"] + [f"chunk:{p}@{best_overlap}" for p in POOLINGS]
+        for m in shown:
+            ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
+            style = "--" if not m.startswith("chunk:") else "-"
+            ax.plot(x, ys, style, marker="o", label=m, linewidth=2.5 if m == best else 1.2)
+        ax.set_title(f"{t}: poolings at overlap {best_overlap} (standardized cosine)")
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("sequence length (residues)")
+        ax.set_ylabel("cosine to teacher's whole-sequence vector")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax = axes[1][col]
+        for o in overlaps:
+            m = f"chunk:{best_pool}@{o}" if best_pool != "disjoint" else "chunk:disjoint"
+            ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
+            ax.plot(x, ys, marker="o", label=m, linewidth=2.5 if m == best else 1.2)
+        for m in ("truncate512", "whole"):
+            ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
+            ax.plot(x, ys, "--", marker="o", label=m)
+        ax.set_title(f"{t}: {best_pool} across overlaps (standardized cosine)")
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("sequence length (residues)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(result: dict[str, Any], out: Path) -> None:
+    teachers = result["teachers"]
+    summary = result["summary"]
+    ranking = result["ranking"]
+    overlaps = result["overlaps"]
+    today = "chunk:owned_windows@128"
+    methods = ["truncate512", "whole", "chunk:disjoint"]
+    methods += [f"chunk:{p}@{o}" for o in overlaps for p in POOLINGS]
+    counts = {bin_label(b): summary["whole"][teachers[0]]["cos"][bin_label(b)]["n"] for b in range(len(BINS))}
+    lines = [
+        "# Long sequences: combining the student's windows, against the teachers' whole-sequence vectors",
+        "",
+        f"Date {result['date']}; CPU {result['cpu']} ({result['threads']} thread, niced; other jobs shared "
+        "the machine, which affects only time, not these numbers).",
+        "",
+        "Command:",
+        "",
+        "```",
+        result["command"],
+        "```",
+        "",
+        f"Sequences: {result['n_sequences']} of 513-3,000 residues "
+        f"({', '.join(f'{k}: {v}' for k, v in counts.items())}; "
+        f"{result['sources']['deeploc_test']} DeepLoc test, {result['sources']['corpus']} corpus), "
+        f"seed {result['seed']}. Teachers embed each WHOLE sequence (UniRep-1900 h_avg, NEAR mean); the "
+        f"student ({result['model']}, fp32 weights rebuilt in PyTorch, max |PyTorch - ONNX Runtime| "
+        f"{result['onnx_parity_max_abs_diff']:.2e} on windows) answers through its teacher heads.",
+        "",
+        "Metrics: `cos` = cosine in the teacher's original units; `cos_std` = cosine after standardizing "
+        "both vectors per dimension (the training reports' `val_cosine_std`), with statistics from "
+        f"{result['stats_sample']} random corpus sequences cropped to 512. Means per length bin.",
+        "",
+        "Methods: `truncate512` = first 512 residues only; `whole` = the student on the whole sequence in "
+        "one piece (sinusoidal positions extended past the 512 it was trained on); "
+        "`chunk:<pooling>@<overlap>` = the service's windows (`protembed.windows.plan_windows`, 512 long) "
+        "combined by:",
+        "",
+        "- `owned_windows`: mean of window vectors weighted by owned residues (today's `pool_windows`);",
+        "- `window_mean`: plain mean of window vectors; every window is 512 long, so this is also the mean "
+        "weighted by full window length and the mean over all residue-window pairs (overlap counted twice);",
+        "- `lsq_windows`: window vectors weighted so that every residue's total weight is as even as least "
+        "squares allows (overlapped residues are not counted twice);",
+        "- `stitched`: mean over residues, each residue's features from the window that owns it;",
+        "- `residue_mean`: each residue once, its features averaged over the windows covering it;",
+        "- `crossfade`: each residue once, a linear cross-fade over the overlap (weights = context inside "
+        "each window);",
+        "- `chunk:disjoint`: the fewest equal windows without overlap, each run alone, weighted by length.",
+        "",
+        "`owned_windows`, `window_mean`, `lsq_windows` and `disjoint` need only each window's per-protein "
+        "output, which is what the ONNX graph returns today; `stitched`, `residue_mean` and `crossfade` need "
+        "the pooled features of each window's residues, i.e. a model change (e.g. a pooling-mask input: "
+        "attention over the whole window, mean over the owned residues only).",
+        "",
+        "In-window reference (the student on sequences it sees whole, the stats sample, <= 512 residues): "
+        + ", ".join(
+            f"{t} cos {result['in_window'][t]['cos']:.4f} / cos_std {result['in_window'][t]['cos_std']:.4f}"
+            for t in teachers
+        )
+        + ".",
+        "",
+        "## Result",
+        "",
+    ]
+    lines += result["conclusion"]
+    lines += [
+        "",
+        "Ranking of chunked methods (mean cos_std over both teachers and the four bins, bins weighing "
+        "equally):",
+        "",
+        "| rank | method | score |",
+        "|---:|---|---:|",
+    ]
+    lines += [
+        f"| {i + 1} | {m}{'' if is_window_level(m) else ' (needs model change)'} | {s:.4f} |"
+        for i, (m, s) in enumerate(ranking[:12])
+    ]
+    lines += [f"| | {today} (today) | {dict(ranking)[today]:.4f} |"]
+    lines += ["", "## Standardized cosine (cos_std), mean per length bin", ""]
+    lines += _table(summary, methods, teachers, "cos_std")
+    lines += ["", "## Cosine in original units (cos), mean per length bin", ""]
+    lines += _table(summary, methods, teachers, "cos")
+    lines += [
+        "",
+        f"![fidelity against length]({out.name}.png)",
+        "",
+        f"Per-sequence scores, 10th percentiles and the ranking are in `{out.name}.json`.",
+        "",
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def conclude(
+    summary: dict[str, Any], ranking: Sequence[tuple[str, float]], teachers: Sequence[str]
+) -> list[str]:
+    """A few sentences stating what the numbers say (computed, so they match the tables)."""
+    best, best_score = ranking[0]
+    score = dict(ranking)
+    today = "chunk:owned_windows@128"
+
+    def mean_std(m: str) -> float:
+        cells = [summary[m][t]["cos_std"][bin_label(b)]["mean"] for t in teachers for b in range(len(BINS))]
+        return float(np.mean(cells))
+
+    window_level = [m for m, _ in ranking if is_window_level(m)]
+    best_wl = window_level[0]
+    lines = [
+        f"- Best chunked method: `{best}` (score {best_score:.4f}); today's default `{today}` scores "
+        f"{score[today]:.4f} (difference {best_score - score[today]:+.4f}).",
+        f"- Best method the server can compute from window outputs alone: `{best_wl}` "
+        f"(score {score[best_wl]:.4f}, {score[best_wl] - score[today]:+.4f} against today).",
+        f"- `whole` scores {mean_std('whole'):.4f}; `truncate512` scores {mean_std('truncate512'):.4f}.",
+    ]
+    for t in teachers:
+        lb = bin_label(len(BINS) - 1)
+        at = {m: summary[m][t]["cos_std"][lb]["mean"] for m in (best, today, "whole", "truncate512")}
+        lines.append(
+            f"- {t}, longest bin ({lb}), cos_std: best {at[best]:.4f}, today {at[today]:.4f}, "
+            f"whole {at['whole']:.4f}, truncate512 {at['truncate512']:.4f}."
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m protembed_bench.long_sequences", description=(__doc__ or "").split("\n\n")[0]
+    )
+    add = ap.add_argument
+    add("--model", type=Path, default=DEFAULT_MODEL)
+    add("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (eval/, corpus/)")
+    add("--cache", type=Path, default=DEFAULT_CACHE, help="teacher vectors, one file per sequence")
+    add("--out", type=Path, default=Path("reports/long_sequences"), help="writes OUT.md/.json/.png")
+    add("--per-bin", type=int, default=60, help="sequences per length bin")
+    add("--corpus-share", type=float, default=1 / 3, help="share of each bin drawn from the corpus")
+    add("--stats-sample", type=int, default=256, help="corpus sequences for standardization stats")
+    add("--overlaps", default=",".join(map(str, OVERLAPS)))
+    add("--seed", type=int, default=7)
+    add("--threads", type=int, default=1)
+    add("--cached-only", action="store_true", help="report on sequences already cached; embed none")
+    args = ap.parse_args(argv)
+    if args.per_bin < 1 or not 0 <= args.corpus_share <= 1 or args.stats_sample < 2:
+        ap.error("--per-bin must be >= 1, --corpus-share in [0, 1], --stats-sample >= 2")
+    try:
+        overlaps = [int(o) for o in args.overlaps.split(",")]
+    except ValueError:
+        ap.error(f"--overlaps {args.overlaps!r}: expected comma-separated integers")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    corpus = read_corpus(args.data)
+    proteins = select(read_deeploc_test(args.data), corpus, args.per_bin, args.corpus_share, args.seed)
+    sample = stats_sample(corpus, args.stats_sample, 512, args.seed)
+    cache = TeacherCache(args.cache.expanduser())
+    residues = sum(len(p.sequence) for p in proteins)
+    log(f"{len(proteins)} long sequences, {residues} residues; stats sample {len(sample)}")
+    if not args.cached_only:
+        for t in TEACHERS:  # stats sample first: the standardized cosine needs all of it
+            fill_teacher_cache(cache, t, [sample, proteins], log)
+    if not all(cache.has(t, p) for t in TEACHERS for p in sample):
+        raise SystemExit("the standardization sample is not fully cached yet; run without --cached-only")
+    proteins = [p for p in proteins if all(cache.has(t, p) for t in TEACHERS)]
+    if not all(any(bin_of(len(p.sequence)) == b for p in proteins) for b in range(len(BINS))):
+        raise SystemExit("some length bin has no cached sequence yet; run without --cached-only")
+
+    runner = StudentRunner(args.model, max_length=max(len(p.sequence) for p in proteins))
+    parity = runner.onnx_parity([p.sequence[: runner.window] for p in proteins[:4]])
+    log(f"student rebuilt; max |PyTorch - ONNX| {parity:.2e}")
+    if parity > 1e-3:
+        raise SystemExit(f"the PyTorch rebuild differs from {runner.onnx_path} by {parity}; not measuring")
+    stats = {t: Stats.fit(np.stack([cache.get(t, p) for p in sample])) for t in TEACHERS}
+
+    in_window: dict[str, dict[str, list[float]]] = {t: {"cos": [], "cos_std": []} for t in TEACHERS}
+    for p in sample:
+        vec = runner.heads(runner.features(encode(p.sequence)[None, :])[0].mean(axis=0)[None, :])
+        for t in TEACHERS:
+            ref = cache.get(t, p).astype(np.float64)
+            in_window[t]["cos"].append(cosine(vec[t][0], ref))
+            in_window[t]["cos_std"].append(cosine(stats[t].apply(vec[t][0]), stats[t].apply(ref)))
+
+    records: list[dict[str, Any]] = []
+    methods: list[str] = []
+    for i, p in enumerate(proteins):
+        vecs = student_vectors(runner, p.sequence, overlaps)
+        methods = list(vecs)
+        scores: dict[str, dict[str, dict[str, float]]] = {}
+        for m, per_t in vecs.items():
+            scores[m] = {}
+            for t in TEACHERS:
+                ref = cache.get(t, p).astype(np.float64)
+                scores[m][t] = {
+                    "cos": cosine(per_t[t], ref),
+                    "cos_std": cosine(stats[t].apply(per_t[t]), stats[t].apply(ref)),
+                }
+        n = len(p.sequence)
+        records.append({"id": p.id, "source": p.source, "length": n, "bin": bin_of(n), "scores": scores})
+        if (i + 1) % 20 == 0:
+            log(f"student: {i + 1}/{len(proteins)}")
+
+    summary = summarize(records, methods, TEACHERS)
+    ranking = rank_chunked(summary, TEACHERS)
+    command = "OMP_NUM_THREADS=1 nice -n 10 python -m protembed_bench.long_sequences " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
+    result: dict[str, Any] = {
+        "command": command.strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": _cpu_name(),
+        "threads": args.threads,
+        "model": str(args.model),
+        "seed": args.seed,
+        "overlaps": overlaps,
+        "bins": [bin_label(b) for b in range(len(BINS))],
+        "teachers": list(TEACHERS),
+        "n_sequences": len(records),
+        "sources": {s: sum(r["source"] == s for r in records) for s in ("deeploc_test", "corpus")},
+        "stats_sample": len(sample),
+        "onnx_parity_max_abs_diff": parity,
+        "in_window": {t: {k: float(np.mean(v)) for k, v in d.items()} for t, d in in_window.items()},
+        "ranking": ranking,
+        "summary": summary,
+        "records": records,
+        "seconds": time.perf_counter() - t_start,
+    }
+    result["conclusion"] = conclude(summary, ranking, TEACHERS)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    plot(summary, TEACHERS, ranking[0][0], overlaps, out.with_suffix(".png"))
+    write_report(result, out)
+    log(f"wrote {out}.md/.json/.png; best chunked: {ranking[0][0]} ({ranking[0][1]:.4f})")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
