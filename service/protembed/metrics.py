@@ -124,9 +124,14 @@ class Metrics:
             "Lowest cosine to the card's reference vectors at warm-up.",
             registry=r,
         )
-        self.self_check_passed = Gauge(
-            f"{p}_self_check_passed", "1 when the warm-up self-check passed, 0 when it failed.", registry=r
+        self.self_check_failed = Gauge(
+            f"{p}_self_check_failed",
+            "1 when the warm-up self-check failed (the server stays not ready), else 0.",
+            registry=r,
         )
+        # NaN until a check has run (or when the card has no reference vectors)
+        self.self_check_max_abs.set(float("nan"))
+        self.self_check_min_cosine.set(float("nan"))
 
     def child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, memoized. ``labels()`` takes a lock and rebuilds its key on every
@@ -144,7 +149,7 @@ class Metrics:
             return
         self.self_check_max_abs.set(check.max_abs)
         self.self_check_min_cosine.set(check.min_cosine)
-        self.self_check_passed.set(1 if check.ok else 0)
+        self.self_check_failed.set(0 if check.ok else 1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -34,3 +34,20 @@ def test_bundled_model_serves(
         alone = httpx.post(url + "/embed", json={"sequences": [s]}, timeout=60).json()["data"][0]
         assert len(d["embedding"]) == mixed["dim"]
         assert np.abs(np.array(d["embedding"]) - np.array(alone["embedding"])).max() <= 1e-4
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8", "fp16"])
+def test_every_shipped_variant_passes_its_self_check(variant: str) -> None:
+    """The card's reference vectors (PyTorch fp32) hold for each file the card ships, on this CPU."""
+    from protembed.artifact import read_model_card
+    from protembed.reference import self_check
+    from protembed.runtime import OnnxModel, SessionOptions
+
+    folder = default_model_dir()
+    card = read_model_card(folder)
+    if card.file(variant) is None:
+        pytest.skip(f"the bundled card ships no {variant} file")
+    assert card.reference is not None, "the bundled model card has no reference vectors"
+    model = OnnxModel.open(folder, variant, SessionOptions(intra_op_threads=1, inter_op_threads=1))
+    check = self_check(model, model.loaded)
+    assert check.status == "passed", check.detail

@@ -19,12 +19,11 @@ pytestmark = pytest.mark.gpu
 def cuda_unavailable_reason(model: Path) -> str | None:
     import onnxruntime as ort
 
+    from protembed.providers import gpu_provider_problem
+
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "this onnxruntime build has no CUDAExecutionProvider"
-    sess = ort.InferenceSession(str(model / "model.onnx"), providers=["CUDAExecutionProvider"])
-    if sess.get_providers()[0] != "CUDAExecutionProvider":
-        return "onnxruntime has CUDAExecutionProvider but no usable CUDA device/libraries here"
-    return None
+    return gpu_provider_problem("CUDAExecutionProvider")
 
 
 async def test_engine_runs_on_cuda_and_matches_cpu(
