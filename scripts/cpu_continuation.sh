@@ -15,8 +15,9 @@
 #
 # Every step resumes: the data stage caches its MMseqs2 result, the teacher cache skips what it has,
 # training resumes from runs/cpu-cont/checkpoints/last.pt (time budget and schedule included).
-#   N=<sequences> DEADLINE=<unix time training must end by> bash scripts/cpu_continuation.sh
-# Stop it cleanly with `kill -INT <pid of the train process>` or let the time budget end it.
+#   N=<train sequences> VAL_N=<prefix whose held-out part validates> DEADLINE=<unix time> \
+#     bash scripts/cpu_continuation.sh
+# The time budget ends it cleanly (checkpointed, annealed); a kill loses at most 20 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -48,26 +49,15 @@ if [ ! -s "$corpus" ]; then
 fi
 
 config=distill/configs/default.toml
-common=(--threads 1 --set "run.dir=$root" --set "data.corpus=$corpus" --set student.pool_dim=768
+# The bundled model's architecture (gpu.toml's student) and a warm restart at a lower peak learning rate.
+# Small token batches (4,096 tokens, ~16 cropped sequences): one thread takes seconds per step, so
+# the schedule gets hundreds of steps in an hour instead of tens.
+common=(--set "run.dir=$root" --set "data.corpus=$corpus" --set student.pool_dim=768
   --set student.dropout=0.0 --set optim.init_from=models/protembed-student-v1
-  --set "optim.lr=${LR:-3e-4}" --set optim.warmup_steps=20 --set optim.epochs=1000 --set optim.patience=0
-  --set optim.checkpoint_every_steps=10 --set optim.log_every_steps=10)
-
-pe() { nice -n 10 python3 -c 'import sys; from protembed.cli import main; sys.exit(main())' distill "$config" "$@"; }
-log "data + teacher cache for $n sequences"
-pe --stage embed --no-progress --max-sequences "$n" "${common[@]}"
-
-# Step 0 of the curve: the bundled model itself on this run's validation split (learning rate 0, one step).
-if [ ! -f "$root/step0/train.jsonl" ] || ! grep -q '"kind": "epoch"' "$root/step0/train.jsonl"; then
-  log "step 0: the bundled model on the held-out split"
-  mkdir -p "$root/step0/data" && cp "$root"/data/dedupe-*.json "$root/step0/data/"
-  pe --stage train --quiet --no-resume --max-sequences "$n" --time-budget 0 "${common[@]}" \
-    --set "run.dir=$root/step0" --set optim.lr=0.0 --set optim.max_steps=1 --set optim.warmup_steps=0
-fi
-
-# The wall-clock budget is what is left until DEADLINE; a resumed run keeps its training seconds, so its
-# learning rate decays faster to still end annealed by then.
-budget=$((deadline - $(date +%s)))
-log "training: budget $budget s (resumes from $root/checkpoints/last.pt when it exists)"
-pe --stage train --quiet --max-sequences "$n" --time-budget "$budget" "${common[@]}"
+  --set "optim.lr=${LR:-2e-4}" --set optim.warmup_steps=20 --set optim.epochs=1000 --set optim.patience=0
+  --set "optim.batch_tokens=${BATCH_TOKENS:-4096}" --set optim.checkpoint_every_steps=20
+  --set optim.log_every_steps=20)
+log "train on $n sequences, validate on the held-out part of the first ${VAL_N:-4000}, until $(date -u -d @"$deadline" +%H:%M)"
+nice -n 10 python3 "$root/src/distill/protembed_distill/tools/continuation_curve.py" "$config" "${common[@]}" \
+  --train-sequences "$n" --val-sequences "${VAL_N:-4000}" --deadline "$deadline" --threads 1
 log "done"

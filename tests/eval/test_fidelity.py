@@ -72,9 +72,12 @@ def test_served_student_pools_long_sequences_as_the_server_and_caches(
     weights = np.array([w.own_end - w.own_start for w in windows], dtype=np.float64)
     pooled = sum(wt * r["student"] for wt, r in zip(weights, refs, strict=True)) / weights.sum()
     np.testing.assert_allclose(out["student"][1], pooled, rtol=1e-4, atol=1e-5)
+    from protembed_bench.fidelity.sets import sequence_key
+
+    assert student.cached_keys("student") == {sequence_key(short), sequence_key(long)}
     # a second instance answers from the cache alone, with the same arrays
     again = ServedStudent(tiny_model_dir, "fp32", tmp_path, overlap=16)
-    again.session = None  # type: ignore[assignment]  # would fail if it ran the model
+    again.session = None  # would fail if it ran the model
     cached = again.embed([long], ["student", "residues"])
     np.testing.assert_array_equal(cached["student"][0], out["student"][1])
     np.testing.assert_array_equal(cached["residues"][0], out["residues"][1])

@@ -4,9 +4,10 @@
     python -m protembed_bench.fidelity.student_vectors --variant int8    # the served student
     python -m protembed_bench.fidelity.run --out reports/fidelity        # probes -> .json + .md
 
-Per-protein tasks are probed twice: on the full sets for every student model (what users get), and
-on the rows whose teacher vectors are cached for the retention ratios (all rows when the teacher job
-finished; otherwise its stratified prefix, and the report says how many). Per residue: the
+Per-protein tasks are probed twice: on the rows with the reference student's vectors (the full sets
+once student_vectors.py has finished: what users get), and on the rows whose teacher vectors are
+cached, for the retention ratios (all rows when the teacher job finished; otherwise its stratified
+prefix). The report gives the row counts of both. Per residue: the
 secondary-structure test chains (held out of distillation) with every feature set side by side.
 """
 
@@ -117,17 +118,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             out[name] = np.stack(vecs["student"]).astype(np.float32)
         return out
 
+    # The student part: every row whose reference-student vector is cached (all rows once
+    # student_vectors.py has finished; else its stratified prefix, reported with the counts).
+    ref = next(iter(students.values()))
+    ref_keys = ref.cached_keys("student")
     for task, data in sets.items():
         if args.skip_full:
             break
-        say(f"{task}: full sets, {len(data.train)} train / {len(data.test)} test")
-        tr, te = student_feats(data.train), student_feats(data.test)
-        feats = {n: (tr[n], te[n]) for n in students}
-        feats["composition"] = (
-            probes.composition_features(data.train),
-            probes.composition_features(data.test),
+        rows = {
+            split: [i for i, s in enumerate(getattr(data, split)) if sequence_key(s) in ref_keys]
+            for split in ("train", "test")
+        }
+        if len(rows["train"]) < 50 or len(rows["test"]) < 50:
+            say(f"{task}: only {len(rows['train'])} / {len(rows['test'])} rows have student vectors; skipped")
+            continue
+        say(
+            f"{task}: student rows {len(rows['train'])} of {len(data.train)} train / {len(rows['test'])} of "
+            f"{len(data.test)} test"
         )
-        report["full"][task] = probe_task(task, feats, data.train_y, data.test_y, seed=args.seed)
+        seqs_tr = [data.train[i] for i in rows["train"]]
+        seqs_te = [data.test[i] for i in rows["test"]]
+        tr, te = student_feats(seqs_tr), student_feats(seqs_te)
+        feats = {n: (tr[n], te[n]) for n in students}
+        feats["composition"] = (probes.composition_features(seqs_tr), probes.composition_features(seqs_te))
+        y_tr = [data.train_y[i] for i in rows["train"]]
+        y_te = [data.test_y[i] for i in rows["test"]]
+        res = probe_task(task, feats, y_tr, y_te, seed=args.seed)
+        res["rows"] = {
+            "train": len(rows["train"]),
+            "train_all": len(data.train),
+            "test": len(rows["test"]),
+            "test_all": len(data.test),
+        }
+        report["full"][task] = res
 
     # Retention: rows with both teachers' vectors cached.
     for task, data in sets.items():

@@ -88,6 +88,14 @@ class ServedStudent:
                 cached[n].update(fresh[n])
         return {n: [cached[n][k] for k in keys] for n in names}
 
+    def cached_keys(self, name: str) -> set[str]:
+        """Sequence keys whose output ``name`` is cached (reads only the part files' key lists)."""
+        keys: set[str] = set()
+        for part in sorted((self.cache_dir / name).glob("part-*.npz")):
+            with np.load(part) as data:
+                keys.update(data.files)
+        return keys
+
     def _load(self, name: str) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for part in sorted((self.cache_dir / name).glob("part-*.npz")):

@@ -1,0 +1,94 @@
+"""A CPU continuation of an exported model as a learning curve (issue 17; scripts/cpu_continuation.sh).
+
+Trains on the first ``--train-sequences`` of the ranked training data, but validates on the held-out
+sequences of a larger prefix (``--val-sequences``), so a small, cheaply embedded training set still gets
+a held-out yardstick of a few hundred sequences. The validation rule is the distillation's own (a hash
+of the sequence, independent of the prefix), so these sequences were held out of the bundled model too.
+
+Order: teacher vectors (validation first, then training; resumable cache), step 0 (the starting model
+itself on the validation set: learning rate 0, one step), then training until ``--deadline`` with a
+validation after every epoch (the curve's points) and exact resume from ``<run.dir>/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python distill/protembed_distill/tools/continuation_curve.py")
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--train-sequences", type=int, required=True)
+    p.add_argument("--val-sequences", type=int, required=True)
+    p.add_argument("--deadline", type=float, required=True, help="unix time the training must end by")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+
+    from protembed_distill.config import load_config
+    from protembed_distill.data import Dataset, prepare_dataset
+    from protembed_distill.teacher_cache import build_caches
+    from protembed_distill.train import set_threads, train
+
+    cfg = load_config(args.config, args.overrides)
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"threads": args.threads})})
+    set_threads(args.threads)
+    run_dir = Path(cfg.run.dir)
+
+    def say(msg: str) -> None:
+        print(f"[continuation {time.strftime('%H:%M:%S', time.gmtime())}] {msg}", file=sys.stderr, flush=True)
+
+    def subset(n: int) -> Dataset:
+        c = cfg.data.model_copy(update={"max_sequences": n})
+        return prepare_dataset(
+            c, run_dir, threads=args.threads, shared_cache=cfg.teacher_cache_dir().parent / "dedupe"
+        )
+
+    small, big = subset(args.train_sequences), subset(args.val_sequences)
+    stats = {
+        **small.stats,
+        "val_sequences": len(big.val),
+        "val_residues": sum(len(i.sequence) for i in big.val),
+        "val_from_prefix": args.val_sequences,
+    }
+    ds = Dataset(small.train, big.val, stats, [*big.val, *small.train])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=1))
+    say(f"{len(ds.train)} train ({stats['train_residues']} residues) / {len(ds.val)} val sequences")
+    t0 = time.time()
+    report = build_caches(cfg, ds.ranked, progress=False, log=say)
+    say(f"teacher vectors in {time.time() - t0:.0f} s: {json.dumps(report)}")
+    (run_dir / "embed_report.json").write_text(json.dumps({"seconds": time.time() - t0, **report}, indent=1))
+
+    step0 = run_dir / "step0"
+    if not (step0 / "checkpoints" / "last.pt").is_file():
+        zero = cfg.model_copy(
+            update={
+                "optim": cfg.optim.model_copy(
+                    update={"lr": 0.0, "max_steps": 1, "warmup_steps": 0, "time_budget_s": 0}
+                )
+            }
+        )
+        train(zero, ds, run_dir=step0, resume=False, echo=False)
+        say("step 0 validated: " + (step0 / "train.csv").read_text().splitlines()[-1])
+    budget = args.deadline - time.time()
+    if budget < 60:
+        say(f"no time left to train ({budget:.0f} s)")
+        return 0
+    # A resumed run keeps its trained seconds; the budget is what is left until the deadline, so its
+    # learning rate decays faster and still ends annealed by then.
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"time_budget_s": budget})})
+    say(f"training for at most {budget:.0f} s")
+    result = train(cfg, ds, run_dir=run_dir, echo=False)
+    say(f"done: {result.step} steps, last validation {json.dumps(result.val.get('val_cosine', {}))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
