@@ -40,6 +40,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import random
@@ -62,6 +63,7 @@ DEFAULT_CACHE = Path("~/.cache/protembed/long-sequences")
 BINS: tuple[tuple[int, int], ...] = ((513, 768), (769, 1024), (1025, 1536), (1537, 3000))
 OVERLAPS: tuple[int, ...] = (0, 64, 128, 256)
 TEACHERS: tuple[str, ...] = ("unirep1900", "near")
+TODAY = "chunk:owned_windows@128"  # the server's pooling and default chunk_overlap before this measurement
 
 
 # --- poolings -----------------------------------------------------------------------------------------
@@ -153,6 +155,28 @@ POOLINGS: dict[str, PairWeights] = {
 # returns today); the others need each window's per-residue pooled features, i.e. a model change
 # such as a pooling mask input (attention over the whole window, mean over the owned residues).
 WINDOW_LEVEL = ("owned_windows", "window_mean", "lsq_windows")
+
+
+def even_windows(length: int, max_length: int, overlap: int) -> list[Window]:
+    """The fewest windows of ``max_length`` whose neighbours share at least ``overlap`` residues, spread
+    evenly (plan_windows keeps a fixed stride and aligns the last window to the end, which can leave a
+    window that adds nothing, e.g. 3 windows for 1,024 residues at overlap 64). Shared stretches are
+    split at their middle, as in plan_windows."""
+    if length <= max_length:
+        return [Window(0, length, 0, length)]
+    n = 1 + -(-(length - max_length) // (max_length - overlap))
+    starts = [round(k * (length - max_length) / (n - 1)) for k in range(n)]
+    spans = [(s, s + max_length) for s in starts]
+    windows = []
+    for k, (s, e) in enumerate(spans):
+        own_start = 0 if k == 0 else (s + spans[k - 1][1]) // 2
+        own_end = length if k == n - 1 else (spans[k + 1][0] + e) // 2
+        windows.append(Window(s, e, own_start, own_end))
+    return windows
+
+
+# window plans measured: the server's (no suffix) and the even spread ("/even")
+PLANS: dict[str, Callable[[int, int, int], list[Window]]] = {"": plan_windows, "/even": even_windows}
 
 
 def disjoint_windows(length: int, max_length: int) -> list[Window]:
@@ -419,13 +443,14 @@ def student_vectors(
     pooled["whole"] = runner.features(ids[None, :])[0].mean(axis=0)
     pooled["truncate512"] = runner.features(ids[None, :win])[0].mean(axis=0)
     for overlap in overlaps:
-        windows = plan_windows(n, win, overlap)
-        feats = runner.features(np.stack([ids[w.start : w.end] for w in windows]))
-        for name, weigh in POOLINGS.items():
-            weights = weigh(windows, n)
-            total = sum(float(w.sum()) for w in weights)
-            vec = sum((wt[:, None] * f).sum(axis=0) for wt, f in zip(weights, feats, strict=True))
-            pooled[f"chunk:{name}@{overlap}"] = np.asarray(vec) / total
+        for suffix, plan in PLANS.items():
+            windows = plan(n, win, overlap)
+            feats = runner.features(np.stack([ids[w.start : w.end] for w in windows]))
+            for name, weigh in POOLINGS.items():
+                weights = weigh(windows, n)
+                total = sum(float(w.sum()) for w in weights)
+                vec = sum((wt[:, None] * f).sum(axis=0) for wt, f in zip(weights, feats, strict=True))
+                pooled[f"chunk:{name}@{overlap}{suffix}"] = np.asarray(vec) / total
     # Disjoint equal windows, each run alone, weighted by length: an exact residue mean without overlap.
     windows = disjoint_windows(n, win)
     pooled["chunk:disjoint"] = np.concatenate(
@@ -499,6 +524,18 @@ def rank_chunked(summary: dict[str, Any], teachers: Sequence[str]) -> list[tuple
     return sorted(scores, key=lambda s: -s[1])
 
 
+def paired_against(
+    records: Sequence[dict[str, Any]], method: str, reference: str, teachers: Sequence[str]
+) -> dict[str, float]:
+    """Per-sequence difference in cos_std (averaged over teachers) of ``method`` minus ``reference``."""
+    diffs = np.array(
+        [np.mean([r["scores"][method][t]["cos_std"] - r["scores"][reference][t]["cos_std"] for t in teachers])
+         for r in records]
+    )
+    ci = 1.96 * float(diffs.std(ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return {"mean": float(diffs.mean()), "ci95": ci, "better": float((diffs > 0).mean())}
+
+
 def _table(
     summary: dict[str, Any], methods: Sequence[str], teachers: Sequence[str], metric: str
 ) -> list[str]:
@@ -523,6 +560,7 @@ def plot(
     labels = [bin_label(b) for b in range(len(BINS))]
     fig, axes = plt.subplots(2, len(teachers), figsize=(6 * len(teachers), 9), squeeze=False)
     best_pool, best_overlap = [*best.split(":")[1].split("@"), "128"][:2]  # disjoint has no overlap
+    plan_suffix = "/even" if best_overlap.endswith("/even") else ""
     for col, t in enumerate(teachers):
         ax = axes[0][col]
         shown = ["truncate512", "whole", "chunk:disjoint"] + [f"chunk:{p}@{best_overlap}" for p in POOLINGS]
@@ -538,7 +576,7 @@ def plot(
         ax.legend(fontsize=8)
         ax = axes[1][col]
         for o in overlaps:
-            m = f"chunk:{best_pool}@{o}" if best_pool != "disjoint" else "chunk:disjoint"
+            m = f"chunk:{best_pool}@{o}{plan_suffix}" if best_pool != "disjoint" else "chunk:disjoint"
             ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
             ax.plot(x, ys, marker="o", label=m, linewidth=2.5 if m == best else 1.2)
         for m in ("truncate512", "whole"):
@@ -558,10 +596,12 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     teachers = result["teachers"]
     summary = result["summary"]
     ranking = result["ranking"]
-    overlaps = result["overlaps"]
-    today = "chunk:owned_windows@128"
-    methods = ["truncate512", "whole", "chunk:disjoint"]
-    methods += [f"chunk:{p}@{o}" for o in overlaps for p in POOLINGS]
+    today = TODAY
+    # per-bin tables: the references, today's, the 12 best and the best the server can compute today
+    window_level = [m for m, _ in ranking if is_window_level(m)]
+    methods = ["truncate512", "whole", today]
+    methods += [m for m, _ in ranking[:12] if m not in methods]
+    methods += [m for m in window_level[:3] if m not in methods]
     counts = {bin_label(b): summary["whole"][teachers[0]]["cos"][bin_label(b)]["n"] for b in range(len(BINS))}
     lines = [
         "# Long sequences: combining the student's windows, against the teachers' whole-sequence vectors",
@@ -602,6 +642,10 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "each window);",
         "- `chunk:disjoint`: the fewest equal windows without overlap, each run alone, weighted by length.",
         "",
+        "`@<overlap>` is the server's plan (`plan_windows`: fixed stride 512 - overlap, last window aligned "
+        "to the end); `@<overlap>/even` is the fewest windows sharing at least `overlap` residues, spread "
+        "evenly (`even_windows`).",
+        "",
         "`owned_windows`, `window_mean`, `lsq_windows` and `disjoint` need only each window's per-protein "
         "output, which is what the ONNX graph returns today; `stitched`, `residue_mean` and `crossfade` need "
         "the pooled features of each window's residues, i.e. a model change (e.g. a pooling-mask input: "
@@ -620,20 +664,25 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     lines += result["conclusion"]
     lines += [
         "",
-        "Ranking of chunked methods (mean cos_std over both teachers and the four bins, bins weighing "
-        "equally):",
+        "Ranking of chunked methods: score = mean cos_std over both teachers and the four bins (bins "
+        f"weighing equally); paired difference against today's `{today}` per sequence (cos_std averaged "
+        "over the two teachers), mean with 95% interval, and the share of sequences where the method is "
+        "closer to the teachers. `window-level` = computable by the server from window outputs today.",
         "",
-        "| rank | method | score |",
-        "|---:|---|---:|",
+        "| rank | method | window-level | score | paired diff vs today | sequences better |",
+        "|---:|---|:-:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {i + 1} | {m}{'' if is_window_level(m) else ' (needs model change)'} | {s:.4f} |"
-        for i, (m, s) in enumerate(ranking[:12])
-    ]
-    lines += [f"| | {today} (today) | {dict(ranking)[today]:.4f} |"]
-    lines += ["", "## Standardized cosine (cos_std), mean per length bin", ""]
+    paired = result["paired_vs_today"]
+    for i, (m, sc) in enumerate(ranking):
+        d = paired[m]
+        lines.append(
+            f"| {i + 1} | {m} | {'yes' if is_window_level(m) else 'no'} | {sc:.4f} | "
+            f"{d['mean']:+.4f} ± {d['ci95']:.4f} | {d['better']:.0%} |"
+        )
+    lines += ["", "## Standardized cosine (cos_std), mean per length bin (selected methods; all in the JSON)"]
+    lines += [""]
     lines += _table(summary, methods, teachers, "cos_std")
-    lines += ["", "## Cosine in original units (cos), mean per length bin", ""]
+    lines += ["", "## Cosine in original units (cos), mean per length bin (selected methods)", ""]
     lines += _table(summary, methods, teachers, "cos")
     lines += [
         "",
@@ -651,7 +700,7 @@ def conclude(
     """A few sentences stating what the numbers say (computed, so they match the tables)."""
     best, best_score = ranking[0]
     score = dict(ranking)
-    today = "chunk:owned_windows@128"
+    today = TODAY
 
     def mean_std(m: str) -> float:
         cells = [summary[m][t]["cos_std"][bin_label(b)]["mean"] for t in teachers for b in range(len(BINS))]
@@ -778,6 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "onnx_parity_max_abs_diff": parity,
         "in_window": {t: {k: float(np.mean(v)) for k, v in d.items()} for t, d in in_window.items()},
         "ranking": ranking,
+        "paired_vs_today": {m: paired_against(records, m, TODAY, TEACHERS) for m, _ in ranking},
         "summary": summary,
         "records": records,
         "seconds": time.perf_counter() - t_start,

@@ -3,6 +3,7 @@ measures the server's own windows and pooling, and the CLI writes its report fro
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -81,6 +82,18 @@ def test_disjoint_windows_are_few_equal_and_cover_each_residue_once(length: int)
     assert max(sizes) <= 512 and max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize(("length", "overlap"), PLANS)
+def test_even_windows_are_fewest_and_share_at_least_the_overlap(length: int, overlap: int) -> None:
+    windows = ls.even_windows(length, 512, overlap)
+    assert len(windows) <= len(plan_windows(length, 512, overlap))
+    assert [i for w in windows for i in range(w.own_start, w.own_end)] == list(range(length))
+    assert windows[0].start == 0 and windows[-1].end == length
+    assert all(w.end - w.start == 512 for w in windows)
+    assert all(a.end - b.start >= overlap for a, b in itertools.pairwise(windows))
+    fewer = ls.even_windows(length, 512, overlap)[:-1]
+    assert not fewer or fewer[-1].end < length  # no plan with one window less reaches the end
+
+
 def _proteins(rng: np.random.Generator, lengths: list[int], source: str) -> list[ls.Protein]:
     seqs = ["".join(rng.choice(list(AMINO), n)) for n in lengths]
     return [ls.Protein(f"{source}{i}", source, s) for i, s in enumerate(seqs)]
@@ -113,7 +126,7 @@ def test_student_vectors_cover_every_method(runner: ls.StudentRunner) -> None:
     seq = "".join(rng.choice(list(AMINO), 1100))
     vecs = ls.student_vectors(runner, seq, [0, 128])
     expected = {"whole", "truncate512", "chunk:disjoint"} | {
-        f"chunk:{p}@{o}" for p in ls.POOLINGS for o in (0, 128)
+        f"chunk:{p}@{o}{plan}" for p in ls.POOLINGS for o in (0, 128) for plan in ("", "/even")
     }
     assert set(vecs) == expected
     for per_teacher in vecs.values():
