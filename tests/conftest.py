@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
 from protembed.settings import Settings  # noqa: E402
-from protembed_distill.bench_serve import spawn_server, stop_server  # noqa: E402
+from protembed.testing import free_port, spawn_server, stop_server  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
 TINY_MAX_LENGTH = 64
@@ -34,12 +34,6 @@ TINY_MAX_LENGTH = 64
 hypothesis.settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -10,7 +10,7 @@ deterministic subset with
 * ``head:<name>``        — each teacher-space head of the student,
 * ``student:int8`` ...   — the same outputs from the int8 variant,
 
-fits a linear probe per (set, model) (:mod:`protembed_distill.probes`) and reports test scores with
+fits a linear probe per (set, model) (:mod:`protembed_bench.probes`) and reports test scores with
 bootstrap intervals and retention = student score / best teacher score (paired bootstrap interval).
 Every model sees the same residues: sequences are cropped to the student's maximum length (which is
 also the distillation crop, so cache keys match).
@@ -34,9 +34,10 @@ import numpy as np
 
 from protembed import tokenizer
 from protembed.settings import default_model_dir
+from protembed_bench.onnx_student import OnnxStudent
 
 if TYPE_CHECKING:  # scikit-learn is imported only when probes run, so the CLI parser stays light
-    from protembed_distill.probes import Interval, ProbeResult, TaskKind
+    from protembed_bench.probes import Interval, ProbeResult, TaskKind
 
 log = logging.getLogger(__name__)
 
@@ -226,51 +227,6 @@ class FeatureSet:
     note: str = ""
 
 
-class OnnxStudent:
-    """The exported student through protembed's own loader and ONNX Runtime backend (no server)."""
-
-    def __init__(self, folder: Path, variant: str = "fp32", threads: int = 1) -> None:
-        from protembed.artifact import load_model
-        from protembed.runtime import OrtBackend
-
-        self.model = load_model(folder, variant)
-        self.card = self.model.card
-        self.variant = variant
-        self.backend = OrtBackend(self.model, ["CPUExecutionProvider"], threads, 1)
-
-    def per_protein_outputs(self) -> dict[str, str]:
-        """Card output name -> ONNX output name, per-protein outputs only."""
-        return {o.name: o.onnx_output for o in self.card.per_protein_outputs()}
-
-    def embed(
-        self, sequences: Sequence[str], outputs: Sequence[str], batch_tokens: int
-    ) -> dict[str, np.ndarray | list[np.ndarray]]:
-        """ONNX outputs for normalized sequences no longer than the card's max length.
-
-        Per-protein outputs come back stacked [N, dim]; ``residue_states`` as one [len_i, dim] array per
-        sequence (pad positions sliced off).
-        """
-        from protembed_distill.teacher_cache import token_batches
-
-        limit = self.card.max_length
-        for i, s in enumerate(sequences):
-            if len(s) > limit:
-                raise ValueError(
-                    f"sequence {i} has {len(s)} residues; the model takes at most {limit} (crop first)"
-                )
-        per_item: dict[str, list[np.ndarray]] = {o: [np.empty(0)] * len(sequences) for o in outputs}
-        for batch in token_batches([len(s) for s in sequences], batch_tokens):
-            enc = tokenizer.batch_encode([sequences[i] for i in batch])
-            values = self.backend.run(enc, outputs)
-            for name, arr in values.items():
-                for row, i in enumerate(batch):
-                    per_item[name][i] = arr[row, : enc.lengths[row]] if arr.ndim == 3 else arr[row]
-        return {
-            name: (rows if name == "residue_states" else np.stack(rows).astype(np.float32))
-            for name, rows in per_item.items()
-        }
-
-
 def student_features(
     folder: Path, variant: str, sequences: Sequence[str], threads: int, batch_tokens: int
 ) -> list[FeatureSet]:
@@ -380,7 +336,7 @@ def _retention(
     data: TaskData, y_test: np.ndarray, results: dict[str, ProbeResult], boot_idx: np.ndarray
 ) -> tuple[str | None, dict[str, dict[str, Any]]]:
     """Every non-teacher model against the best teacher, and each head against its own teacher."""
-    from protembed_distill import probes
+    from protembed_bench import probes
 
     primary = data.spec.metrics[0]
     teachers = {n: r for n, r in results.items() if n.startswith("teacher:")}
@@ -415,7 +371,7 @@ def _retention(
 def probe_task(
     data: TaskData, features: Sequence[FeatureSet], row_of: dict[str, int], cfg: EvalConfig
 ) -> TaskOutcome:
-    from protembed_distill import probes
+    from protembed_bench import probes
 
     y_train, y_test, _ = probes.encode_labels(data.train.labels, data.test.labels)
     train_rows = np.array([row_of[s] for s in data.train.sequences])
@@ -465,7 +421,7 @@ def _chain_bootstrap(
     correct: np.ndarray, chain: np.ndarray, n_chains: int, resamples: int, seed: int
 ) -> Interval:
     """Q3 with a bootstrap over chains (residues of one chain are not independent)."""
-    from protembed_distill import probes
+    from protembed_bench import probes
 
     hits = np.bincount(chain, weights=correct.astype(np.float64), minlength=n_chains)
     sizes = np.bincount(chain, minlength=n_chains).astype(np.float64)
@@ -476,7 +432,7 @@ def _chain_bootstrap(
 
 def secondary_structure(cfg: EvalConfig, crop: int) -> dict[str, Any]:
     """Per-residue Q3 of a linear probe on the student's residue states, against a one-hot window."""
-    from protembed_distill import probes
+    from protembed_bench import probes
 
     path = cfg.data_dir / "eval" / "secondary_structure" / "sampled.tsv"
     seqs, cols = read_tsv(path, ["dssp3", "set"], crop)
@@ -563,7 +519,7 @@ def embed_teachers_only(cfg: EvalConfig) -> dict[str, str]:
 
 def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     """Embed, probe and compare; returns the report body (without command/machine, added by the caller)."""
-    from protembed_distill import probes
+    from protembed_bench import probes
 
     card, crop, tasks, unique = _evaluation_sequences(cfg)
     row_of = {s: i for i, s in enumerate(unique)}

@@ -2,7 +2,7 @@
 
 The set is a seeded sample of the training corpus (so its lengths follow the real distribution),
 cropped to the student's maximum length so every model embeds exactly the same residues. Every model
-runs in its own subprocess (``python -m protembed_distill.bench_model worker SPEC OUT``) with the same
+runs in its own subprocess (``python -m protembed_bench.model worker SPEC OUT``) with the same
 thread count and the same length-sorted token batches; the process's peak RSS (``VmHWM``) is then the
 model's own, not that of whatever ran before it. Memory is RSS because PyTorch and ONNX Runtime allocate
 natively, where ``tracemalloc`` sees nothing. Fast models repeat the pass until ``min_seconds`` so their
@@ -90,7 +90,7 @@ def length_stats(sequences: Sequence[str]) -> dict[str, float]:
 
 
 def model_specs(cfg: BenchConfig, available_variants: Sequence[str]) -> list[ModelSpec]:
-    from protembed_distill.evaluate import parse_teacher
+    from protembed_bench.evaluate import parse_teacher
 
     specs = []
     for text in cfg.teachers:
@@ -118,19 +118,19 @@ def _status_mb(field_name: str) -> float:
 def _embedder(spec: ModelSpec, threads: int) -> Callable[[list[str]], object]:
     """Load the model; returns 'embed this batch of sequences'."""
     if spec.kind == "onnx":
-        from protembed_distill.evaluate import OnnxStudent
+        from protembed_bench.onnx_student import OnnxStudent
 
         assert spec.model_dir is not None and spec.variant is not None
         student = OnnxStudent(Path(spec.model_dir), spec.variant, threads)
         default = student.card.output(student.card.default_output)
         assert default is not None
         outputs = [default.onnx_output]  # what a default server request computes
-        return lambda seqs: student.backend.run(tokenizer.batch_encode(seqs), outputs)
+        return lambda seqs: student.model.run(tokenizer.batch_encode(seqs), outputs)
     import torch
 
     torch.set_num_threads(threads)
     if spec.kind == "teacher":
-        from protembed_distill.evaluate import parse_teacher
+        from protembed_bench.evaluate import parse_teacher
 
         assert spec.teacher is not None
         teacher = replace(parse_teacher(spec.teacher), options=dict(spec.options)).load()
@@ -231,7 +231,7 @@ def measure(
         "max_repeats": cfg.max_repeats,
     }
     spec_path.write_text(json.dumps(job))
-    cmd = [sys.executable, "-m", "protembed_distill.bench_model", "worker", str(spec_path), str(out_path)]
+    cmd = [sys.executable, "-m", "protembed_bench.model", "worker", str(spec_path), str(out_path)]
     try:
         proc = subprocess.run(
             cmd,
@@ -414,5 +414,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "worker":
         worker(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
-        print("usage: python -m protembed_distill.bench_model worker SPEC.json OUT.json", file=sys.stderr)
+        print("usage: python -m protembed_bench.model worker SPEC.json OUT.json", file=sys.stderr)
         raise SystemExit(2)

@@ -20,11 +20,12 @@ from protembed import __version__
 COMMANDS: dict[str, str] = {
     "serve": "protembed.commands.serve",
     "embed": "protembed.commands.embed",
+    "merge": "protembed.commands.merge",
     "teachers": "protembed_distill.commands.teachers",
     "distill": "protembed_distill.commands.distill",
     "export": "protembed_distill.commands.export",
-    "evaluate": "protembed_distill.commands.evaluate",
-    "bench": "protembed_distill.commands.bench",
+    "evaluate": "protembed_bench.commands.evaluate",
+    "bench": "protembed_bench.commands.bench",
 }
 
 # Offline dependencies: when one of these is missing, a distill command says how to install it.

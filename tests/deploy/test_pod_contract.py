@@ -22,7 +22,7 @@ import pytest
 from deploy_helpers import DOCKER_DIR, REPO, Rendered
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protembed_distill.bench_serve import spawn_server
+from protembed.testing import spawn_server
 
 
 def _pod_env(rendered: Rendered, model_dir: Path) -> dict[str, str]:

@@ -13,7 +13,8 @@ import pytest
 from conftest import TINY_TEACHERS
 
 from protembed.cli import main
-from protembed_distill import bench_serve
+from protembed_bench.serve.load import closed_loop
+from protembed_bench.serve.replay import queue_kwargs, replay_padding
 
 
 def _bench(what: str, model_dir: Path, data_dir: Path, reports: Path, *extra: str) -> int:
@@ -165,11 +166,11 @@ def test_replay_bucketing_beats_arrival_order() -> None:
     seqs = _stream(600, 0)
     kw = {"max_batch_tokens": 16384, "max_batch_size": 64, "max_wait_s": 0.005, "tokens_per_s": 30000.0}
     for concurrency, margin in ((64, 0.1), (256, 0.3)):
-        bucketed = bench_serve.replay_padding(seqs, fifo=False, concurrency=concurrency, **kw)
-        fifo = bench_serve.replay_padding(seqs, fifo=True, concurrency=concurrency, **kw)
+        bucketed = replay_padding(seqs, fifo=False, concurrency=concurrency, **kw)
+        fifo = replay_padding(seqs, fifo=True, concurrency=concurrency, **kw)
         assert bucketed["padding_ratio"] < fifo["padding_ratio"] - margin, concurrency
         assert fifo["padding_ratio"] > 0.3
-    one = bench_serve.replay_padding(seqs[:20], fifo=False, concurrency=1, **kw)
+    one = replay_padding(seqs[:20], fifo=False, concurrency=1, **kw)
     assert one == {"batches": 20, "mean_batch_size": 1.0, "padding_ratio": 0.0}  # one in flight: no padding
 
 
@@ -178,7 +179,7 @@ def test_replay_hands_out_the_batches_it_formed() -> None:
     seqs = _stream(300, 1)
     kw = {"max_batch_tokens": 2048, "max_batch_size": 64, "max_wait_s": 0.005, "tokens_per_s": 30000.0}
     formed: list[list[str]] = []
-    stats = bench_serve.replay_padding(seqs, fifo=False, concurrency=64, formed=formed, **kw)
+    stats = replay_padding(seqs, fifo=False, concurrency=64, formed=formed, **kw)
     assert sorted(s for batch in formed for s in batch) == sorted(seqs)  # every sequence once
     assert len(formed) == stats["batches"] and max(map(len, formed)) > 1
     padded = sum(max(map(len, b)) * len(b) for b in formed)
@@ -187,7 +188,7 @@ def test_replay_hands_out_the_batches_it_formed() -> None:
 
 
 def test_replay_takes_the_servers_queue_settings() -> None:
-    kwargs = bench_serve.queue_kwargs(
+    kwargs = queue_kwargs(
         {
             "max_batch_tokens": 100,
             "max_batch_size": 3,
@@ -205,7 +206,7 @@ def test_closed_loop_is_bounded_in_time() -> None:
         return False
 
     start = time.monotonic()
-    row = asyncio.run(bench_serve.closed_loop(slow, ["MK"] * 1000, concurrency=4, seconds=0.3))
+    row = asyncio.run(closed_loop(slow, ["MK"] * 1000, concurrency=4, seconds=0.3))
     assert time.monotonic() - start < 2.0
     assert 0 < row["requests"] < 1000 and row["errors"] == 0
     assert row["requests_per_s"] == pytest.approx(row["requests"] / row["seconds"])
@@ -215,5 +216,5 @@ def test_closed_loop_counts_errors() -> None:
     async def failing(seq: str) -> bool:
         raise RuntimeError("HTTP 500")
 
-    row = asyncio.run(bench_serve.closed_loop(failing, ["MK"] * 5, concurrency=2, seconds=5))
+    row = asyncio.run(closed_loop(failing, ["MK"] * 5, concurrency=2, seconds=5))
     assert row["errors"] == 5 and row["requests"] == 0 and "HTTP 500" in row["first_errors"][0]

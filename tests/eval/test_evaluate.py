@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_TEACHERS
 
 from protembed.cli import main
-from protembed_distill import evaluate as ev
+from protembed_bench import evaluate as ev
 
 
 def test_tasks_subsets_are_deterministic_and_filtered(eval_data_dir: Path) -> None:

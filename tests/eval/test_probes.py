@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-from protembed_distill import probes
+from protembed_bench import probes
 
 
 def _separable(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ def test_invocation_reads_like_the_typed_command() -> None:
 
 
 def test_plots_are_drawn_from_the_reports(tmp_path: Path) -> None:
-    from protembed_distill import plots
+    from protembed_bench import plots
 
     score = {"point": 0.8, "low": 0.7, "high": 0.9}
     evaluation = {

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from protembed_distill.commands._options import parse_teacher_options
+from protembed_bench.commands._options import parse_teacher_options
 from protembed_distill.teachers.base import exact_float32
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from protembed.settings import default_model_dir
-from protembed_distill.commands._options import add_teacher_options, parse_teacher_options, teacher_names
-from protembed_distill.evaluate import DEFAULT_DATA_DIR
+from protembed_bench.commands._options import add_teacher_options, parse_teacher_options, teacher_names
+from protembed_bench.evaluate import DEFAULT_DATA_DIR
 
 DEFAULT_MODEL_DIR = default_model_dir()
 DEFAULT_CORPUS = DEFAULT_DATA_DIR / "corpus" / "corpus.fasta"
@@ -49,7 +49,7 @@ def add_parser(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     sub.required = True
 
-    from protembed_distill.bench_model import BATCH_TOKENS
+    from protembed_bench.model import BATCH_TOKENS
 
     m = sub.add_parser("model", help="throughput and peak memory of each teacher and the student")
     _common(m)
@@ -188,8 +188,10 @@ def _run_report(
 
 def _finish(args: argparse.Namespace, name: str, report: dict[str, Any], module: Any, title: str) -> None:
     """Write the report (markdown and JSON), merge ``module``'s headline values into the summary, and
-    redraw the plots. ``module`` is ``bench_model`` or ``bench_serve``: both render and summarise alike."""
-    from protembed_distill import plots, reports
+    redraw the plots. ``module`` is ``protembed_bench.model`` or ``protembed_bench.serve.report``: both render
+    and summarise alike."""
+    from protembed_bench import plots
+    from protembed_distill import reports
 
     out_dir = args.reports / "smoke" if args.smoke else args.reports
     markdown = module.render_markdown(report, reports.header(title, report))
@@ -208,7 +210,7 @@ def run_model(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from protembed.errors import ModelArtifactError
-    from protembed_distill import bench_model
+    from protembed_bench import model as bench_model
 
     try:
         cfg = bench_model.BenchConfig(
@@ -255,7 +257,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from protembed.errors import ModelArtifactError
-    from protembed_distill import bench_serve
+    from protembed_bench.serve import report as serve_report
+    from protembed_bench.serve.config import ServeBenchConfig
+    from protembed_bench.serve.run import run_serve_bench
 
     env: dict[str, str] = {}
     for item in args.server_setting:
@@ -264,7 +268,7 @@ def run_serve(args: argparse.Namespace) -> int:
             print(f"protembed bench serve: --server-setting {item!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         env[f"PROTEMBED_{name.upper()}"] = value
-    cfg = bench_serve.ServeBenchConfig(
+    cfg = ServeBenchConfig(
         model_dir=args.model,
         corpus=args.corpus,
         variant=args.variant,
@@ -292,10 +296,10 @@ def run_serve(args: argparse.Namespace) -> int:
         "serve",
         args.smoke,
         "protembed-bench-serve-",
-        lambda work: bench_serve.run_serve_bench(cfg, work, _log),
+        lambda work: run_serve_bench(cfg, work, _log),
         (ValueError, ModelArtifactError, RuntimeError, OSError),
     )
     if report is None:
         return 1
-    _finish(args, "bench_serve", report, bench_serve, "Server benchmark")
+    _finish(args, "bench_serve", report, serve_report, "Server benchmark")
     return 0

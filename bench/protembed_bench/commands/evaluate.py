@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protembed_distill.commands._options import add_teacher_options, parse_teacher_options, teacher_names
+from protembed_bench.commands._options import add_teacher_options, parse_teacher_options, teacher_names
 
 SMOKE: dict[str, Any] = {
     "max_train": 40,
@@ -27,7 +27,7 @@ SMOKE: dict[str, Any] = {
 
 
 def add_parser(subparsers: Any) -> None:
-    from protembed_distill import evaluate as ev  # light: numpy + the probe module's names only at call time
+    from protembed_bench import evaluate as ev  # light: numpy + the probe module's names only at call time
 
     p = subparsers.add_parser(
         "evaluate",
@@ -99,7 +99,7 @@ def add_parser(subparsers: Any) -> None:
 def build_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
-    from protembed_distill.evaluate import DEFAULT_CACHE_DIR, EvalConfig, TeacherSpec, parse_teacher
+    from protembed_bench.evaluate import DEFAULT_CACHE_DIR, EvalConfig, TeacherSpec, parse_teacher
 
     options = parse_teacher_options(args.teacher_option)
     cache_dir = args.cache_dir
@@ -152,8 +152,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from protembed.errors import ModelArtifactError
+    from protembed_bench.evaluate import render_markdown, run_evaluation
     from protembed_distill import reports
-    from protembed_distill.evaluate import render_markdown, run_evaluation
     from protembed_distill.teachers.base import TeacherUnavailableError
 
     try:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     failures = (ValueError, FileNotFoundError, ModelArtifactError, TeacherUnavailableError, RuntimeError)
     if args.embed_only:
-        from protembed_distill.evaluate import embed_teachers_only
+        from protembed_bench.evaluate import embed_teachers_only
 
         try:
             notes = embed_teachers_only(cfg)
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     if report["retention_int8"]:
         values["retention_int8"] = report["retention_int8"]
     reports.update_summary(out_dir, values, "evaluate")
-    from protembed_distill import plots
+    from protembed_bench import plots
 
     made = plots.refresh(out_dir)
     print(f"wrote {md_path}, {json_path}" + "".join(f", {p}" for p in made))

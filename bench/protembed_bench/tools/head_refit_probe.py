@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from protembed import tokenizer
-from protembed.runtime import Backend
+from protembed.runtime import OnnxModel
 
 TEACHER = "unirep1900"
 
@@ -57,7 +57,7 @@ def pooled_extras(states: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([x.max(0), x.std(0), x[:q].mean(0), x[-q:].mean(0)])
 
 
-def student_outputs(backend: Backend, sequences: Sequence[str]) -> dict[str, np.ndarray]:
+def student_outputs(backend: OnnxModel, sequences: Sequence[str]) -> dict[str, np.ndarray]:
     """Embedding, UniRep head and pooled residue-state extras per sequence, in input order."""
     names = ["student", f"teacher_{TEACHER}", "residue_states"]
     rows: dict[str, list[np.ndarray | None]] = {n: [None] * len(sequences) for n in [*names[:2], "extras"]}
@@ -74,9 +74,9 @@ def student_outputs(backend: Backend, sequences: Sequence[str]) -> dict[str, np.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from protembed_bench.onnx_student import OnnxStudent
     from protembed_distill.config import load_config
     from protembed_distill.data import prepare_dataset
-    from protembed_distill.evaluate import OnnxStudent
     from protembed_distill.teacher_cache import EmbeddingStore, embed_into
     from protembed_distill.teachers.registry import load_teacher
 
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         y_train = store.per_protein([it.key for it in train]).astype(np.float32)
         y_val = store.per_protein([it.key for it in val]).astype(np.float32)
 
-    backend = OnnxStudent(args.model, "fp32", args.threads).backend
+    backend = OnnxStudent(args.model, "fp32", args.threads).model
     tr = student_outputs(backend, [it.sequence for it in train])
     va = student_outputs(backend, [it.sequence for it in val])
     head = f"teacher_{TEACHER}"
