@@ -12,7 +12,7 @@ import pytest
 from protembed.windows import plan_windows
 from protembed_bench.fidelity.proteins import probe_task
 from protembed_bench.fidelity.residues import q3_table, window_onehot
-from protembed_bench.fidelity.sets import ProteinSet, teacher_order
+from protembed_bench.fidelity.sets import ProteinSet, sequence_key, teacher_order
 from protembed_bench.fidelity.student_vectors import ServedStudent
 from tiny_model import reference_embeddings
 
@@ -72,8 +72,6 @@ def test_served_student_pools_long_sequences_as_the_server_and_caches(
     weights = np.array([w.own_end - w.own_start for w in windows], dtype=np.float64)
     pooled = sum(wt * r["student"] for wt, r in zip(weights, refs, strict=True)) / weights.sum()
     np.testing.assert_allclose(out["student"][1], pooled, rtol=1e-4, atol=1e-5)
-    from protembed_bench.fidelity.sets import sequence_key
-
     assert student.cached_keys("student") == {sequence_key(short), sequence_key(long)}
     # a second instance answers from the cache alone, with the same arrays
     again = ServedStudent(tiny_model_dir, "fp32", tmp_path, overlap=16)
@@ -164,3 +162,128 @@ def test_probe_task_retention_is_paired_against_the_best_teacher() -> None:
     )
     assert ret["accuracy"]["low"] <= ret["accuracy"]["point"] <= ret["accuracy"]["high"]
     assert "teacher:weak" not in r["retention"]
+
+
+def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
+
+
+def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Sets on disk (within the tiny model's context: the server's overlap exceeds it), teacher caches as
+    the teacher job writes them (for part of the rows), the tiny
+    model as the student: the report has the student rows, the retention subset's counts and the
+    per-residue table with every feature set."""
+    import json
+
+    from protembed_bench.fidelity import run
+    from protembed_bench.fidelity.sets import load_chains, load_protein_sets, teacher_order
+    from protembed_bench.fidelity.teacher_vectors import TEACHERS
+    from protembed_distill.teacher_cache import EmbeddingStore
+
+    rng = np.random.default_rng(4)
+    data = tmp_path / "data"
+
+    def rows(n: int, labels: list[str]) -> list[list[str]]:
+        return [[f"r{i}", _seq(rng, int(rng.integers(20, 64))), labels[i % len(labels)]] for i in range(n)]
+
+    for split, n in (("train", 150), ("test", 120)):
+        deeploc = rows(n, ["Nucleus", "Cytoplasm", "Membrane"])
+        _write_tsv(
+            data / "eval" / "deeploc" / f"{split}.tsv",
+            ["id", "sequence", "location", "membrane"],
+            [[*r, "MSU"[i % 3]] for i, r in enumerate(deeploc)],
+        )
+        _write_tsv(
+            data / "eval" / "deepsol" / f"{split}.tsv", ["id", "sequence", "soluble"], rows(n, ["0", "1"])
+        )
+        _write_tsv(
+            data / "eval" / "capsid" / f"{split}.tsv", ["id", "sequence", "capsid"], rows(n, ["0", "1"])
+        )
+    chains = []
+    for i in range(24):
+        s = _seq(rng, int(rng.integers(30, 64)))
+        chains.append(
+            [f"c{i}", s, "".join(rng.choice(list("CEH"), len(s))), "train" if i < 14 else "test", "False"]
+        )
+    _write_tsv(
+        data / "eval" / "secondary_structure" / "sampled.tsv",
+        ["id", "sequence", "dssp3", "set", "validation"],
+        chains,
+    )
+
+    cache = tmp_path / "cache"
+    sets = load_protein_sets(data)
+    order = teacher_order(sets)
+    seqs = [getattr(sets[s], split)[i] for s, split, i in order][:700]  # a prefix, as a stopped job leaves
+    ch = load_chains(data, 14, 0)
+    dims = {"unirep1900": 12, "near": 5}
+    for t in TEACHERS:
+        for kind, items, per_res in (("proteins", seqs, False), ("residues", ch.train + ch.test, True)):
+            unique = list(dict.fromkeys(items))
+            with EmbeddingStore(cache / kind / f"{t}.h5") as store:
+                store.init({"name": t}, dims[t], dims[t] if per_res else None)
+                res = (
+                    [rng.normal(size=(len(s), dims[t])).astype(np.float32) for s in unique]
+                    if per_res
+                    else None
+                )
+                store.append(
+                    [sequence_key(s) for s in unique],
+                    rng.normal(size=(len(unique), dims[t])).astype(np.float32),
+                    res,
+                    [len(s) for s in unique],
+                )
+    from protembed_bench.fidelity import student_vectors
+
+    assert (
+        student_vectors.main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--variant",
+                "int8",
+                "--data-dir",
+                str(data),
+                "--cache-dir",
+                str(cache / "student"),
+                "--train-chains",
+                "14",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "report" / "fidelity"
+    assert (
+        run.main(
+            [
+                "--model",
+                f"student={tiny_model_dir}:int8",
+                "--data-dir",
+                str(data),
+                "--cache-dir",
+                str(cache),
+                "--train-chains",
+                "14",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["full"]) == {"deeploc", "deeploc_membrane", "deepsol", "capsid"}
+    assert report["full"]["deepsol"]["rows"] == {"train": 150, "train_all": 150, "test": 120, "test_all": 120}
+    sub = report["subset"]["deepsol"]
+    assert 50 <= sub["rows"]["train"] < 150 and 50 <= sub["rows"]["test"] < 120  # the teachers' prefix only
+    assert sub["retention"]["student"]["accuracy"]["vs"] in ("teacher:unirep1900", "teacher:near")
+    assert set(report["residues"]["results"]) == {
+        "student:residues",
+        "teacher:unirep1900",
+        "teacher:near",
+        "teachers:both",
+        "window_onehot",
+        "student:residues+window",
+    }
+    md = out.with_suffix(".md").read_text()
+    assert "| deepsol | student | accuracy |" in md and "window_onehot" in md

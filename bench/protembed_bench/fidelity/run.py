@@ -109,7 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "full": {},
         "subset": {},
     }
-    heads = ("student", "unirep1900", "near")
 
     def student_feats(seqs: list[str]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -175,9 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         y_te = [data.test_y[i] for i in split_rows["test"]]
         feats = {}
         for name, s in students.items():
-            a, b = s.embed(seqs_tr, list(heads)), s.embed(seqs_te, list(heads))
+            heads = [o.name for o in s.card.outputs if o.level == "per_protein"]  # student + teacher heads
+            a, b = s.embed(seqs_tr, heads), s.embed(seqs_te, heads)
             feats[name] = (np.stack(a["student"]), np.stack(b["student"]))
-            for h in heads[1:]:
+            for h in heads:
+                if h == "student":
+                    continue
                 feats[f"{name}:head:{h}"] = (np.stack(a[h]), np.stack(b[h]))
         for t in TEACHERS:
             feats[f"teacher:{t}"] = (
