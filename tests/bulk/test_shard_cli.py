@@ -16,7 +16,9 @@ from protembed.cli import main as cli_main
 from protembed.commands.embed import EXIT_FAILED, EXIT_OK, EXIT_SKIPPED, main
 from protembed.shards import shard_of
 
-LOCAL = ["--providers", "cpu", "--intra-op-threads", "1", "--inter-op-threads", "1", "--no-progress"]
+# The tiny model's window is 64 residues: the chunk overlap must stay below half of it.
+LOCAL = ["--providers", "cpu", "--intra-op-threads", "1", "--inter-op-threads", "1", "--chunk-overlap", "16"]
+LOCAL += ["--no-progress"]
 N = 3
 
 
@@ -25,8 +27,8 @@ def fasta(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     records = corpus_sequences(60, max_length=60, skip=2000)
     path = tmp_path_factory.mktemp("in") / "in.fasta"
     body = "".join(f">{rid} corpus\n{seq}\n" for rid, _, seq in records)
-    # Bad records: bad residues, a duplicate of the first id, and one too long for the tiny model.
-    body += f">bad1\nMKJ9\n>{records[0][0]}\nMKV\n>long\n{'M' * 80}\n"
+    # Bad records: bad residues, and a duplicate of the first id.
+    body += f">bad1\nMKJ9\n>{records[0][0]}\nMKV\n"
     path.write_text(body)
     return path, [rid for rid, _, _ in records]
 
@@ -39,6 +41,8 @@ def test_shards_partition_the_file_and_merge_into_the_unsharded_result(
     whole = tmp_path / "whole.h5"
     assert main([str(path), "-o", str(whole), *model]) == EXIT_SKIPPED
     capsys.readouterr()
+    want = read_embeddings(whole)
+    assert set(want) == set(ids)
 
     shards, reports = [], []
     for k in range(N):
@@ -57,13 +61,12 @@ def test_shards_partition_the_file_and_merge_into_the_unsharded_result(
     for number, problem in expected:
         lines = [line for line in everything.splitlines() if f"skipped record {number} " in line]
         assert len(lines) == 1 and problem in lines[0], lines
-    assert everything.count(f"skipped record {n + 3} ") == 1
 
     merged = tmp_path / "merged.h5"
     assert cli_main(["merge", str(merged), *map(str, shards)]) == EXIT_OK
     assert f"{n} records from {N} shards" in capsys.readouterr().err
-    want, got = read_embeddings(whole), read_embeddings(merged)
-    assert set(got) == set(want) == set(ids)
+    got = read_embeddings(merged)
+    assert set(got) == set(want)
     for rid, vec in want.items():
         np.testing.assert_allclose(got[rid], vec, atol=1e-6)
     assert format_for(merged).read_meta(merged) == format_for(whole).read_meta(whole)

@@ -45,6 +45,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "customMetric": {"enabled": True},
         },
     },
+    "bulk-job-local": {"bulkJob": {"enabled": True, "volume": {"existingClaim": "embeddings"}}},
+    "bulk-job-service-gpu": {
+        "gpu": {"enabled": True},
+        "apiKey": {"value": "s3cret"},
+        "bulkJob": {
+            "enabled": True,
+            "source": "service",
+            "volume": {"existingClaim": "embeddings"},
+            "activeDeadlineSeconds": 86400,
+            "ttlSecondsAfterFinished": 3600,
+        },
+    },
     "everything": {
         "gpu": {
             "enabled": True,

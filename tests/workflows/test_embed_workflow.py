@@ -4,6 +4,7 @@ equals the server's vectors, a bad record is named in its shard's log, and `snak
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +32,10 @@ pytestmark = pytest.mark.skipif(
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [str(Path(sys.executable).parent / "snakemake"), "-s", str(SNAKEFILE), "-d", str(workdir)]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+    # Settings the workflow has no key for reach the shard jobs as PROTEMBED_* variables: the tiny
+    # model's window is 64 residues, so the chunk overlap must stay below half of it.
+    env = {**os.environ, "PROTEMBED_CHUNK_OVERLAP": "16"}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 @pytest.fixture(scope="module")
