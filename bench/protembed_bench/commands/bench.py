@@ -130,6 +130,10 @@ def add_parser(subparsers: Any) -> None:
     )
     s.set_defaults(func=run_serve)
 
+    from protembed_bench.peers import command as peers_command
+
+    peers_command.add_parser(sub, _common)  # protembed against other model servers (issue 19)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(

@@ -106,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, env_root=args.env_root)
     if args.smoke:
         cfg = replace(cfg, **SMOKE)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     report = reports.new_report("bench_peers")
     report["smoke"] = bool(args.smoke)
     start = time.perf_counter()
