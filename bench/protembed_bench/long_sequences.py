@@ -357,8 +357,8 @@ class StudentRunner:
 
         from protembed.artifact import read_model_card
         from protembed_distill.config import StudentConfig
-        from protembed_distill.onnx_weights import onnx_state_dict
-        from protembed_distill.student import Student
+        from protembed_distill.student.model import Student
+        from protembed_distill.student.onnx_weights import onnx_state_dict
 
         card = read_model_card(model_dir)
         arch = card.architecture
