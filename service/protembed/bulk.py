@@ -12,12 +12,15 @@ time.
 Layouts:
 - HDF5 (as bio_embeddings): one dataset per id, named by the id (``/`` and ``%`` escaped as ``%2F`` and
   ``%25``, since ``/`` separates HDF5 groups), shape ``[dim]`` or ``[length, dim]``, with attributes
-  ``original_id`` (the full FASTA header) and ``id``. File attributes: model, model_version, output,
+  ``original_id`` (the full FASTA header), ``id``, ``length``, ``windows`` (model windows the vector
+  was pooled from: over 1 for a sequence longer than the model's window) and ``truncated`` (only the
+  first max_length residues were embedded). File attributes: model, model_version, output,
   per_residue, dim.
-- Parquet: columns ``id``, ``header``, ``length`` and ``embedding`` (``fixed_size_list<float32, dim>``,
-  or per residue ``list<fixed_size_list<float32, dim>>``); schema metadata ``protembed`` holds the JSON
-  of the same model fields.
+- Parquet: columns ``id``, ``header``, ``length``, ``embedding`` (``fixed_size_list<float32, dim>``,
+  or per residue ``list<fixed_size_list<float32, dim>>``), ``windows`` and ``truncated``; schema
+  metadata ``protembed`` holds the JSON of the same model fields.
 - NPZ: one array per id (``np.load(path)[id]``); the zip comment holds the JSON of the model fields.
+  NPZ keeps vectors only: no header, windows or truncation per record.
 """
 
 from __future__ import annotations
@@ -94,6 +97,8 @@ class Embedded:
     header: str
     length: int
     embedding: np.ndarray  # float32 [dim] or [length, dim]
+    windows: int = 1  # model windows the vector was pooled from (over 1: a chunked long sequence)
+    truncated: bool = False  # only the first max_length residues were embedded
 
 
 # --- formats -----------------------------------------------------------------------------------------
@@ -163,6 +168,8 @@ class HDF5Format(OutputFormat):
                     str(ds.attrs.get("original_id", name)),
                     int(ds.attrs.get("length", arr.shape[0] if arr.ndim == 2 else 0)),
                     arr,
+                    int(ds.attrs.get("windows", 1)),  # absent from files written before the fields
+                    bool(ds.attrs.get("truncated", False)),
                 )
 
     def merge(
@@ -184,6 +191,8 @@ class HDF5Format(OutputFormat):
                     ds.attrs["original_id"] = rec.header
                     ds.attrs["id"] = rec.id
                     ds.attrs["length"] = rec.length
+                    ds.attrs["windows"] = rec.windows
+                    ds.attrs["truncated"] = rec.truncated
 
 
 class ParquetFormat(OutputFormat):
@@ -201,6 +210,8 @@ class ParquetFormat(OutputFormat):
                 ("header", pa.string()),
                 ("length", pa.int32()),
                 ("embedding", pa.list_(vector) if meta.per_residue else vector),
+                ("windows", pa.int32()),
+                ("truncated", pa.bool_()),
             ],
             metadata={"protembed": meta.to_json()},
         )
@@ -226,13 +237,16 @@ class ParquetFormat(OutputFormat):
         meta = self.read_meta(path)
         for batch in pq.ParquetFile(path).iter_batches():
             cols = batch.to_pydict()
-            for rid, header, length, emb in zip(
-                cols["id"], cols["header"], cols["length"], cols["embedding"], strict=True
+            n = batch.num_rows
+            # Files written before the windows/truncated columns: one window, not truncated.
+            windows, truncated = cols.get("windows", [1] * n), cols.get("truncated", [False] * n)
+            for rid, header, length, emb, win, cut in zip(
+                cols["id"], cols["header"], cols["length"], cols["embedding"], windows, truncated, strict=True
             ):
                 arr = np.asarray(emb, dtype=np.float32)
                 if meta is not None and meta.per_residue:
                     arr = arr.reshape(-1, meta.dim)
-                yield Embedded(rid, header, int(length), arr)
+                yield Embedded(rid, header, int(length), arr, int(win), bool(cut))
 
     def _table(self, batch: list[Embedded], meta: OutputMeta) -> Any:
         import pyarrow as pa
@@ -255,9 +269,22 @@ class ParquetFormat(OutputFormat):
                 pa.array([r.header for r in batch], type=pa.string()),
                 pa.array([r.length for r in batch], type=pa.int32()),
                 embedding,
+                pa.array([r.windows for r in batch], type=pa.int32()),
+                pa.array([r.truncated for r in batch], type=pa.bool_()),
             ],
             schema=schema,
         )
+
+    @staticmethod
+    def _upgrade(table: Any, schema: Any) -> Any:
+        """A row group of a file written before the windows/truncated columns, in today's schema."""
+        import pyarrow as pa
+
+        defaults = {"windows": (1, pa.int32()), "truncated": (False, pa.bool_())}
+        for name, (value, typ) in defaults.items():
+            if name not in table.column_names:
+                table = table.append_column(name, pa.array([value] * table.num_rows, type=typ))
+        return table.select(schema.names).cast(schema)
 
     def merge(
         self, existing: Path | None, batches: Iterable[list[Embedded]], dest: Path, meta: OutputMeta
@@ -269,7 +296,7 @@ class ParquetFormat(OutputFormat):
             if existing is not None:  # a parquet file cannot be appended to: stream its row groups over
                 source = pq.ParquetFile(existing)
                 for group in range(source.num_row_groups):
-                    writer.write_table(source.read_row_group(group).cast(schema))
+                    writer.write_table(self._upgrade(source.read_row_group(group), schema))
             for batch in batches:
                 if batch:
                     writer.write_table(self._table(batch, meta))
@@ -448,6 +475,8 @@ class BulkWriter:
             ids=np.array([r.id for r in self._buffer], dtype=np.str_),
             headers=np.array([r.header for r in self._buffer], dtype=np.str_),
             lengths=np.array([r.length for r in self._buffer], dtype=np.int64),
+            windows=np.array([r.windows for r in self._buffer], dtype=np.int64),
+            truncated=np.array([r.truncated for r in self._buffer], dtype=np.bool_),
             shapes=np.array([r.embedding.shape for r in self._buffer], dtype=np.int64),
             data=np.concatenate([r.embedding.reshape(-1) for r in self._buffer]).astype(
                 np.float32, copy=False
@@ -463,12 +492,18 @@ class BulkWriter:
                 shapes, flat = data["shapes"], data["data"]
                 sizes = np.prod(shapes, axis=1)
                 offsets = np.concatenate([[0], np.cumsum(sizes)])
+                n = len(shapes)
+                # Parts checkpointed by a version before the fields: one window, not truncated.
+                windows = data["windows"] if "windows" in data.files else np.ones(n, dtype=np.int64)
+                truncated = data["truncated"] if "truncated" in data.files else np.zeros(n, dtype=np.bool_)
                 yield [
                     Embedded(
                         str(rid),
                         str(header),
                         int(length),
                         flat[offsets[i] : offsets[i + 1]].reshape(tuple(int(s) for s in shapes[i])),
+                        int(windows[i]),
+                        bool(truncated[i]),
                     )
                     for i, (rid, header, length) in enumerate(
                         zip(data["ids"], data["headers"], data["lengths"], strict=True)
@@ -520,6 +555,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 class BatchEmbeddings:
     meta: OutputMeta
     embeddings: list[np.ndarray]  # in the order of the sequences sent
+    windows: list[int] | None = None  # per sequence; None: one window each (an older server)
+    truncated: list[bool] | None = None  # per sequence; None: none truncated
 
 
 class BatchEmbedder(Protocol):
@@ -543,6 +580,7 @@ class BulkStats:
     already_done: int = 0  # skipped because the output already had them
     skipped: int = 0  # bad records (problems)
     residues: int = 0
+    truncated: int = 0  # embedded from their first max_length residues only (long_sequences=truncate)
 
 
 def _item_index(err: BaseException) -> int | None:
@@ -610,9 +648,13 @@ async def embed_records(
                 problem(RecordProblem(bad.record, getattr(err, "message", str(err))))
                 continue
             writer.set_meta(result.meta)
-            for checked, emb in zip(batch, result.embeddings, strict=True):
-                writer.add(Embedded(checked.record.id, checked.record.header, len(checked.sequence), emb))
+            windows = result.windows or [1] * len(batch)
+            truncated = result.truncated or [False] * len(batch)
+            for checked, emb, win, cut in zip(batch, result.embeddings, windows, truncated, strict=True):
+                record = checked.record
+                writer.add(Embedded(record.id, record.header, len(checked.sequence), emb, win, cut))
                 stats.residues += len(checked.sequence)
+                stats.truncated += cut
             stats.embedded += len(batch)
             if on_progress is not None:
                 on_progress(len(batch))

@@ -112,6 +112,8 @@ class EmbedResult:
     ids: list[str | None] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
     cached: list[bool] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)  # model windows per item (over 1: chunked)
+    truncated: list[bool] = field(default_factory=list)  # only the first max_length residues embedded
 
     def array(self) -> np.ndarray | list[np.ndarray]:
         """[n, dim] float32 per protein; a list of [length, dim] arrays per residue."""
@@ -125,6 +127,8 @@ class EmbedResult:
         self.ids.extend(other.ids)
         self.embeddings.extend(other.embeddings)
         self.cached.extend(other.cached)
+        self.windows.extend(other.windows)
+        self.truncated.extend(other.truncated)
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class _Options:
     output: str | None
     per_residue: bool
     normalize: bool
+    long_sequences: str | None = None  # chunk, truncate or reject; None: the server's setting
 
 
 # --- chunking ----------------------------------------------------------------------------------------
@@ -167,6 +172,8 @@ def _rest_body(sequences: Sequence[str], ids: Sequence[str | None], opts: _Optio
     }
     if opts.output:
         body["output"] = opts.output
+    if opts.long_sequences:
+        body["long_sequences"] = opts.long_sequences
     return body
 
 
@@ -193,6 +200,8 @@ def _parse_rest(payload: dict[str, Any], per_residue: bool) -> EmbedResult:
         result.ids.append(item.get("id"))
         result.embeddings.append(_decode_vector(item["embedding"], dim, pr))
         result.cached.append(bool(item.get("cached", False)))
+        result.windows.append(int(item.get("windows", 1)))  # absent from servers older than the field
+        result.truncated.append(bool(item.get("truncated", False)))
     return result
 
 
@@ -240,7 +249,10 @@ def _grpc_request(sequences: Sequence[str], ids: Sequence[str | None], opts: _Op
     return pb.EmbedRequest(
         sequences=[pb.Sequence(id=i or "", sequence=s) for s, i in zip(sequences, ids, strict=True)],
         options=pb.EmbedOptions(
-            output=opts.output or "", per_residue=opts.per_residue, normalize=opts.normalize
+            output=opts.output or "",
+            per_residue=opts.per_residue,
+            normalize=opts.normalize,
+            long_sequences=opts.long_sequences or "",
         ),
     )
 
@@ -261,6 +273,8 @@ def parse_grpc_response(response: Any) -> EmbedResult:
             np.frombuffer(e.vector, dtype="<f4").astype(np.float32).reshape(tuple(e.shape))
         )
         result.cached.append(e.cached)
+        result.windows.append(e.windows or 1)  # 0 (unset) from servers older than the field
+        result.truncated.append(e.truncated)
     return result
 
 
@@ -491,9 +505,12 @@ class Client(_ClientBase):
         output: str | None = None,
         per_residue: bool = False,
         normalize: bool = False,
+        *,
+        long_sequences: str | None = None,
     ) -> EmbedResult:
-        """Embed everything, chunk by chunk, and return vectors with the model's metadata."""
-        opts = _Options(output, per_residue, normalize)
+        """Embed everything, chunk by chunk, and return vectors with the model's metadata.
+        ``long_sequences`` (chunk, truncate or reject) overrides the server's setting for this call."""
+        opts = _Options(output, per_residue, normalize, long_sequences)
         seqs, id_list, chunks = self._prepare(sequences, ids, per_residue)
         parts = []
         for start, stop in chunks:
@@ -513,9 +530,13 @@ class Client(_ClientBase):
         output: str | None = None,
         per_residue: bool = False,
         normalize: bool = False,
+        *,
+        long_sequences: str | None = None,
     ) -> np.ndarray | list[np.ndarray]:
         """[n, dim] float32 per protein, or a list of [length, dim] arrays with ``per_residue``."""
-        return self.embed_result(sequences, ids, output, per_residue, normalize).array()
+        return self.embed_result(
+            sequences, ids, output, per_residue, normalize, long_sequences=long_sequences
+        ).array()
 
     def info(self) -> dict[str, Any]:
         if self._http is not None:
@@ -608,8 +629,10 @@ class AsyncClient(_ClientBase):
         output: str | None = None,
         per_residue: bool = False,
         normalize: bool = False,
+        *,
+        long_sequences: str | None = None,
     ) -> EmbedResult:
-        opts = _Options(output, per_residue, normalize)
+        opts = _Options(output, per_residue, normalize, long_sequences)
         seqs, id_list, chunks = self._prepare(sequences, ids, per_residue)
         gate = asyncio.Semaphore(self.concurrency)
 
@@ -637,8 +660,13 @@ class AsyncClient(_ClientBase):
         output: str | None = None,
         per_residue: bool = False,
         normalize: bool = False,
+        *,
+        long_sequences: str | None = None,
     ) -> np.ndarray | list[np.ndarray]:
-        return (await self.embed_result(sequences, ids, output, per_residue, normalize)).array()
+        result = await self.embed_result(
+            sequences, ids, output, per_residue, normalize, long_sequences=long_sequences
+        )
+        return result.array()
 
     async def embed_stream(
         self,

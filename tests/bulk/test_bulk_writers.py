@@ -76,9 +76,11 @@ def test_parquet_columns(tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
     _write(path, _records(3, False))
     table = pq.read_table(path)
-    assert table.column_names == ["id", "header", "length", "embedding"]
+    assert table.column_names == ["id", "header", "length", "embedding", "windows", "truncated"]
     kind = table.schema.field("embedding").type
     assert pa.types.is_fixed_size_list(kind) and kind.list_size == 4 and pa.types.is_float32(kind.value_type)
+    assert table.column("windows").to_pylist() == [1, 1, 1]
+    assert table.column("truncated").to_pylist() == [False, False, False]
 
 
 @pytest.mark.parametrize("suffix", [".h5", ".parquet", ".npz"])

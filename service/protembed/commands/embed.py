@@ -11,6 +11,11 @@ of the file is embedded and the exit status is 3 when anything was skipped; with
 stops at the first bad record with exit status 1 (what was embedded before it is kept, so a rerun after
 fixing the file resumes).
 
+Sequences longer than the model's window follow --long-sequences (locally the engine's setting, through a
+server sent with every request): chunk (overlapping windows pooled into one vector), truncate (the first
+max_length residues) or reject (reported and skipped). HDF5 and Parquet outputs keep, per record, the
+number of windows its vector was pooled from and whether it was truncated.
+
 With --shard I/N only the records of shard I (0 .. N-1) are embedded: a record's shard is a hash of its
 id, so every machine given the same FASTA file and N agrees on the split, records added later never move
 the others, and each shard resumes on its own. ``protembed merge OUT SHARD...`` joins the shards' outputs
@@ -27,6 +32,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
@@ -130,14 +136,36 @@ def _shard_arg(spec: str) -> Any:
 # --- where vectors come from -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class VectorOptions:
+    """What every batch asks for, the same from the local engine and from a server."""
+
+    output: str | None
+    per_residue: bool
+    normalize: bool
+    long_sequences: str | None  # chunk, truncate or reject; None: the engine's / server's setting
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> VectorOptions:
+        # --long-sequences is a settings flag (argparse.SUPPRESS when not given): locally it also sets
+        # the engine's default; through a server it is sent with every request.
+        long_sequences = getattr(args, "long_sequences", None)
+        return cls(args.output_name, args.per_residue, args.normalize, long_sequences)
+
+
 class LocalEmbedder:
     """The serving Engine in this process (no server, no cache)."""
 
-    def __init__(self, engine: Any, output: str | None, per_residue: bool, normalize: bool) -> None:
+    def __init__(self, engine: Any, options: VectorOptions) -> None:
         from protembed.core import EmbedOptions
 
         self.engine = engine
-        self.options = EmbedOptions(output=output, per_residue=per_residue, normalize=normalize)
+        self.options = EmbedOptions(
+            output=options.output,
+            per_residue=options.per_residue,
+            normalize=options.normalize,
+            long_sequences=options.long_sequences,
+        )
 
     async def embed_batch(self, sequences: Sequence[str], ids: Sequence[str]) -> Any:
         from protembed.bulk import BatchEmbeddings, OutputMeta
@@ -146,26 +174,40 @@ class LocalEmbedder:
         response = await self.engine.embed(
             [EmbedInput(sequence=s, id=i) for s, i in zip(sequences, ids, strict=True)], self.options
         )
-        return BatchEmbeddings(OutputMeta.of(response), [r.embedding for r in response.results])
+        results = response.results
+        return BatchEmbeddings(
+            OutputMeta.of(response),
+            [r.embedding for r in results],
+            windows=[r.windows for r in results],
+            truncated=[r.truncated for r in results],
+        )
 
 
 class RemoteEmbedder:
     """A server, through :class:`protembed.client.AsyncClient` (chunking and retries included)."""
 
-    def __init__(self, client: Any, output: str | None, per_residue: bool, normalize: bool) -> None:
+    def __init__(self, client: Any, options: VectorOptions) -> None:
         self.client = client
-        self.output, self.per_residue, self.normalize = output, per_residue, normalize
+        self.options = options
 
     async def embed_batch(self, sequences: Sequence[str], ids: Sequence[str]) -> Any:
         from protembed.bulk import BatchEmbeddings, OutputMeta
 
+        o = self.options
         # PRIORITY (issue 18 item 4): the one call that sends bulk traffic to a server; pass the bulk
         # priority here once the client carries one, so this command and the workflows/embed Snakemake
         # workflow (which runs it) never compete with interactive users.
         result = await self.client.embed_result(
-            list(sequences), list(ids), self.output, self.per_residue, self.normalize
+            list(sequences),
+            list(ids),
+            o.output,
+            o.per_residue,
+            o.normalize,
+            long_sequences=o.long_sequences,
         )
-        return BatchEmbeddings(OutputMeta.of(result), result.embeddings)
+        return BatchEmbeddings(
+            OutputMeta.of(result), result.embeddings, windows=result.windows, truncated=result.truncated
+        )
 
 
 # --- the command -------------------------------------------------------------------------------------
@@ -245,7 +287,8 @@ async def _run(args: argparse.Namespace) -> int:
         shard = "" if args.shard is None else f"shard {args.shard}: "
         print(
             f"protembed embed: {shard}{stats.records} records: {stats.embedded} embedded, "
-            f"{stats.already_done} already in {args.out}, {stats.skipped} skipped",
+            f"{stats.already_done} already in {args.out}, {stats.skipped} skipped"
+            + (f" ({stats.truncated} truncated to the model's window)" if stats.truncated else ""),
             file=sys.stderr,
         )
         if stats.skipped:
@@ -275,7 +318,7 @@ async def _open_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
             max_items_per_request=args.batch_items,
             max_residues_per_request=args.batch_residues,
         )
-        return RemoteEmbedder(client, args.output_name, args.per_residue, args.normalize), client.close
+        return RemoteEmbedder(client, VectorOptions.from_args(args)), client.close
 
     from protembed.core import Engine
     from protembed.settings import settings_from_args
@@ -286,7 +329,7 @@ async def _open_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
     )
     engine = await asyncio.to_thread(Engine.from_settings, settings)
     await engine.start()
-    return LocalEmbedder(engine, args.output_name, args.per_residue, args.normalize), engine.stop
+    return LocalEmbedder(engine, VectorOptions.from_args(args)), engine.stop
 
 
 def main(argv: Sequence[str] | None = None) -> int:
