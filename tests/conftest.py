@@ -59,6 +59,7 @@ TEST_ENV = {
     "PROTEMBED_INTER_OP_THREADS": "1",
     "PROTEMBED_GRPC_PORT": "0",
     "PROTEMBED_LOG_LEVEL": "warning",
+    "PROTEMBED_CHUNK_OVERLAP": "16",  # the tiny model's window is 64: windows must advance
 }
 
 
@@ -75,6 +76,7 @@ def make_settings(tiny_model_dir: Path) -> Callable[..., Settings]:
             "grpc_port": 0,
             "host": "127.0.0.1",
             "redis_url": None,
+            "chunk_overlap": 16,  # the tiny model's window is 64: windows must advance
         }
         base.update(overrides)
         return Settings(**base)
@@ -167,17 +169,17 @@ class ThreadServer:
 
 @pytest.fixture
 def start_thread_server() -> Iterator[Callable[[Settings], ThreadServer]]:
-    """Start uvicorn with ``create_app(settings)`` in a thread on a free port; stopped at teardown."""
+    """Start uvicorn with ``build_app(settings)`` in a thread on a free port; stopped at teardown."""
     import uvicorn
 
-    from protembed.http import create_app
+    from protembed.server import build_app
 
     started: list[ThreadServer] = []
 
     def start(settings: Settings) -> ThreadServer:
         port = free_port()
         config = uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            build_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

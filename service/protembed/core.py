@@ -53,11 +53,15 @@ class EmbedInput:
     id: str | None = None
 
 
+LONG_SEQUENCE_MODES = ("chunk", "truncate", "reject")
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     output: str | None = None
     per_residue: bool = False
     normalize: bool = False
+    long_sequences: str | None = None  # chunk, truncate or reject; None = the server's setting
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,9 @@ class EmbeddingResult:
     id: str | None
     embedding: np.ndarray  # float32 [dim] or [length, dim]
     cached: bool
-    length: int
+    length: int  # residues embedded (after truncation)
+    windows: int = 1  # model windows the vector was computed from (more than 1: chunked)
+    truncated: bool = False  # only the first max_length residues were embedded
 
 
 @dataclass(frozen=True)
@@ -125,10 +131,15 @@ class Engine:
         self.card: ModelCard = model.card if model is not None else read_model_card(settings.model)
         self.metrics = metrics if metrics is not None else Metrics()
         self.cache: Cache | None = cache
-        if settings.long_sequences == "chunk" and settings.chunk_overlap >= self.card.max_length // 2:
-            raise ValueError(
-                f"chunk_overlap={settings.chunk_overlap} must be below half the model's max length "
-                f"({self.card.max_length}) so windows advance"
+        # Windows must advance: an overlap of half the window or more is cut down for this model (a small
+        # model's window cannot share the default 128 residues), with a warning rather than a refusal.
+        self.chunk_overlap = min(settings.chunk_overlap, (self.card.max_length - 1) // 2)
+        if self.chunk_overlap != settings.chunk_overlap:
+            log.warning(
+                "chunk_overlap=%d is not below half the model's window (%d): using %d",
+                settings.chunk_overlap,
+                self.card.max_length,
+                self.chunk_overlap,
             )
         self.batcher = Batcher(batching_config(settings), metrics=self.metrics)
         self.self_check: SelfCheck | None = None
@@ -254,8 +265,18 @@ class Engine:
             return residue
         return spec
 
-    def _validate(self, inputs: Sequence[EmbedInput]) -> list[str]:
+    def long_sequence_mode(self, options: EmbedOptions) -> str:
+        mode = options.long_sequences or self.settings.long_sequences
+        if mode not in LONG_SEQUENCE_MODES:
+            raise InvalidRequestError(
+                f"long_sequences={mode!r} is not one of {list(LONG_SEQUENCE_MODES)}"
+            )
+        return mode
+
+    def _validate(self, inputs: Sequence[EmbedInput], mode: str) -> tuple[list[str], list[bool]]:
+        """Normalized sequences (cut to the model's window with ``truncate``) and which were cut."""
         s = self.settings
+        window = self.card.max_length
         if len(inputs) == 0:
             raise InvalidRequestError("no sequences given; send at least one")
         if len(inputs) > s.max_items_per_request:
@@ -263,20 +284,33 @@ class Engine:
                 f"{len(inputs)} sequences in one request; the limit is {s.max_items_per_request}"
             )
         sequences: list[str] = []
+        truncated: list[bool] = []
         for i, item in enumerate(inputs):
             try:
                 seq = tokenizer.normalize(item.sequence, i)
             except InvalidSequenceError as exc:
                 raise exc.with_item(i, item.id) from None
-            if len(seq) > self.card.max_length and s.long_sequences == "reject":
-                raise SequenceTooLongError(i, len(seq), self.card.max_length, item.id)
-            sequences.append(seq)
+            if len(seq) > s.max_sequence_length:
+                raise SequenceTooLongError(
+                    i, len(seq), s.max_sequence_length, item.id, hint="the server's max_sequence_length"
+                )
+            cut = len(seq) > window and mode == "truncate"
+            if len(seq) > window and mode == "reject":
+                raise SequenceTooLongError(
+                    i,
+                    len(seq),
+                    window,
+                    item.id,
+                    hint="the model's window; send long_sequences='chunk' or 'truncate', or split it",
+                )
+            sequences.append(seq[:window] if cut else seq)
+            truncated.append(cut)
         residues = sum(map(len, sequences))
         if residues > s.max_residues_per_request:
             raise RequestTooLargeError(
                 f"{residues} residues in one request; the limit is {s.max_residues_per_request}"
             )
-        return sequences
+        return sequences, truncated
 
     async def embed(
         self,
@@ -292,14 +326,21 @@ class Engine:
         if not self._ready or self.cache is None:
             raise NotReadyError("model is not loaded yet; retry shortly")
         spec = self.resolve_output(options)
-        sequences = self._validate(inputs)
+        mode = self.long_sequence_mode(options)
+        sequences, truncated = self._validate(inputs, mode)
         per_residue = spec.level == "per_residue"
 
         unique = list(dict.fromkeys(sequences))
         # The variant is part of the key: int8 and fp32 vectors differ slightly, and replicas sharing
-        # one Redis may serve different variants (CPU and GPU nodes under ``auto``).
+        # one Redis may serve different variants (CPU and GPU nodes under ``auto``). A chunked long
+        # sequence's vector also depends on how its windows were cut.
         space = f"{spec.name}@{self.variant}"
-        keys = [cache_key(self.card.id, self.card.version, space, seq) for seq in unique]
+        window, overlap = self.card.max_length, self.chunk_overlap
+        chunked = f"{space}/chunk{overlap}"
+        keys = [
+            cache_key(self.card.id, self.card.version, chunked if len(seq) > window else space, seq)
+            for seq in unique
+        ]
         found: dict[str, np.ndarray] = {}
         for seq, raw in zip(unique, await self.cache.get_many(keys), strict=True):
             arr = decode_array(raw) if raw is not None else None
@@ -330,7 +371,18 @@ class Engine:
             vec = found[seq] if hit else computed[seq]
             if options.normalize:
                 vec = l2_normalize(vec)
-            results.append(EmbeddingResult(index=i, id=item.id, embedding=vec, cached=hit, length=len(seq)))
+            windows = len(plan_windows(len(seq), window, overlap))
+            results.append(
+                EmbeddingResult(
+                    index=i,
+                    id=item.id,
+                    embedding=vec,
+                    cached=hit,
+                    length=len(seq),
+                    windows=windows,
+                    truncated=truncated[i],
+                )
+            )
         hits = sum(r.cached for r in results)
         m = self.metrics
         if hits:
@@ -360,8 +412,8 @@ class Engine:
         cancelled: Callable[[], bool] | None,
     ) -> dict[str, np.ndarray]:
         """Model output for each distinct sequence; long ones (chunk mode) go in as windows."""
-        s, max_len = self.settings, self.card.max_length
-        plans = {seq: plan_windows(len(seq), max_len, s.chunk_overlap) for seq in sequences}
+        max_len = self.card.max_length
+        plans = {seq: plan_windows(len(seq), max_len, self.chunk_overlap) for seq in sequences}
         pieces = [seq[w.start : w.end] for seq in sequences for w in plans[seq]]
         outputs = await self.batcher.submit(pieces, spec.onnx_output, deadline=deadline, cancelled=cancelled)
         out: dict[str, np.ndarray] = {}
@@ -403,7 +455,7 @@ class Engine:
                 "grpc_max_message_bytes": s.grpc_max_message_bytes,
                 "max_length": self.card.max_length,
                 "long_sequences": s.long_sequences,
-                "chunk_overlap": s.chunk_overlap,
+                "chunk_overlap": self.chunk_overlap,
             },
             "batching": {
                 "max_batch_tokens": config.max_batch_tokens,

@@ -82,12 +82,14 @@ class SequenceTooLongError(ProtembedError):
         ("max_length", "max_length"),
     )
 
-    def __init__(self, index: int, length: int, max_length: int, item_id: str | None = None) -> None:
+    def __init__(
+        self, index: int, length: int, max_length: int, item_id: str | None = None, *, hint: str = ""
+    ) -> None:
         self.index, self.length, self.max_length, self.item_id = index, length, max_length, item_id
         who = f"item {index}" + (f" (id {item_id!r})" if item_id is not None else "")
         super().__init__(
-            f"{who}: sequence has {length} residues, more than the model's maximum of {max_length}; "
-            "split it, or run the server with long_sequences=chunk"
+            f"{who}: sequence has {length} residues, more than the maximum of {max_length}"
+            + (f"; {hint}" if hint else "")
         )
 
 

@@ -59,7 +59,13 @@ class Server:
             from protembed.grpc.server import mark_not_serving
 
             await mark_not_serving(self.grpc)
-        log.info("draining: up to %.0f s for queued work", self.settings.drain_timeout_s)
+        queued = engine.batcher.stats()
+        log.info(
+            "draining: up to %.0f s for %d queued and %d running items",
+            self.settings.drain_timeout_s,
+            queued.queued_items,
+            queued.running_items,
+        )
         finished = await engine.drain(self.settings.drain_timeout_s)
         if not finished:
             left = engine.batcher.stats()
@@ -119,6 +125,8 @@ def run(settings: Settings) -> int:
             async def drain_then_exit() -> None:
                 try:
                     await server.drain()
+                except Exception:
+                    log.exception("drain failed; stopping now")
                 finally:
                     super(_Uvicorn, self).handle_exit(sig, frame)
 

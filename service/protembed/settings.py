@@ -164,10 +164,18 @@ class Settings(BaseSettings):
     )
 
     # --- request limits ---------------------------------------------------------------------------
-    long_sequences: Literal["reject", "chunk"] = Field(
-        default="reject",
-        description="Sequences longer than the model's max length: 'reject' (413 naming the item) or "
-        "'chunk' (overlapping windows pooled back into one vector; per-residue output stitched).",
+    long_sequences: Literal["chunk", "truncate", "reject"] = Field(
+        default="chunk",
+        description="Sequences longer than the model's max length, unless a request says otherwise: "
+        "'chunk' (overlapping windows through the same batcher, pooled back into one vector; "
+        "per-residue output stitched to the input's length), 'truncate' (the first max_length "
+        "residues) or 'reject' (413 naming the item).",
+    )
+    max_sequence_length: int = Field(
+        default=40_000,
+        gt=0,
+        description="Longest sequence accepted, in residues (the longest known proteins, titins, have "
+        "about 35,000); longer ones get 413 naming the item, whatever long_sequences says.",
     )
     chunk_overlap: int = Field(
         default=128, ge=0, description="Residues shared by neighbouring windows when long_sequences=chunk."

@@ -58,14 +58,15 @@ def test_local_run_matches_the_server_and_reports_bad_records(
     bad = f">bad1\nMKJ9\n>\nMKV\n>{corpus[0][0]}\nMKV\n>long\n{'M' * 80}\n"
     _write_fasta(fasta, corpus, extra=bad)
     out = tmp_path / f"out{suffix}"
-    code = main([str(fasta), "-o", str(out), "--model", str(tiny_model_dir), "--batch-items", "16", *LOCAL])
+    args = ["--model", str(tiny_model_dir), "--batch-items", "16", "--long-sequences", "reject"]
+    code = main([str(fasta), "-o", str(out), *args, *LOCAL])
     err = capsys.readouterr().err
     assert code == EXIT_SKIPPED
     n = len(corpus)
     assert f"skipped record {n + 1} (line" in err and "id 'bad1'): invalid character 'J' at position 3" in err
     assert f"skipped record {n + 2} (line" in err and "empty id" in err
     assert f"skipped record {n + 3}" in err and "duplicate id, first seen at record 1" in err
-    assert f"skipped record {n + 4}" in err and "80 residues, more than the model's maximum of 64" in err
+    assert f"skipped record {n + 4}" in err and "80 residues, more than the maximum of 64" in err
     assert f"{n + 4} records: {n} embedded, 0 already in" in err and "4 skipped" in err
     got = read_embeddings(out)
     assert set(got) == set(server_vectors)
@@ -97,13 +98,15 @@ def test_per_residue_over_rest_with_a_bad_record(
     tmp_path: Path, server: Any, corpus: list[tuple[str, str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     fasta = tmp_path / "in.fasta"
-    _write_fasta(fasta, corpus[:10], extra=f">toolong\n{'A' * 70}\n")
+    # a record past the tiny model's 64-residue window is chunked by the server's default and stitched
+    _write_fasta(fasta, corpus[:10], extra=f">bad\nMKJ9\n>long\n{'A' * 70}\n")
     out = tmp_path / "out.h5"
     code = main([str(fasta), "-o", str(out), "--server", server.http_url, "--per-residue", "--no-progress"])
     assert code == EXIT_SKIPPED
     assert "skipped record 11" in capsys.readouterr().err
     got = read_embeddings(out)
-    assert {k: v.shape for k, v in got.items()} == {rid: (len(seq), 8) for rid, _, seq in corpus[:10]}
+    want = {rid: (len(seq), 8) for rid, _, seq in corpus[:10]} | {"long": (70, 8)}
+    assert {k: v.shape for k, v in got.items()} == want
 
 
 def test_on_error_fail_stops_but_keeps_what_came_before(

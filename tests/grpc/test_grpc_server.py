@@ -83,7 +83,7 @@ async def test_unary_fields_and_cached_flag(server: Any) -> None:
             "1",
             "item 1 (id 's1'): invalid character '1' at position 3",
         ),
-        (["MKV", "M" * 65], {}, "sequence_too_long", "1", "65 residues"),
+        (["MKV", "M" * 65], {"long_sequences": "reject"}, "sequence_too_long", "1", "65 residues"),
         (["MKV"], {"output": "nope"}, "invalid_request", None, "unknown output 'nope'"),
         ([], {}, "invalid_request", None, "no sequences"),
     ],
@@ -113,12 +113,12 @@ async def test_bad_input_is_invalid_argument_naming_the_item(
 
 
 async def _requests(
-    batches: list[list[tuple[str, str]]], sent: list[str]
+    batches: list[list[tuple[str, str]]], sent: list[str], options: pb.EmbedOptions | None = None
 ) -> AsyncIterator[pb.EmbedStreamRequest]:
     for n, batch in enumerate(batches):
         sent.append(f"r{n}")
         yield pb.EmbedStreamRequest(
-            request_id=f"r{n}", sequences=[pb.Sequence(id=i, sequence=s) for i, s in batch]
+            request_id=f"r{n}", sequences=[pb.Sequence(id=i, sequence=s) for i, s in batch], options=options
         )
 
 
@@ -151,7 +151,8 @@ async def test_stream_reports_bad_requests_and_goes_on(server: Any) -> None:
     batches = [[("a", "MKV")], [("b", "MK-V"), ("c", "MKV")], [("d", "M" * 70)], [("e", "MKVL")]]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.settings.grpc_port}") as channel:
         stub = pb_grpc.EmbedderStub(channel)
-        responses = [r async for r in stub.EmbedStream(_requests(batches, []))]
+        reject = pb.EmbedOptions(long_sequences="reject")
+        responses = [r async for r in stub.EmbedStream(_requests(batches, [], reject))]
     assert [r.request_id for r in responses] == ["r0", "r1", "r2", "r3"]
     assert [r.WhichOneof("result") for r in responses] == ["response", "error", "error", "response"]
     assert responses[1].error.code == "INVALID_ARGUMENT" and responses[1].error.index == 0

@@ -120,7 +120,7 @@ async def test_second_request_is_a_cache_hit_per_output(engine: Engine) -> None:
         ),
         (
             ["MK", "M" * 65],
-            EmbedOptions(),
+            EmbedOptions(long_sequences="reject"),
             SequenceTooLongError,
             "item 1 (id 'id1'): sequence has 65 residues",
         ),

@@ -124,9 +124,9 @@ BAD_INPUTS = [
     ("non-ASCII", '{"sequences": ["MKÉT"]}'.encode(), 422, "item 0: invalid character 'É' at position 3"),
     (
         "too long",
-        json.dumps({"sequences": [{"id": "big", "sequence": "M" * 65}]}).encode(),
+        json.dumps({"sequences": [{"id": "big", "sequence": "M" * 65}], "long_sequences": "reject"}).encode(),
         413,
-        "item 0 (id 'big'): sequence has 65 residues, more than the model's maximum of 64",
+        "item 0 (id 'big'): sequence has 65 residues, more than the maximum of 64; the model's window",
     ),
     (
         "too many items",

@@ -82,6 +82,7 @@ def test_serve_refuses_to_start_on_cuda_alone(tiny_model_dir: Path, tmp_path: Pa
         "PYTHONPATH": os.pathsep.join(sys.path),
         "PROTEMBED_MODEL": str(tiny_model_dir),
         "PROTEMBED_PROVIDERS": CUDA,
+        "PROTEMBED_CHUNK_OVERLAP": "16",
         "PROTEMBED_PORT": "0",
         "PROTEMBED_GRPC_PORT": "0",
     }

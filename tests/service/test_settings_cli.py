@@ -31,7 +31,7 @@ def test_env_prefix_and_redis_url_alias(monkeypatch: pytest.MonkeyPatch) -> None
 def test_defaults() -> None:
     s = Settings()
     assert s.model == REPO / "models" / "protembed-student-v1"
-    assert s.providers[0] == "CUDAExecutionProvider" and s.long_sequences == "reject"
+    assert s.providers[0] == "CUDAExecutionProvider" and s.long_sequences == "chunk"
     assert s.redis_url is None and s.cache_max_bytes > 0
 
 
@@ -55,7 +55,7 @@ def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_invalid_values_are_refused() -> None:
     with pytest.raises(ValueError, match="long_sequences"):
-        Settings(long_sequences="truncate")  # type: ignore[arg-type]
+        Settings(long_sequences="split")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="port"):
         Settings(port=70000)
 

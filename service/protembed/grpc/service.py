@@ -51,7 +51,10 @@ _PER_ITEM_OVERHEAD = 64
 
 def _options(message: pb.EmbedOptions) -> EmbedOptions:
     return EmbedOptions(
-        output=message.output or None, per_residue=message.per_residue, normalize=message.normalize
+        output=message.output or None,
+        per_residue=message.per_residue,
+        normalize=message.normalize,
+        long_sequences=message.long_sequences or None,
     )
 
 
@@ -75,6 +78,8 @@ def to_proto(response: EmbedResponse) -> pb.EmbedResponse:
                 shape=list(r.embedding.shape),
                 cached=r.cached,
                 length=r.length,
+                windows=r.windows,
+                truncated=r.truncated,
             )
             for r in response.results
         ],

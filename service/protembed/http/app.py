@@ -209,7 +209,12 @@ async def _embed(request: Request, eng: Engine, body: EmbedRequest) -> Response:
         EmbedInput(sequence=item) if isinstance(item, str) else EmbedInput(item.sequence, item.id)
         for item in body.sequences
     ]
-    options = EmbedOptions(output=body.output, per_residue=body.per_residue, normalize=body.normalize)
+    options = EmbedOptions(
+        output=body.output,
+        per_residue=body.per_residue,
+        normalize=body.normalize,
+        long_sequences=body.long_sequences,
+    )
     resp = await _embed_until_disconnect(request, eng, inputs, options)
     return VectorJSONResponse(_embed_body(resp, body.encoding))
 
@@ -279,6 +284,8 @@ def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
                 "embedding": _encode(r.embedding, encoding),
                 "cached": r.cached,
                 "length": r.length,
+                "windows": r.windows,
+                "truncated": r.truncated,
             }
             for r in resp.results
         ],
@@ -360,7 +367,7 @@ def create_app(
     ) -> Response:
         output = _openai_output(eng, body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        options = EmbedOptions(output=output)
+        options = EmbedOptions(output=output, long_sequences=body.long_sequences)
         spec = eng.resolve_output(options)
         if body.dimensions is not None and body.dimensions != spec.dim:
             raise InvalidRequestError(
@@ -376,6 +383,8 @@ def create_app(
                         "object": "embedding",
                         "index": r.index,
                         "embedding": _encode(r.embedding, body.encoding_format),
+                        "windows": r.windows,
+                        "truncated": r.truncated,
                     }
                     for r in resp.results
                 ],

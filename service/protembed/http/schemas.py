@@ -59,6 +59,13 @@ class EmbedRequest(BaseModel):
         default="float",
         description="'float' lists, or 'base64' of little-endian float32 (row-major for per_residue).",
     )
+    long_sequences: Literal["chunk", "truncate", "reject"] | None = Field(
+        default=None,
+        description="Sequences longer than the model's window (GET /info: limits.max_length): 'chunk' "
+        "(overlapping windows pooled into one vector; per-residue output stitched to the input's "
+        "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
+        "Default: the server's long_sequences setting.",
+    )
 
 
 class EmbeddingData(BaseModel):
@@ -66,7 +73,9 @@ class EmbeddingData(BaseModel):
     id: str | None = None
     embedding: list[float] | list[list[float]] | str
     cached: bool
-    length: int = Field(description="Residues in the normalized sequence.")
+    length: int = Field(description="Residues embedded (of the normalized sequence, after truncation).")
+    windows: int = Field(default=1, description="Model windows the vector comes from (over 1: chunked).")
+    truncated: bool = Field(default=False, description="Only the first max_length residues were embedded.")
 
 
 class Usage(BaseModel):
@@ -109,12 +118,21 @@ class OpenAIEmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(
         default=None, ge=1, description="Accepted only if equal to the output's dimension."
     )
+    long_sequences: Literal["chunk", "truncate", "reject"] | None = Field(
+        default=None,
+        description="Sequences longer than the model's window (GET /info: limits.max_length): 'chunk' "
+        "(overlapping windows pooled into one vector; per-residue output stitched to the input's "
+        "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
+        "Default: the server's long_sequences setting.",
+    )
 
 
 class OpenAIEmbedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
     embedding: list[float] | str
+    windows: int = Field(default=1, description="protembed extension: model windows (over 1: chunked).")
+    truncated: bool = Field(default=False, description="protembed extension: cut to the model's window.")
 
 
 class OpenAIUsage(BaseModel):

@@ -16,14 +16,16 @@ class Sequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("output", "per_residue", "normalize")
+    __slots__ = ("output", "per_residue", "normalize", "long_sequences")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PER_RESIDUE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    LONG_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     output: str
     per_residue: bool
     normalize: bool
-    def __init__(self, output: _Optional[str] = ..., per_residue: _Optional[bool] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    long_sequences: str
+    def __init__(self, output: _Optional[str] = ..., per_residue: _Optional[bool] = ..., normalize: _Optional[bool] = ..., long_sequences: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("sequences", "options")
@@ -34,20 +36,24 @@ class EmbedRequest(_message.Message):
     def __init__(self, sequences: _Optional[_Iterable[_Union[Sequence, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("index", "id", "vector", "shape", "cached", "length")
+    __slots__ = ("index", "id", "vector", "shape", "cached", "length", "windows", "truncated")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     index: int
     id: str
     vector: bytes
     shape: _containers.RepeatedScalarFieldContainer[int]
     cached: bool
     length: int
-    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., vector: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., cached: _Optional[bool] = ..., length: _Optional[int] = ...) -> None: ...
+    windows: int
+    truncated: bool
+    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., vector: _Optional[bytes] = ..., shape: _Optional[_Iterable[int]] = ..., cached: _Optional[bool] = ..., length: _Optional[int] = ..., windows: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("items", "residues")
