@@ -4,7 +4,6 @@ equals the server's vectors, a bad record is named in its shard's log, and `snak
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from protembed_testing import corpus_sequences
 
-from protembed.bulk import read_embeddings
+from protembed.bulk import format_for, read_embeddings
 from protembed.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,15 +31,16 @@ pytestmark = pytest.mark.skipif(
 
 def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [str(Path(sys.executable).parent / "snakemake"), "-s", str(SNAKEFILE), "-d", str(workdir)]
-    # Settings the workflow has no key for reach the shard jobs as PROTEMBED_* variables: the tiny
-    # model's window is 64 residues, so the chunk overlap must stay below half of it.
-    env = {**os.environ, "PROTEMBED_CHUNK_OVERLAP": "16"}
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def fasta(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[str, str, str]]]:
     records = corpus_sequences(36, max_length=60, skip=5000)
+    # One record longer than the tiny model's 64-residue window: chunked unless told otherwise.
+    long = "".join(seq for _, _, seq in records[:3])
+    assert len(long) > 64
+    records.append(("joined", "joined three records", long))
     path = tmp_path_factory.mktemp("data") / "proteins.fasta"
     path.write_text("".join(f">{header}\n{seq}\n" for _, header, seq in records) + ">broken\nMKB1\n")
     return path, records
@@ -101,11 +101,23 @@ def test_against_a_running_server_over_grpc(
     server_vectors: dict[str, np.ndarray],
 ) -> None:
     out = tmp_path / "proteins.parquet"
-    config = _config(fasta[0], out, server=server.grpc_url, shard_suffix=".npz", keep_shards=False)
+    config = _config(
+        fasta[0],
+        out,
+        server=server.grpc_url,
+        shard_suffix=".parquet",
+        keep_shards=False,
+        long_sequences="truncate",
+    )
     run = _snakemake(tmp_path, "--cores", "2", *config)
     assert run.returncode == 0, run.stderr[-4000:]
-    _check(out, server_vectors)
-    assert not list((tmp_path / "embed-work" / "shards").glob("*.npz")), "temporary shards were kept"
+    long = fasta[1][-1][2]
+    with Client(server.grpc_url) as client:
+        cut = client.embed([long], long_sequences="truncate")[0]
+    _check(out, {**server_vectors, "joined": cut})
+    truncated = {r.id for r in format_for(out).read(out) if r.truncated}
+    assert truncated == {"joined"}
+    assert not list((tmp_path / "embed-work" / "shards").glob("*.parquet")), "temporary shards were kept"
 
 
 def test_lint_is_clean(tmp_path: Path) -> None:
