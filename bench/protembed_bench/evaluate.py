@@ -285,7 +285,7 @@ def teacher_features(
     evaluation never fills the training cache with residue arrays it does not need.
     """
     from protembed_distill.config import TeacherConfig
-    from protembed_distill.data import Item, sequence_key
+    from protembed_distill.data.dataset import Item, sequence_key
     from protembed_distill.teacher_cache import EmbeddingStore, cache_path, embed_into
 
     keys = [sequence_key(s) for s in sequences]

@@ -68,7 +68,7 @@ class BenchConfig:
 
 def sample_sequences(corpus: Path, n: int, seed: int, crop: int) -> list[str]:
     """A seeded sample (without replacement) of corpus sequences, cropped to ``crop`` residues."""
-    from protembed_distill.data import read_fasta
+    from protembed_distill.data.dataset import read_fasta
 
     records = read_fasta(corpus)
     if not records:
@@ -136,7 +136,7 @@ def _embedder(spec: ModelSpec, threads: int) -> Callable[[list[str]], object]:
         teacher = replace(parse_teacher(spec.teacher), options=dict(spec.options)).load()
         return lambda seqs: teacher.embed(seqs)
     if spec.kind == "torch_student":
-        from protembed_distill.train import load_checkpoint, student_from_checkpoint
+        from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 
         assert spec.checkpoint is not None
         model = student_from_checkpoint(load_checkpoint(spec.checkpoint)).eval()

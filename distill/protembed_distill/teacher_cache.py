@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from protembed_distill.config import DistillConfig, TeacherConfig
-from protembed_distill.data import Item
+from protembed_distill.data.dataset import Item
 from protembed_distill.teachers.base import Teacher
 
 __all__ = ["CacheError", "EmbeddingStore", "build_caches", "cache_path", "embed_into", "token_batches"]

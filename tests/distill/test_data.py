@@ -7,9 +7,15 @@ import pytest
 from distill_fakes import random_sequences, write_corpus
 
 from protembed.tokenizer import STANDARD_RESIDUES
-from protembed_distill import data as data_mod
 from protembed_distill.config import DataConfig, EvalSetConfig
-from protembed_distill.data import DataError, prepare_dataset, read_eval_sequences, read_fasta, sequence_key
+from protembed_distill.data import dataset as data_mod
+from protembed_distill.data.dataset import (
+    DataError,
+    prepare_dataset,
+    read_eval_sequences,
+    read_fasta,
+    sequence_key,
+)
 
 needs_mmseqs = pytest.mark.skipif(
     data_mod.shutil.which("mmseqs") is None,

@@ -10,12 +10,14 @@ import torch
 from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
 
 from protembed.tokenizer import batch_encode
-from protembed_distill.data import prepare_dataset
-from protembed_distill.export import export_checkpoint, export_onnx, parity
-from protembed_distill.losses import Standardizer
-from protembed_distill.student import Student
+from protembed_distill.data.dataset import prepare_dataset
+from protembed_distill.export.model_folder import export_checkpoint
+from protembed_distill.export.onnx import export_onnx, parity
+from protembed_distill.student.model import Student
 from protembed_distill.teacher_cache import build_caches
-from protembed_distill.train import load_checkpoint, student_from_checkpoint, train
+from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
+from protembed_distill.train.losses import Standardizer
+from protembed_distill.train.trainer import train
 
 torch.set_num_threads(1)
 
@@ -75,6 +77,7 @@ def test_export_writes_a_valid_artifact(checkpoint: Path, tmp_path: Path) -> Non
         "model.int8.onnx",
         "model.fp16.onnx",
         "model.json",
+        "reference.npz",  # the PyTorch student's vectors the server checks itself against at warm-up
     }
     parsed = read_model_card(out)
     assert parsed.id == "tiny-student"
@@ -89,6 +92,7 @@ def test_export_writes_a_valid_artifact(checkpoint: Path, tmp_path: Path) -> Non
     assert parsed.training_data["train_sequences"] > 0
     assert "val_cosine" in parsed.metrics and set(parsed.metrics["val_cosine"]) == {"fake_nc", "fake_b"}
     assert json.loads((out / "model.json").read_text())["files"][0]["sha256"] == files["fp32"].sha256
+    assert parsed.reference is not None and set(parsed.reference.tolerance) == {"fp32", "int8", "fp16"}
 
     # Teacher heads answer in the teacher's original units: un-standardized PyTorch output.
     ckpt = load_checkpoint(checkpoint)

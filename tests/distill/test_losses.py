@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from protembed_distill.config import LossConfig
-from protembed_distill.losses import Standardizer, embedding_loss
+from protembed_distill.train.losses import Standardizer, embedding_loss
 
 
 def test_raw_cosine_is_measured_in_the_teachers_units() -> None:

@@ -13,8 +13,12 @@ from protembed.artifact import read_model_card
 from protembed.settings import default_model_dir
 from protembed.tokenizer import batch_encode
 from protembed_distill.config import StudentConfig
-from protembed_distill.onnx_weights import ARCHITECTURE_KEYS, load_model_folder_weights, onnx_state_dict
-from protembed_distill.student import Student
+from protembed_distill.student.model import Student
+from protembed_distill.student.onnx_weights import (
+    ARCHITECTURE_KEYS,
+    load_model_folder_weights,
+    onnx_state_dict,
+)
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,8 @@ import torch
 
 from protembed.tokenizer import batch_encode
 from protembed_distill.config import StudentConfig
-from protembed_distill.losses import Standardizer
-from protembed_distill.student import Student, masked_mean
+from protembed_distill.student.model import Student, masked_mean
+from protembed_distill.train.losses import Standardizer
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from distill_fakes import FakeTeacher, fake_teachers, loader, random_sequences, tiny_config, write_corpus
 
-from protembed_distill.data import Item, prepare_dataset, sequence_key
+from protembed_distill.data.dataset import Item, prepare_dataset, sequence_key
 from protembed_distill.teacher_cache import (
     EmbeddingStore,
     build_caches,

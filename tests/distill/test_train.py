@@ -8,10 +8,13 @@ import torch
 from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
 
 from protembed_distill.config import DistillConfig
-from protembed_distill.data import prepare_dataset
-from protembed_distill.student import Student
+from protembed_distill.data.dataset import prepare_dataset
+from protembed_distill.student.model import Student
 from protembed_distill.teacher_cache import build_caches
-from protembed_distill.train import evaluate, load_checkpoint, load_targets, make_batches, train
+from protembed_distill.train.batches import make_batches
+from protembed_distill.train.checkpoint import load_checkpoint
+from protembed_distill.train.targets import load_targets
+from protembed_distill.train.trainer import evaluate, train
 
 torch.set_num_threads(1)
 
@@ -119,7 +122,7 @@ def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path: P
 def test_init_from_an_exported_model_folder(tmp_path: Path) -> None:
     # The committed model folder is the one copy of the weights every later run can reach: training
     # continues from it, its heads unfolded back to this run's standardized targets.
-    from protembed_distill.export import export_checkpoint
+    from protembed_distill.export.model_folder import export_checkpoint
 
     cfg, ds = _setup(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
     first = train(cfg, ds, echo=False)
@@ -167,7 +170,7 @@ def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
 
 
 def test_lr_schedule_warms_up_and_decays_on_steps_or_time() -> None:
-    from protembed_distill.train import lr_factor
+    from protembed_distill.train.trainer import lr_factor
 
     assert lr_factor(0, 10, 100) == pytest.approx(0.1)
     assert lr_factor(10, 10, 100) == pytest.approx(1.0)
@@ -177,7 +180,7 @@ def test_lr_schedule_warms_up_and_decays_on_steps_or_time() -> None:
 
 
 def test_size_sweep_reports_quality_and_speed_per_size(tmp_path: Path) -> None:
-    from protembed_distill.sweep import run_sweep
+    from protembed_distill.train.sweep import run_sweep
 
     sizes = [
         {"layers": 1, "d_model": 16, "heads": 2, "ffn": 32, "max_length": 128},

@@ -30,8 +30,8 @@ def tiny_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> Path:
     import torch
 
     from protembed_distill.config import StudentConfig
-    from protembed_distill.student import Student
-    from protembed_distill.train import CHECKPOINT_FORMAT
+    from protembed_distill.student.model import Student
+    from protembed_distill.train.checkpoint import CHECKPOINT_FORMAT
 
     cfg = StudentConfig(layers=1, d_model=8, heads=2, ffn=16, max_length=64)
     model = Student(cfg, {"alpha": 6, "beta": 3})

@@ -57,7 +57,7 @@ def test_teacher_features_use_and_fill_the_cache(tmp_path: Path) -> None:
 
 
 def test_teacher_cache_with_residues_is_not_filled_with_eval_residues(tmp_path: Path) -> None:
-    from protembed_distill.data import Item, sequence_key
+    from protembed_distill.data.dataset import Item, sequence_key
     from protembed_distill.teacher_cache import EmbeddingStore, embed_into
 
     spec = ev.parse_teacher(TINY_TEACHERS[0])
@@ -151,7 +151,7 @@ def test_embed_only_fills_the_cache_for_exactly_the_probed_sequences(
     tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from protembed.artifact import read_model_card
-    from protembed_distill.data import sequence_key
+    from protembed_distill.data.dataset import sequence_key
     from protembed_distill.teacher_cache import EmbeddingStore
 
     cache, reports = tmp_path / "cache", tmp_path / "reports"

@@ -68,7 +68,7 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
     from protembed.artifact import read_model_card
     from protembed.runtime import AUTO_VARIANT, variant_for
     from protembed_bench.model import length_stats
-    from protembed_distill.data import read_fasta
+    from protembed_distill.data.dataset import read_fasta
 
     card = read_model_card(cfg.model_dir)
     if cfg.variant == AUTO_VARIANT:  # the server runs on the CPU here, and raw ORT must run the same file

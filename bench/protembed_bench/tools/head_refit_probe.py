@@ -76,7 +76,7 @@ def student_outputs(backend: OnnxModel, sequences: Sequence[str]) -> dict[str, n
 def main(argv: Sequence[str] | None = None) -> int:
     from protembed_bench.onnx_student import OnnxStudent
     from protembed_distill.config import load_config
-    from protembed_distill.data import prepare_dataset
+    from protembed_distill.data.dataset import prepare_dataset
     from protembed_distill.teacher_cache import EmbeddingStore, embed_into
     from protembed_distill.teachers.registry import load_teacher
 

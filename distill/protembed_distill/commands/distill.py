@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
         _log(f"report: {', '.join(str(p) for p in paths)}")
         return 0
 
-    from protembed_distill.data import DataError, prepare_dataset
-    from protembed_distill.train import set_threads
+    from protembed_distill.data.dataset import DataError, prepare_dataset
+    from protembed_distill.train.trainer import set_threads
 
     set_threads(threads)
     run_dir = Path(cfg.run.dir)
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if stage == "data":
         return 0
     if stage == "compare":
-        from protembed_distill.sweep import compare_runs
+        from protembed_distill.train.sweep import compare_runs
 
         try:
             report = compare_runs(cfg, args.runs, max(1, threads), [i.sequence for i in ds.val][:256])
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         _log(f"compare: {len(report['sizes'])} candidates -> {run_dir / 'sweep'}")
         return 0
     if stage == "plan":
-        from protembed_distill.sweep import measure_sizes
+        from protembed_distill.train.sweep import measure_sizes
 
         report = measure_sizes(cfg, ds, max(1, threads))
         print(json.dumps(report, indent=1))
@@ -154,14 +154,14 @@ def run(args: argparse.Namespace) -> int:
         if stage == "embed":
             return 0
     if stage == "sweep":
-        from protembed_distill.sweep import run_sweep
+        from protembed_distill.train.sweep import run_sweep
 
         sweep = run_sweep(cfg, ds, max(1, threads), echo=not args.quiet)
         print((run_dir / "sweep" / "sweep.md").read_text())
         _log(f"sweep: {len(sweep['sizes'])} sizes -> {run_dir / 'sweep'}")
         return 0
     if stage in ("all", "train"):
-        from protembed_distill.train import train
+        from protembed_distill.train.trainer import train
 
         res = train(cfg, ds, resume=not args.no_resume, echo=not args.quiet)
         _log(
@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if stage == "train":
             return 0
-    from protembed_distill.export import ExportError, export_checkpoint
+    from protembed_distill.export.model_folder import export_checkpoint
+    from protembed_distill.export.onnx import ExportError
 
     ckpt = run_dir / "checkpoints" / "best.pt"
     try:

@@ -38,7 +38,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from protembed_distill.export import ExportError, export_checkpoint
+    from protembed_distill.export.model_folder import export_checkpoint
+    from protembed_distill.export.onnx import ExportError
 
     torch.set_num_threads(max(1, args.threads))
     try:

@@ -5,7 +5,7 @@ variant stray past the card's tolerance (``protembed.reference``). ``export`` ca
 :func:`attach_pytorch_reference` for every new folder; for a folder exported before reference vectors
 existed, the PyTorch student is rebuilt from its own fp32 ONNX weights (``onnx_weights``)::
 
-    python -m protembed_distill.reference_vectors models/protembed-student-v1
+    python -m protembed_distill.export.reference_vectors models/protembed-student-v1
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from protembed import tokenizer
 from protembed.artifact import read_model_card
 from protembed.reference import Difference, attach_reference, reference_sequences
 from protembed_distill.config import StudentConfig
-from protembed_distill.onnx_weights import onnx_state_dict
-from protembed_distill.student import Student
+from protembed_distill.student.model import Student
+from protembed_distill.student.onnx_weights import onnx_state_dict
 
 
 @torch.no_grad()

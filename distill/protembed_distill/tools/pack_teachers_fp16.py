@@ -45,7 +45,7 @@ def _effect(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
-    from protembed_distill.data import read_fasta
+    from protembed_distill.data.dataset import read_fasta
     from protembed_distill.teachers import near, unirep
     from protembed_distill.teachers.fetch import teacher_dir
 

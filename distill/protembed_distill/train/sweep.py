@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from protembed_distill.config import DistillConfig, StudentConfig
-from protembed_distill.data import Dataset
+from protembed_distill.data.dataset import Dataset
 
 __all__ = ["compare_runs", "run_summary", "run_sweep", "size_tag"]
 
@@ -21,8 +21,9 @@ def size_tag(s: StudentConfig) -> str:
 def run_sweep(
     cfg: DistillConfig, ds: Dataset, threads: int, echo: bool = True, bench_seconds: float = 3.0
 ) -> dict[str, Any]:
-    from protembed_distill.export import export_temp_fp32, onnx_throughput
-    from protembed_distill.train import load_checkpoint, student_from_checkpoint, train
+    from protembed_distill.export.onnx import export_temp_fp32, onnx_throughput
+    from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
+    from protembed_distill.train.trainer import train
 
     if not cfg.sweep.sizes:
         raise ValueError("sweep.sizes: give at least one student size to sweep")
@@ -99,8 +100,8 @@ def compare_runs(
     so a random-weight export of the logged architecture measures it without the checkpoint)."""
     import torch
 
-    from protembed_distill.export import export_temp_fp32, onnx_throughput
-    from protembed_distill.student import Student
+    from protembed_distill.export.onnx import export_temp_fp32, onnx_throughput
+    from protembed_distill.student.model import Student
 
     if not run_dirs:
         raise ValueError("--runs: give the candidates' run folders")
@@ -208,10 +209,10 @@ def measure_sizes(cfg: DistillConfig, ds: Dataset, threads: int, seconds: float 
 
     import torch
 
-    from protembed_distill.export import export_temp_fp32, onnx_throughput
-    from protembed_distill.losses import Standardizer, embedding_loss
-    from protembed_distill.student import Student
-    from protembed_distill.train import collate, make_batches
+    from protembed_distill.export.onnx import export_temp_fp32, onnx_throughput
+    from protembed_distill.student.model import Student
+    from protembed_distill.train.batches import collate, make_batches
+    from protembed_distill.train.losses import Standardizer, embedding_loss
 
     sizes = cfg.sweep.sizes or [cfg.student]
     dims = {t.name: 1024 for t in cfg.teachers}  # head cost is negligible next to the encoder
