@@ -212,6 +212,7 @@ def test_dockerignore_sends_only_what_the_images_copy() -> None:
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     needed = [
         "pyproject.toml",
+        "requirements/lock.txt",
         "README.md",
         "service/protembed/settings.py",
         "service/protembed/proto/protembed/v1/embedder_pb2.py",
@@ -228,6 +229,8 @@ def test_dockerignore_sends_only_what_the_images_copy() -> None:
         "service/protembed/__pycache__/settings.cpython-311.pyc",
         "runs/student/checkpoint.pt",
         "docker/Dockerfile",
+        "docker/base_image.py",
+        "requirements/other.txt",
     ]
     assert [p for p in needed if _ignored(p, patterns)] == []
     assert [p for p in kept_out if not _ignored(p, patterns)] == []
@@ -264,6 +267,38 @@ def test_gpu_requirements_use_onnxruntime_gpu(runtime_requirements: ModuleType) 
     lines = runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime-gpu")
     names = _names(lines, runtime_requirements)
     assert "onnxruntime-gpu" in names and "onnxruntime" not in names
+
+
+def test_lock_pins_the_chosen_onnxruntime_build(runtime_requirements: ModuleType, tmp_path: Path) -> None:
+    # The lock is frozen where the GPU build installs; the CPU image takes the same ONNX Runtime version.
+    lock = tmp_path / "lock.txt"
+    lock.write_text("# comment\nnumpy==2.4.6\nonnxruntime-gpu==1.31.1\n")
+    cpu = runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime", lock)
+    gpu = runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime-gpu", lock)
+    assert cpu[-1] == "onnxruntime==1.31.1" and gpu[-1] == "onnxruntime-gpu==1.31.1"
+    # A lock that pins the chosen build itself wins over the other build's pin.
+    lock.write_text("onnxruntime-gpu==1.31.1\nonnxruntime==1.32.0\n")
+    cpu = runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime", lock)
+    assert cpu[-1] == "onnxruntime==1.32.0"
+    # The repository's lock, as the Dockerfiles use it.
+    real = REPO / "requirements" / "lock.txt"
+    pinned = runtime_requirements.locked_versions(real)
+    ort = pinned.get("onnxruntime-gpu") or pinned["onnxruntime"]
+    assert runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime", real)[-1] == (
+        f"onnxruntime=={ort}"
+    )
+    text = (DOCKER_DIR / "Dockerfile").read_text()
+    assert "--lock lock.txt" in text and "-c lock.txt" in text
+
+
+def test_lock_errors_name_the_line(runtime_requirements: ModuleType, tmp_path: Path) -> None:
+    lock = tmp_path / "lock.txt"
+    lock.write_text("numpy==2.4.6\nfastapi>=0.110\n")
+    with pytest.raises(ValueError, match=r"lock.txt:2: 'fastapi>=0.110' is not a name==version pin"):
+        runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime", lock)
+    lock.write_text("numpy==2.4.6\n")
+    with pytest.raises(ValueError, match="pins neither onnxruntime nor onnxruntime-gpu"):
+        runtime_requirements.runtime_requirements(REPO / "pyproject.toml", "onnxruntime", lock)
 
 
 def test_runtime_requirements_errors_name_the_problem(
