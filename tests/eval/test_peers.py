@@ -15,6 +15,7 @@ import pytest
 
 from protembed import tokenizer
 from protembed_bench.peers import envs
+from protembed_bench.peers import report as peers_report
 from protembed_bench.peers.catalog import PEERS, PROTEMBED, SERVERS, setting_env
 from protembed_bench.peers.client import read_chunked
 from protembed_bench.peers.peer_model import PeerModel, from_b64, to_b64
@@ -185,6 +186,13 @@ def test_a_peer_that_is_not_installed_is_reported_and_the_rest_runs(
             assert row["errors"] == 0 and row["requests"] == 12
             assert row["correctness"]["checked"] == 12 and row["correctness"]["max_abs_diff"] < 1e-4
         assert run["raw_ort"]["same_batches_residues_per_s"] > 0
+    # The write-up: litserve named as not installed, protembed's row and its raw-ORT ratio, and the plot.
+    markdown = peers_report.render_markdown({**report, "machine": {}}, "# head", "plot.png")
+    assert "| servers that did not install, start or finish cleanly | litserve |" in markdown
+    assert "protembed / raw ONNX Runtime on the same batches" in markdown
+    assert "**LitServe** (LitAPI(max_batch_size, batch_timeout), one worker); not installed" in markdown
+    assert peers_report.plot(report, tmp_path / "plot.png") == tmp_path / "plot.png"
+    assert (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_mosec_serves_the_model_through_its_dynamic_batching(

@@ -24,7 +24,8 @@ def render_markdown(report: dict[str, Any], head: str, plot_name: str | None) ->
     lines = [
         head,
         f"Model `{report['model']['id']}` {report['model']['version']}, the **{report['model']['variant']}** "
-        f"file, served by every server on the CPU with {s['threads']} ONNX Runtime intra-op threads. "
+        f"file (sha256 `{str(report['model'].get('sha256'))[:12]}`), served by every server on the CPU "
+        f"with {s['threads']} ONNX Runtime intra-op threads. "
         f"{w['sequences']} corpus sequences (seed {s['seed']}) cut at {s['crop']} residues "
         f"({w['residues']} residues; median length {w['median']}, max {w['max']}), one sequence per request, "
         f"every sequence once per level, closed loop at {', '.join(map(str, s['levels']))} requests in "

@@ -466,6 +466,8 @@ def run_peers_bench(cfg: PeersConfig, work: Path, log: Callable[[str], None] = p
             "id": card.id,
             "version": card.version,
             "variant": cfg.variant,
+            # Which bytes every server ran: a model folder can be rewritten between runs.
+            "sha256": next((f.sha256 for f in card.files if f.variant == cfg.variant), None),
         },
         "settings": {
             "threads": cfg.threads,
