@@ -31,7 +31,7 @@ DEFAULT_CACHE = Path("~/.cache/protembed/fidelity").expanduser()
 
 
 def _items(seqs: Sequence[str]) -> list:  # list[Item]; imported lazily (torch-side package)
-    from protembed_distill.data import Item
+    from protembed_distill.data.dataset import Item
 
     unique = {sequence_key(s): s for s in seqs}
     return [Item(f"eval|{k[:16]}", "eval", s, k) for k, s in unique.items()]

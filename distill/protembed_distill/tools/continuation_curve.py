@@ -21,7 +21,39 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def curve_table(run_dir: Path) -> str:
+    """The learning curve as a markdown table: step 0 (the starting model) and every validated epoch,
+    with the residues trained on so far (whole epochs of the training set; the last, budget-cut one
+    read from its checkpoint) and the held-out cosine to each teacher."""
+    import torch
+
+    stats = json.loads((run_dir / "data_stats.json").read_text())
+    per_epoch = int(stats["train_residues"])
+
+    def epochs(log: Path) -> list[dict]:
+        return [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "epoch"]
+
+    rows = [(0, 0, 0.0, epochs(run_dir / "step0" / "train.jsonl")[-1])]
+    trained = epochs(run_dir / "train.jsonl")
+    last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["state"]
+    for k, r in enumerate(trained):
+        seen = per_epoch * (k + 1) if k < len(trained) - 1 else int(last["train_residues"])
+        rows.append((r["step"], seen, r["elapsed_s"], r))
+    names = list(rows[0][3]["val_cosine"])
+    head = "| step | residues seen | wall s | " + " | ".join(f"cos {n} | std cos {n}" for n in names) + " |"
+    out = [head, "|" + "---|" * (3 + 2 * len(names))]
+    for step, seen, wall, r in rows:
+        cells = " | ".join(f"{r['val_cosine'][n]:.4f} | {r['val_cosine_std'][n]:.4f}" for n in names)
+        out.append(f"| {step} | {seen:,} | {wall:.0f} | {cells} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--table"]:  # --table RUN_DIR: print the curve of a run (finished or not)
+        print(curve_table(Path(argv[1])))
+        return 0
     p = argparse.ArgumentParser(prog="python distill/protembed_distill/tools/continuation_curve.py")
     p.add_argument("config", type=Path)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -32,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from protembed_distill.config import load_config
-    from protembed_distill.data import Dataset, prepare_dataset
+    from protembed_distill.data.dataset import Dataset, prepare_dataset
     from protembed_distill.teacher_cache import build_caches
-    from protembed_distill.train import set_threads, train
+    from protembed_distill.train.trainer import set_threads, train
 
     cfg = load_config(args.config, args.overrides)
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"threads": args.threads})})
