@@ -46,6 +46,10 @@ _SHUTTING_DOWN = "server is shutting down; retry on another replica"
 # bucketed: batches of similar lengths, padding share bounded; fifo: arrival order (the baseline).
 Policy = Literal["bucketed", "fifo"]
 POLICIES: tuple[str, ...] = get_args(Policy)
+# interactive: a person or a pipeline waiting on the answer (the default); bulk: throughput work (the
+# bulk CLI, workflows) that should use idle capacity without slowing interactive requests down.
+Priority = Literal["interactive", "bulk"]
+PRIORITIES: tuple[str, ...] = get_args(Priority)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,11 @@ class BatchingConfig:
     max_queue_tokens: int  # queue bound in residues (backpressure past it)
     max_padding_ratio: float = 0.1  # bucketed: most padding share of a batch
     policy: Policy = "bucketed"
+    # Bulk items wait while interactive ones are queued, but no longer than this: then they compete
+    # as interactive items do (aging), so a steady interactive load cannot starve bulk work forever.
+    bulk_max_wait_s: float = 5.0
+    # Share of max_queue_tokens bulk work may fill, so a bulk flood leaves room for interactive requests.
+    bulk_queue_share: float = 0.75
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -67,6 +76,8 @@ class BatchingConfig:
             raise ValueError(f"max_padding_ratio {self.max_padding_ratio} must be in [0, 1]")
         if self.max_batch_tokens <= 0 or self.max_batch_size <= 0:
             raise ValueError("max_batch_tokens and max_batch_size must be positive")
+        if not 0.0 < self.bulk_queue_share <= 1.0:
+            raise ValueError(f"bulk_queue_share {self.bulk_queue_share} must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class Waiter:
     future: asyncio.Future[np.ndarray]
     deadline: float | None = None
     cancelled: Callable[[], bool] | None = None
+    priority: Priority = "interactive"
 
     def check(self, now: float) -> str | None:
         """Why this waiter is gone (and fail its future accordingly), or None while it still waits."""
@@ -111,6 +123,13 @@ class Entry:
     enqueued_at: float
     outputs: set[str] = field(default_factory=set)
     waiters: list[Waiter] = field(default_factory=list)
+    bulk_tokens: int = 0  # what this entry counts against the bulk share of the queue (0 once urgent)
+
+    @property
+    def priority(self) -> Priority:
+        """Interactive as soon as one waiter is: a bulk item an interactive request also asked for runs
+        at the interactive request's priority."""
+        return "interactive" if any(w.priority == "interactive" for w in self.waiters) else "bulk"
 
     @property
     def tokens(self) -> int:
@@ -132,6 +151,7 @@ class BatchQueue:
         self.pending: dict[str, Entry] = {}  # insertion order = arrival order, oldest first
         self.running: dict[str, Entry] = {}  # dispatched to the model, for in-flight dedup
         self.queued_tokens = 0
+        self.queued_bulk_tokens = 0  # the part of queued_tokens only bulk requests wait for
         self.tokens_per_s = 0.0  # measured throughput, for Retry-After
         self.dropped: dict[str, int] = {}  # waiters dropped before the model, by reason
         self.on_drop = on_drop
@@ -184,6 +204,7 @@ class BatchQueue:
         self.pending.clear()
         self.running.clear()
         self.queued_tokens = 0
+        self.queued_bulk_tokens = 0
 
     @property
     def idle(self) -> bool:
@@ -210,12 +231,20 @@ class BatchQueue:
             return 1.0
         return float(min(60.0, max(1.0, self.queued_tokens / self.tokens_per_s)))
 
-    def admit(self, tokens: int) -> None:
-        """Refuse at once when the queue would exceed its token bound.
+    def admit(self, tokens: int, priority: Priority = "interactive") -> None:
+        """Refuse at once when the queue would exceed its token bound; bulk work only up to its share
+        of it, so a bulk flood leaves room for interactive requests.
 
         An empty queue always admits (a single request above the bound would otherwise never run;
         the engine's per-request residue limit keeps such requests bounded anyway).
         """
+        bulk_bound = self.config.bulk_queue_share * self.max_queue_tokens
+        if priority == "bulk" and self.queued_tokens and self.queued_bulk_tokens + tokens > bulk_bound:
+            raise OverloadedError(
+                f"server busy: {self.queued_bulk_tokens} bulk residues queued, this request adds {tokens}, "
+                f"bulk limit {int(bulk_bound)}; retry later",
+                retry_after_s=self.retry_after_s(),
+            )
         if self.queued_tokens and self.queued_tokens + tokens > self.max_queue_tokens:
             raise OverloadedError(
                 f"server overloaded: {self.queued_tokens} residues queued, this request adds {tokens}, "
@@ -233,10 +262,21 @@ class BatchQueue:
         if entry is not None:
             entry.outputs.add(waiter.output)
             entry.waiters.append(waiter)
+            if waiter.priority == "interactive" and entry.bulk_tokens:
+                self.queued_bulk_tokens -= entry.bulk_tokens
+                entry.bulk_tokens = 0
             return True
-        self.pending[sequence] = Entry(sequence, self.clock(), {waiter.output}, [waiter])
+        bulk = len(sequence) if waiter.priority == "bulk" else 0
+        self.pending[sequence] = Entry(sequence, self.clock(), {waiter.output}, [waiter], bulk)
         self.queued_tokens += len(sequence)
+        self.queued_bulk_tokens += bulk
         return False
+
+    def _leave(self, entry: Entry) -> None:
+        """Take ``entry`` out of the pending queue's accounting (it ran or nobody waits for it)."""
+        del self.pending[entry.sequence]
+        self.queued_tokens -= entry.tokens
+        self.queued_bulk_tokens -= entry.bulk_tokens
 
     # --- batching ----------------------------------------------------------------------------------
     def prune(self, now: float) -> None:
@@ -254,10 +294,12 @@ class BatchQueue:
                         self.on_drop(reason)
             entry.waiters = alive
             if not alive:
-                del self.pending[seq]
-                self.queued_tokens -= entry.tokens
+                self._leave(entry)
             else:
                 entry.outputs = {w.output for w in alive}
+                if not entry.bulk_tokens and entry.priority == "bulk":  # its interactive waiter left
+                    entry.bulk_tokens = entry.tokens
+                    self.queued_bulk_tokens += entry.tokens
 
     def due_in(self, now: float) -> float | None:
         """Seconds until the oldest queued item has waited ``max_wait_s``; None when empty."""
@@ -274,14 +316,24 @@ class BatchQueue:
         """No further item, not even one as short as the rest, could join: waiting cannot help."""
         return not self._fits(count + 1, longest)
 
-    def _plan_fifo(self) -> list[Entry]:
+    def _candidates(self, now: float) -> list[Entry]:
+        """The queued entries the next batch is drawn from, oldest first: interactive ones (and bulk ones
+        that have waited ``bulk_max_wait_s``) while any are queued, else everything."""
+        entries = list(self.pending.values())
+        if not self.queued_bulk_tokens:
+            return entries
+        aged = now - self.config.bulk_max_wait_s
+        urgent = [e for e in entries if not e.bulk_tokens or e.enqueued_at <= aged]
+        return urgent or entries
+
+    def _plan_fifo(self, entries: list[Entry]) -> list[Entry]:
         """Arrival order from the oldest, until the next item would break the size cap or token budget.
 
         No padding bound: this is plain arrival-order batching, the baseline bucketing is measured against.
         """
         batch: list[Entry] = []
         longest = 0
-        for e in self.pending.values():
+        for e in entries:
             width = max(longest, e.tokens)
             if batch and not self._fits(len(batch) + 1, width):
                 break
@@ -289,7 +341,7 @@ class BatchQueue:
             longest = width
         return batch
 
-    def _plan_bucketed(self, due: bool) -> list[Entry]:
+    def _plan_bucketed(self, entries: list[Entry], due: bool) -> list[Entry]:
         """The fullest run of queued items adjacent in length order whose padding share stays <=
         ``max_padding_ratio`` within the size cap and token budget; when the oldest item is due, only
         runs that include it (so odd lengths cannot starve).
@@ -301,7 +353,7 @@ class BatchQueue:
         only grows as shorter items are added, so the shortest start that keeps the bound is found by
         bisection: O(n log max_batch_size) per plan.
         """
-        entries = list(self.pending.values())  # arrival order: entries[0] is the oldest
+        # ``entries`` in arrival order: entries[0] is the oldest
         order = sorted(range(len(entries)), key=lambda i: entries[i].tokens)  # stable: ties by age
         toks = [entries[i].tokens for i in order]
         prefix = [0]
@@ -352,15 +404,15 @@ class BatchQueue:
         self.prune(now)
         if not self.pending:
             return None
-        due = self.due_in(now) == 0.0
-        batch = self._plan_fifo() if self.policy == "fifo" else self._plan_bucketed(due)
+        entries = self._candidates(now)
+        due = entries[0].enqueued_at + self.max_wait_s <= now
+        batch = self._plan_fifo(entries) if self.policy == "fifo" else self._plan_bucketed(entries, due)
         longest = max(e.tokens for e in batch)
         idle = not self.running
         if not (idle or due or force or self._is_full(len(batch), longest)):
             return None
         for e in batch:
-            del self.pending[e.sequence]
-            self.queued_tokens -= e.tokens
+            self._leave(e)
             self.running[e.sequence] = e
         return batch
 
@@ -459,6 +511,7 @@ class Batcher:
         *,
         deadline: float | None = None,
         cancelled: Callable[[], bool] | None = None,
+        priority: Priority = "interactive",
     ) -> list[np.ndarray]:
         """``output`` for each (normalized) sequence, in order; raises ProtembedError subclasses."""
         if self._closed or not self.running:
@@ -468,17 +521,18 @@ class Batcher:
         if deadline is not None and self.queue.clock() >= deadline:
             raise DeadlineExceededError("deadline passed before the request was queued")
         try:
-            self.queue.admit(self.queue.new_tokens(sequences, output))
+            self.queue.admit(self.queue.new_tokens(sequences, output), priority)
         except OverloadedError:
             if self.metrics is not None:
                 self.metrics.overloaded.inc()
             raise
+        start = time.perf_counter()
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[np.ndarray]] = []
         deduped = 0
         for seq in sequences:
             fut: asyncio.Future[np.ndarray] = loop.create_future()
-            deduped += self.queue.add(seq, Waiter(output, fut, deadline, cancelled))
+            deduped += self.queue.add(seq, Waiter(output, fut, deadline, cancelled, priority))
             futures.append(fut)
         self._observe_queue()
         if deduped and self.metrics is not None:
@@ -488,12 +542,19 @@ class Batcher:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.queue_wait, priority).observe(time.perf_counter() - start)
         return [r for r in results if isinstance(r, np.ndarray)]
 
     def _observe_queue(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_items.set(self.queue.queued_items)
-            self.metrics.queue_tokens.set(self.queue.queued_tokens)
+            q = self.queue
+            self.metrics.queue_items.set(q.queued_items)
+            self.metrics.queue_tokens.set(q.queued_tokens)
+            self.metrics.child(self.metrics.queue_priority_tokens, "bulk").set(q.queued_bulk_tokens)
+            self.metrics.child(self.metrics.queue_priority_tokens, "interactive").set(
+                q.queued_tokens - q.queued_bulk_tokens
+            )
 
     async def _loop(self) -> None:
         while True:

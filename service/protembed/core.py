@@ -17,7 +17,7 @@ import numpy as np
 
 from protembed import __version__, tokenizer
 from protembed.artifact import ModelCard, OutputSpec, read_model_card
-from protembed.batcher import Batcher, BatchingConfig
+from protembed.batcher import PRIORITIES, Batcher, BatchingConfig
 from protembed.cache import Cache, cache_key, decode_array, encode_array, make_cache
 from protembed.errors import (
     InvalidRequestError,
@@ -62,6 +62,7 @@ class EmbedOptions:
     per_residue: bool = False
     normalize: bool = False
     long_sequences: str | None = None  # chunk, truncate or reject; None = the server's setting
+    priority: str = "interactive"  # or "bulk": runs when no interactive work waits (with aging)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def batching_config(settings: Settings) -> BatchingConfig:
         max_queue_tokens=settings.max_queue_tokens,
         max_padding_ratio=settings.max_padding_ratio,
         policy=settings.batching,
+        bulk_max_wait_s=settings.bulk_max_wait_s,
+        bulk_queue_share=settings.bulk_queue_share,
     )
 
 
@@ -327,6 +330,8 @@ class Engine:
             raise NotReadyError("model is not loaded yet; retry shortly")
         spec = self.resolve_output(options)
         mode = self.long_sequence_mode(options)
+        if options.priority not in PRIORITIES:
+            raise InvalidRequestError(f"priority={options.priority!r} is not one of {list(PRIORITIES)}")
         sequences, truncated = self._validate(inputs, mode)
         per_residue = spec.level == "per_residue"
 
@@ -350,7 +355,9 @@ class Engine:
         missing = [seq for seq in unique if seq not in found]
         if missing and before_compute is not None:
             before_compute()
-        computed = await self._compute(missing, spec, deadline, cancelled) if missing else {}
+        computed = {}
+        if missing:
+            computed = await self._compute(missing, spec, options.priority, deadline, cancelled)
         if computed:
             # Each computed vector checked once; the first item that asked for a bad one is named.
             bad = next((seq for seq, vec in computed.items() if not np.isfinite(vec).all()), None)
@@ -408,6 +415,7 @@ class Engine:
         self,
         sequences: list[str],
         spec: OutputSpec,
+        priority: str,
         deadline: float | None,
         cancelled: Callable[[], bool] | None,
     ) -> dict[str, np.ndarray]:
@@ -415,7 +423,13 @@ class Engine:
         max_len = self.card.max_length
         plans = {seq: plan_windows(len(seq), max_len, self.chunk_overlap) for seq in sequences}
         pieces = [seq[w.start : w.end] for seq in sequences for w in plans[seq]]
-        outputs = await self.batcher.submit(pieces, spec.onnx_output, deadline=deadline, cancelled=cancelled)
+        outputs = await self.batcher.submit(
+            pieces,
+            spec.onnx_output,
+            deadline=deadline,
+            cancelled=cancelled,
+            priority="bulk" if priority == "bulk" else "interactive",
+        )
         out: dict[str, np.ndarray] = {}
         pos = 0
         for seq in sequences:

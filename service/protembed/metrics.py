@@ -82,6 +82,19 @@ class Metrics:
         )
         self.queue_items = Gauge(f"{p}_queue_items", "Items waiting for a batch.", registry=r)
         self.queue_tokens = Gauge(f"{p}_queue_tokens", "Residues waiting for a batch.", registry=r)
+        self.queue_priority_tokens = Gauge(
+            f"{p}_queue_priority_tokens",
+            "Residues waiting for a batch, by request priority (interactive, bulk).",
+            ["priority"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{p}_batcher_wait_seconds",
+            "Time from queueing a request's model work to its last vector, by priority.",
+            ["priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.dropped_items = Counter(
             f"{p}_dropped_items_total",
             "Queued items dropped before the model, by reason.",

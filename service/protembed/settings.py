@@ -155,6 +155,19 @@ class Settings(BaseSettings):
         description="How queued items are grouped: 'bucketed' (similar lengths together, padding share "
         "bounded by max_padding_ratio) or 'fifo' (arrival order, no padding bound; a baseline).",
     )
+    bulk_max_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Requests with priority=bulk run when no interactive work is queued, but wait at "
+        "most this long for it (then they compete as interactive ones), so bulk work is never starved.",
+    )
+    bulk_queue_share: float = Field(
+        default=0.75,
+        gt=0,
+        le=1,
+        description="Share of max_queue_tokens that bulk requests may fill (429 beyond), so a bulk flood "
+        "leaves room for interactive requests.",
+    )
     max_padding_ratio: float = Field(
         default=0.1,
         ge=0,

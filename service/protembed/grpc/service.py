@@ -55,6 +55,7 @@ def _options(message: pb.EmbedOptions) -> EmbedOptions:
         per_residue=message.per_residue,
         normalize=message.normalize,
         long_sequences=message.long_sequences or None,
+        priority=message.priority or "interactive",
     )
 
 

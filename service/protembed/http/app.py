@@ -214,6 +214,7 @@ async def _embed(request: Request, eng: Engine, body: EmbedRequest) -> Response:
         per_residue=body.per_residue,
         normalize=body.normalize,
         long_sequences=body.long_sequences,
+        priority=body.priority,
     )
     resp = await _embed_until_disconnect(request, eng, inputs, options)
     return VectorJSONResponse(_embed_body(resp, body.encoding))
@@ -367,7 +368,7 @@ def create_app(
     ) -> Response:
         output = _openai_output(eng, body.model)
         texts = [body.input] if isinstance(body.input, str) else body.input
-        options = EmbedOptions(output=output, long_sequences=body.long_sequences)
+        options = EmbedOptions(output=output, long_sequences=body.long_sequences, priority=body.priority)
         spec = eng.resolve_output(options)
         if body.dimensions is not None and body.dimensions != spec.dim:
             raise InvalidRequestError(

@@ -66,6 +66,11 @@ class EmbedRequest(BaseModel):
         "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
         "Default: the server's long_sequences setting.",
     )
+    priority: Literal["interactive", "bulk"] = Field(
+        default="interactive",
+        description="'bulk' for throughput work (bulk embedding, workflows): it runs when no interactive "
+        "work is queued (waiting at most the server's bulk_max_wait_s) and may fill only part of the queue.",
+    )
 
 
 class EmbeddingData(BaseModel):
@@ -124,6 +129,11 @@ class OpenAIEmbeddingsRequest(BaseModel):
         "(overlapping windows pooled into one vector; per-residue output stitched to the input's "
         "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
         "Default: the server's long_sequences setting.",
+    )
+    priority: Literal["interactive", "bulk"] = Field(
+        default="interactive",
+        description="'bulk' for throughput work (bulk embedding, workflows): it runs when no interactive "
+        "work is queued (waiting at most the server's bulk_max_wait_s) and may fill only part of the queue.",
     )
 
 

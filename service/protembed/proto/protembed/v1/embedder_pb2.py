@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotembed/v1/embedder.proto\x12\x0cprotembed.v1\"(\n\x08Sequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\t\"^\n\x0c\x45mbedOptions\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x13\n\x0bper_residue\x18\x02 \x01(\x08\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12\x16\n\x0elong_sequences\x18\x04 \x01(\t\"f\n\x0c\x45mbedRequest\x12)\n\tsequences\x18\x01 \x03(\x0b\x32\x16.protembed.v1.Sequence\x12+\n\x07options\x18\x02 \x01(\x0b\x32\x1a.protembed.v1.EmbedOptions\"\x89\x01\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06vector\x18\x03 \x01(\x0c\x12\r\n\x05shape\x18\x04 \x03(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x0e\n\x06length\x18\x06 \x01(\r\x12\x0f\n\x07windows\x18\x07 \x01(\r\x12\x11\n\ttruncated\x18\x08 \x01(\x08\"(\n\x05Usage\x12\r\n\x05items\x18\x01 \x01(\r\x12\x10\n\x08residues\x18\x02 \x01(\x04\"\xcf\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x13\n\x0bper_residue\x18\x05 \x01(\x08\x12+\n\nembeddings\x18\x06 \x03(\x0b\x32\x17.protembed.v1.Embedding\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.protembed.v1.Usage\x12\x15\n\rmodel_variant\x18\x08 \x01(\t\"\x80\x01\n\x12\x45mbedStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\tsequences\x18\x02 \x03(\x0b\x32\x16.protembed.v1.Sequence\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.protembed.v1.EmbedOptions\"C\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\"\x8a\x01\n\x13\x45mbedStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.protembed.v1.EmbedResponseH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.protembed.v1.ErrorH\x00\x42\x08\n\x06result\"\r\n\x0bInfoRequest\"\x97\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_output\x18\x03 \x01(\t\x12?\n\x0boutput_dims\x18\x04 \x03(\x0b\x32*.protembed.v1.InfoResponse.OutputDimsEntry\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\nmax_length\x18\x06 \x01(\r\x12\x1c\n\x14max_stream_in_flight\x18\x07 \x01(\r\x12\x11\n\tinfo_json\x18\x08 \x01(\t\x1a\x31\n\x0fOutputDimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x32\xe3\x01\n\x08\x45mbedder\x12@\n\x05\x45mbed\x12\x1a.protembed.v1.EmbedRequest\x1a\x1b.protembed.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .protembed.v1.EmbedStreamRequest\x1a!.protembed.v1.EmbedStreamResponse(\x01\x30\x01\x12=\n\x04Info\x12\x19.protembed.v1.InfoRequest\x1a\x1a.protembed.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotembed/v1/embedder.proto\x12\x0cprotembed.v1\"(\n\x08Sequence\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\t\"p\n\x0c\x45mbedOptions\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x13\n\x0bper_residue\x18\x02 \x01(\x08\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12\x16\n\x0elong_sequences\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\t\"f\n\x0c\x45mbedRequest\x12)\n\tsequences\x18\x01 \x03(\x0b\x32\x16.protembed.v1.Sequence\x12+\n\x07options\x18\x02 \x01(\x0b\x32\x1a.protembed.v1.EmbedOptions\"\x89\x01\n\tEmbedding\x12\r\n\x05index\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06vector\x18\x03 \x01(\x0c\x12\r\n\x05shape\x18\x04 \x03(\r\x12\x0e\n\x06\x63\x61\x63hed\x18\x05 \x01(\x08\x12\x0e\n\x06length\x18\x06 \x01(\r\x12\x0f\n\x07windows\x18\x07 \x01(\r\x12\x11\n\ttruncated\x18\x08 \x01(\x08\"(\n\x05Usage\x12\r\n\x05items\x18\x01 \x01(\r\x12\x10\n\x08residues\x18\x02 \x01(\x04\"\xcf\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06output\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x13\n\x0bper_residue\x18\x05 \x01(\x08\x12+\n\nembeddings\x18\x06 \x03(\x0b\x32\x17.protembed.v1.Embedding\x12\"\n\x05usage\x18\x07 \x01(\x0b\x32\x13.protembed.v1.Usage\x12\x15\n\rmodel_variant\x18\x08 \x01(\t\"\x80\x01\n\x12\x45mbedStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\tsequences\x18\x02 \x03(\x0b\x32\x16.protembed.v1.Sequence\x12+\n\x07options\x18\x03 \x01(\x0b\x32\x1a.protembed.v1.EmbedOptions\"C\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\"\x8a\x01\n\x13\x45mbedStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x08response\x18\x02 \x01(\x0b\x32\x1b.protembed.v1.EmbedResponseH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.protembed.v1.ErrorH\x00\x42\x08\n\x06result\"\r\n\x0bInfoRequest\"\x97\x02\n\x0cInfoResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_output\x18\x03 \x01(\t\x12?\n\x0boutput_dims\x18\x04 \x03(\x0b\x32*.protembed.v1.InfoResponse.OutputDimsEntry\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\x12\n\nmax_length\x18\x06 \x01(\r\x12\x1c\n\x14max_stream_in_flight\x18\x07 \x01(\r\x12\x11\n\tinfo_json\x18\x08 \x01(\t\x1a\x31\n\x0fOutputDimsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x32\xe3\x01\n\x08\x45mbedder\x12@\n\x05\x45mbed\x12\x1a.protembed.v1.EmbedRequest\x1a\x1b.protembed.v1.EmbedResponse\x12V\n\x0b\x45mbedStream\x12 .protembed.v1.EmbedStreamRequest\x1a!.protembed.v1.EmbedStreamResponse(\x01\x30\x01\x12=\n\x04Info\x12\x19.protembed.v1.InfoRequest\x1a\x1a.protembed.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEQUENCE']._serialized_start=45
   _globals['_SEQUENCE']._serialized_end=85
   _globals['_EMBEDOPTIONS']._serialized_start=87
-  _globals['_EMBEDOPTIONS']._serialized_end=181
-  _globals['_EMBEDREQUEST']._serialized_start=183
-  _globals['_EMBEDREQUEST']._serialized_end=285
-  _globals['_EMBEDDING']._serialized_start=288
-  _globals['_EMBEDDING']._serialized_end=425
-  _globals['_USAGE']._serialized_start=427
-  _globals['_USAGE']._serialized_end=467
-  _globals['_EMBEDRESPONSE']._serialized_start=470
-  _globals['_EMBEDRESPONSE']._serialized_end=677
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=680
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=808
-  _globals['_ERROR']._serialized_start=810
-  _globals['_ERROR']._serialized_end=877
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=880
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=1018
-  _globals['_INFOREQUEST']._serialized_start=1020
-  _globals['_INFOREQUEST']._serialized_end=1033
-  _globals['_INFORESPONSE']._serialized_start=1036
-  _globals['_INFORESPONSE']._serialized_end=1315
-  _globals['_INFORESPONSE_OUTPUTDIMSENTRY']._serialized_start=1266
-  _globals['_INFORESPONSE_OUTPUTDIMSENTRY']._serialized_end=1315
-  _globals['_EMBEDDER']._serialized_start=1318
-  _globals['_EMBEDDER']._serialized_end=1545
+  _globals['_EMBEDOPTIONS']._serialized_end=199
+  _globals['_EMBEDREQUEST']._serialized_start=201
+  _globals['_EMBEDREQUEST']._serialized_end=303
+  _globals['_EMBEDDING']._serialized_start=306
+  _globals['_EMBEDDING']._serialized_end=443
+  _globals['_USAGE']._serialized_start=445
+  _globals['_USAGE']._serialized_end=485
+  _globals['_EMBEDRESPONSE']._serialized_start=488
+  _globals['_EMBEDRESPONSE']._serialized_end=695
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=698
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=826
+  _globals['_ERROR']._serialized_start=828
+  _globals['_ERROR']._serialized_end=895
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=898
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=1036
+  _globals['_INFOREQUEST']._serialized_start=1038
+  _globals['_INFOREQUEST']._serialized_end=1051
+  _globals['_INFORESPONSE']._serialized_start=1054
+  _globals['_INFORESPONSE']._serialized_end=1333
+  _globals['_INFORESPONSE_OUTPUTDIMSENTRY']._serialized_start=1284
+  _globals['_INFORESPONSE_OUTPUTDIMSENTRY']._serialized_end=1333
+  _globals['_EMBEDDER']._serialized_start=1336
+  _globals['_EMBEDDER']._serialized_end=1563
 # @@protoc_insertion_point(module_scope)

@@ -16,16 +16,18 @@ class Sequence(_message.Message):
     def __init__(self, id: _Optional[str] = ..., sequence: _Optional[str] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("output", "per_residue", "normalize", "long_sequences")
+    __slots__ = ("output", "per_residue", "normalize", "long_sequences", "priority")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PER_RESIDUE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     LONG_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     output: str
     per_residue: bool
     normalize: bool
     long_sequences: str
-    def __init__(self, output: _Optional[str] = ..., per_residue: _Optional[bool] = ..., normalize: _Optional[bool] = ..., long_sequences: _Optional[str] = ...) -> None: ...
+    priority: str
+    def __init__(self, output: _Optional[str] = ..., per_residue: _Optional[bool] = ..., normalize: _Optional[bool] = ..., long_sequences: _Optional[str] = ..., priority: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("sequences", "options")

@@ -1,0 +1,95 @@
+"""Interactive requests ahead of bulk ones: the queue's decisions with a fake clock, then the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from protembed.batcher import BatchingConfig, BatchQueue, Waiter
+from protembed.core import EmbedInput, EmbedOptions, Engine
+from protembed.errors import InvalidRequestError, OverloadedError
+from protembed.settings import Settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_queue(clock: Clock, **kw: object) -> BatchQueue:
+    opts: dict[str, object] = {
+        "max_batch_tokens": 40,
+        "max_batch_size": 4,
+        "max_wait_s": 0.01,
+        "max_queue_tokens": 100,
+        "bulk_max_wait_s": 1.0,
+        "bulk_queue_share": 0.5,
+    }
+    opts.update(kw)
+    return BatchQueue(BatchingConfig(**opts), clock=clock)  # type: ignore[arg-type]
+
+
+def waiter(priority: str) -> Waiter:
+    loop = asyncio.new_event_loop()
+    try:
+        return Waiter("student", loop.create_future(), priority=priority)  # type: ignore[arg-type]
+    finally:
+        loop.close()
+
+
+def test_interactive_items_go_first_and_bulk_fills_idle_time() -> None:
+    clock = Clock()
+    q = make_queue(clock)
+    for i in range(8):
+        q.add(f"B{i}" + "A" * 8, waiter("bulk"))  # a bulk backlog, older
+    clock.now = 0.1
+    q.add("IX" + "A" * 8, waiter("interactive"))
+    batch = q.next_batch()
+    assert batch is not None and [e.sequence[:2] for e in batch] == ["IX"]  # not with the backlog
+    q.finish(batch, 0.01)
+    batch = q.next_batch()  # nothing interactive left: bulk runs
+    assert batch is not None and all(e.sequence.startswith("B") for e in batch)
+
+
+def test_bulk_ages_into_the_interactive_set() -> None:
+    clock = Clock()
+    q = make_queue(clock)
+    q.add("BOLD" + "A" * 6, waiter("bulk"))
+    clock.now = 1.5  # past bulk_max_wait_s
+    q.add("INEW" + "A" * 6, waiter("interactive"))
+    batch = q.next_batch()
+    assert batch is not None and {e.sequence[:4] for e in batch} == {"BOLD", "INEW"}
+
+
+def test_bulk_fills_only_its_share_of_the_queue() -> None:
+    clock = Clock()
+    q = make_queue(clock)
+    q.add("A" * 40, waiter("bulk"))
+    with pytest.raises(OverloadedError, match="bulk limit 50"):
+        q.admit(20, "bulk")
+    q.admit(20, "interactive")  # room is kept for interactive work
+    assert q.queued_bulk_tokens == 40
+    q.add("A" * 40, waiter("interactive"))  # an interactive request for the same item promotes it
+    assert q.queued_bulk_tokens == 0
+
+
+async def test_engine_passes_priority_and_refuses_unknown(make_settings: Callable[..., Settings]) -> None:
+    eng = Engine.from_settings(make_settings())
+    await eng.start()
+    try:
+        bulk = await eng.embed([EmbedInput("MKTAYIAK")], EmbedOptions(priority="bulk"))
+        inter = await eng.embed([EmbedInput("MKTAYIAKQ")], EmbedOptions())
+        assert np.isfinite(bulk.results[0].embedding).all() and inter.results[0].embedding.shape == (8,)
+        sample = eng.metrics.registry.get_sample_value
+        assert sample("protembed_batcher_wait_seconds_count", {"priority": "bulk"}) == 1.0
+        assert sample("protembed_batcher_wait_seconds_count", {"priority": "interactive"}) == 1.0
+        with pytest.raises(InvalidRequestError, match="priority='urgent'"):
+            await eng.embed([EmbedInput("MK")], EmbedOptions(priority="urgent"))
+    finally:
+        await eng.stop()
