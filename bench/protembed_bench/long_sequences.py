@@ -432,6 +432,24 @@ class StudentRunner:
                 worst = max(worst, float(np.abs(mine[t] - r).max()))
         return worst
 
+    def onnx_longest(self, probes: Sequence[int] = (1024, 1025, 2048, 4096)) -> int:
+        """The longest of ``probes`` (and the window) the ONNX graph accepts in one piece: its position
+        table is a constant of the export, sized by the training config's max_length, not the card's."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # the refusal is the answer here, not an error to print
+        sess = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        longest = self.window
+        for n in sorted(probes):
+            ids = np.full((1, n), encode("A")[0], dtype=np.int64)
+            try:
+                sess.run(["student"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            except Exception:  # onnxruntime raises its own Fail/InvalidArgument types
+                break
+            longest = n
+        return longest
+
 
 def student_vectors(
     runner: StudentRunner, sequence: str, overlaps: Sequence[int]
@@ -651,6 +669,10 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "the pooled features of each window's residues, i.e. a model change (e.g. a pooling-mask input: "
         "attention over the whole window, mean over the owned residues only).",
         "",
+        f"`whole` as served: the shipped ONNX graph accepts up to {result['onnx_longest_accepted']} residues "
+        "in one piece (probed at 1,024, 1,025, 2,048, 4,096): its position table is a constant sized by the "
+        "training config's max_length; longer needs a re-export with a longer table.",
+        "",
         "In-window reference (the student on sequences it sees whole, the stats sample, <= 512 residues): "
         + ", ".join(
             f"{t} cos {result['in_window'][t]['cos']:.4f} / cos_std {result['in_window'][t]['cos_std']:.4f}"
@@ -774,7 +796,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runner = StudentRunner(args.model, max_length=max(len(p.sequence) for p in proteins))
     parity = runner.onnx_parity([p.sequence[: runner.window] for p in proteins[:4]])
-    log(f"student rebuilt; max |PyTorch - ONNX| {parity:.2e}")
+    onnx_longest = runner.onnx_longest()
+    log(f"student rebuilt; max |PyTorch - ONNX| {parity:.2e}; the ONNX graph takes up to {onnx_longest}")
     if parity > 1e-3:
         raise SystemExit(f"the PyTorch rebuild differs from {runner.onnx_path} by {parity}; not measuring")
     stats = {t: Stats.fit(np.stack([cache.get(t, p) for p in sample])) for t in TEACHERS}
@@ -825,6 +848,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sources": {s: sum(r["source"] == s for r in records) for s in ("deeploc_test", "corpus")},
         "stats_sample": len(sample),
         "onnx_parity_max_abs_diff": parity,
+        "onnx_longest_accepted": onnx_longest,
         "in_window": {t: {k: float(np.mean(v)) for k, v in d.items()} for t, d in in_window.items()},
         "ranking": ranking,
         "paired_vs_today": {m: paired_against(records, m, TODAY, TEACHERS) for m, _ in ranking},
