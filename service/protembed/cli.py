@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "serve": "protembed.commands.serve",
     "embed": "protembed.commands.embed",
     "merge": "protembed.commands.merge",
+    "split": "protembed.commands.split",
     "teachers": "protembed_distill.commands.teachers",
     "distill": "protembed_distill.commands.distill",
     "export": "protembed_distill.commands.export",

@@ -13,9 +13,11 @@ a scheduler's array job can (SLURM_ARRAY_TASK_ID with ``--array=0-(N-1)``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 _MASK = (1 << 64) - 1
@@ -67,3 +69,35 @@ class Shard:
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
+
+
+def split_fasta(path: str | Path, count: int, out_dir: str | Path) -> list[Path]:
+    """Write the records of a FASTA file into ``count`` files, ``OUT_DIR/shard-I-of-N.fasta``, by the same
+    assignment as ``--shard I/N``, in one pass; returns the paths in shard order.
+
+    For many shard jobs over a very large file: each then reads its own part instead of scanning the
+    whole file. Records are copied as read (header and residues, one sequence line), bad ones included,
+    so embedding part I gives what ``--shard I/N`` over the whole file gives; only the record numbers in
+    problem reports count within the part. The files appear together at the end (written under temporary
+    names first), so an interrupted split leaves no part that looks complete.
+    """
+    from protembed.fasta import read_fasta
+
+    if count < 1:
+        raise ValueError(f"shard count must be at least 1, got {count}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"shard-{i}-of-{count}.fasta" for i in range(count)]
+    temporary = [p.with_name(p.name + ".tmp") for p in paths]
+    try:
+        with contextlib.ExitStack() as stack:
+            handles = [stack.enter_context(open(t, "w", encoding="utf-8")) for t in temporary]
+            for record in read_fasta(path):
+                handles[shard_of(record.id, count)].write(f">{record.header}\n{record.sequence}\n")
+    except BaseException:
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in zip(temporary, paths, strict=True):
+        tmp.replace(final)
+    return paths

@@ -113,3 +113,31 @@ def test_bad_shard_arguments_are_usage_errors(
         main([str(fasta[0]), "-o", str(tmp_path / "o.h5"), "--shard", spec])
     assert exit_info.value.code == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_split_parts_embed_to_the_same_shards(
+    tmp_path: Path, tiny_model_dir: Path, fasta: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = fasta[0]
+    parts_dir = tmp_path / "parts"
+    assert cli_main(["split", str(path), "--shards", str(N), "-o", str(parts_dir)]) == EXIT_OK
+    parts = sorted(parts_dir.iterdir())
+    assert [p.name for p in parts] == [f"shard-{k}-of-{N}.fasta" for k in range(N)]
+    model = ["--model", str(tiny_model_dir), *LOCAL]
+    for k, part in enumerate(parts):
+        from_part, from_whole = tmp_path / f"part-{k}.h5", tmp_path / f"whole-{k}.h5"
+        capsys.readouterr()
+        shard = ["--shard", f"{k}/{N}", *model]
+        assert main([str(part), "-o", str(from_part), *shard]) in (EXIT_OK, EXIT_SKIPPED)
+        part_report = capsys.readouterr().err
+        assert main([str(path), "-o", str(from_whole), *shard]) in (EXIT_OK, EXIT_SKIPPED)
+        whole_report = capsys.readouterr().err
+        # The part holds exactly the shard's records, bad ones included (reported by the same shard).
+        assert f"shard {k}/{N}: " in part_report
+        assert part_report.count("skipped record") == whole_report.count("skipped record")
+        want, got = read_embeddings(from_whole), read_embeddings(from_part)
+        assert set(got) == set(want)
+        for rid, vec in want.items():
+            np.testing.assert_array_equal(got[rid], vec)
+    assert cli_main(["split", str(tmp_path / "missing.fasta"), "--shards", "2", "-o", str(parts_dir)]) == 1
+    assert "missing.fasta: no such file" in capsys.readouterr().err

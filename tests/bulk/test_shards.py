@@ -1,4 +1,5 @@
-"""Shard assignment (stable, even, growth-friendly) and `merge_shards`' checks on real output files."""
+"""Shard assignment (stable, even, growth-friendly), `split_fasta`, and `merge_shards`' checks on real
+output files."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from protembed.bulk import BulkOutputError, BulkWriter, Embedded, OutputMeta, read_embeddings
+from protembed.fasta import FastaFormatError, read_fasta
 from protembed.merge import MergeError, merge_shards
-from protembed.shards import Shard, jump_hash, shard_of
+from protembed.shards import Shard, jump_hash, shard_of, split_fasta
 
 META = OutputMeta("m", "1", "student", per_residue=False, dim=4, model_variant="fp32")
 IDS = [f"UniRef50_{i:07d}" for i in range(20000)]
@@ -173,3 +175,20 @@ def test_merge_replaces_an_existing_output_and_keeps_empty_shards(tmp_path: Path
     merge_shards(out, [_shard_file(tmp_path / "z.h5", _records(IDS[100:105]))])
     assert merge_shards(out, [a, empty]).records == 10
     assert set(read_embeddings(out)) == set(IDS[:10])
+
+
+def test_split_writes_each_shards_records_or_nothing(tmp_path: Path) -> None:
+    fasta = tmp_path / "in.fasta"
+    ids = IDS[:200]
+    fasta.write_text("".join(f">{rid} desc\nMKV\nLLA\n" for rid in ids) + ">\nMK\n")
+    parts = split_fasta(fasta, 4, tmp_path / "parts")
+    for k, part in enumerate(parts):
+        records = list(read_fasta(part))
+        assert [r.id for r in records] == [rid for rid in [*ids, ""] if shard_of(rid, 4) == k]
+        named = [r for r in records if r.id]
+        assert all(r.sequence == "MKVLLA" and r.header == f"{r.id} desc" for r in named)
+    broken = tmp_path / "broken.fasta"
+    broken.write_text("MK\n>a\nMK\n")  # sequence before the first header: not FASTA
+    with pytest.raises(FastaFormatError):
+        split_fasta(broken, 3, tmp_path / "broken-parts")
+    assert list((tmp_path / "broken-parts").iterdir()) == []  # no part, complete-looking or temporary

@@ -108,6 +108,7 @@ def test_against_a_running_server_over_grpc(
         shard_suffix=".parquet",
         keep_shards=False,
         long_sequences="truncate",
+        split=True,  # one job writes the parts; each shard job reads its own
     )
     run = _snakemake(tmp_path, "--cores", "2", *config)
     assert run.returncode == 0, run.stderr[-4000:]
@@ -118,6 +119,8 @@ def test_against_a_running_server_over_grpc(
     truncated = {r.id for r in format_for(out).read(out) if r.truncated}
     assert truncated == {"joined"}
     assert not list((tmp_path / "embed-work" / "shards").glob("*.parquet")), "temporary shards were kept"
+    assert "3 parts in" in (tmp_path / "embed-work" / "logs" / "split.log").read_text()
+    assert not list((tmp_path / "embed-work" / "split").glob("*.fasta")), "temporary parts were kept"
 
 
 def test_lint_is_clean(tmp_path: Path) -> None:
@@ -130,7 +133,7 @@ def test_cluster_profiles_name_real_rules_and_resources() -> None:
     """The SLURM and Kubernetes profiles are configuration only; their executor plugins are not installed
     here, so check what can go stale without them: they parse, and name rules the Snakefile has."""
     rules = set(re.findall(r"^rule (\w+):", SNAKEFILE.read_text(), re.MULTILINE))
-    assert rules == {"all", "embed_shard", "merge"}
+    assert rules == {"all", "split", "embed_shard", "merge"}
     for name, executor in (("slurm", "slurm"), ("kubernetes", "kubernetes")):
         profile = yaml.safe_load((SNAKEFILE.parent / "profiles" / name / "config.yaml").read_text())
         assert profile["executor"] == executor
