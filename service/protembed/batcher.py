@@ -152,6 +152,7 @@ class BatchQueue:
         self.running: dict[str, Entry] = {}  # dispatched to the model, for in-flight dedup
         self.queued_tokens = 0
         self.queued_bulk_tokens = 0  # the part of queued_tokens only bulk requests wait for
+        self.last_batch_bulk = False  # aging alternates: an aged bulk batch, then interactive again
         self.tokens_per_s = 0.0  # measured throughput, for Retry-After
         self.dropped: dict[str, int] = {}  # waiters dropped before the model, by reason
         self.on_drop = on_drop
@@ -317,14 +318,20 @@ class BatchQueue:
         return not self._fits(count + 1, longest)
 
     def _candidates(self, now: float) -> list[Entry]:
-        """The queued entries the next batch is drawn from, oldest first: interactive ones (and bulk ones
-        that have waited ``bulk_max_wait_s``) while any are queued, else everything."""
+        """The queued entries the next batch is drawn from, oldest first.
+
+        Only one kind at a time: interactive entries while any are queued, except that once the oldest
+        bulk entry has waited ``bulk_max_wait_s``, every other batch is a bulk one (aging). So bulk work
+        always progresses, and an interactive item waits for at most one bulk batch, never a backlog.
+        """
         entries = list(self.pending.values())
         if not self.queued_bulk_tokens:
             return entries
-        aged = now - self.config.bulk_max_wait_s
-        urgent = [e for e in entries if not e.bulk_tokens or e.enqueued_at <= aged]
-        return urgent or entries
+        interactive = [e for e in entries if not e.bulk_tokens]
+        bulk = [e for e in entries if e.bulk_tokens]
+        aged = bulk[0].enqueued_at <= now - self.config.bulk_max_wait_s
+        take_bulk = not interactive or (aged and not self.last_batch_bulk)
+        return bulk if take_bulk else interactive
 
     def _plan_fifo(self, entries: list[Entry]) -> list[Entry]:
         """Arrival order from the oldest, until the next item would break the size cap or token budget.
@@ -411,6 +418,7 @@ class BatchQueue:
         idle = not self.running
         if not (idle or due or force or self._is_full(len(batch), longest)):
             return None
+        self.last_batch_bulk = all(e.bulk_tokens for e in batch)
         for e in batch:
             self._leave(e)
             self.running[e.sequence] = e

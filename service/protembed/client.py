@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from protembed.errors import ProtembedError
+from protembed.packing import Budget, pack, ranges
 
 T = TypeVar("T")
 
@@ -137,6 +138,7 @@ class _Options:
     per_residue: bool
     normalize: bool
     long_sequences: str | None = None  # chunk, truncate or reject; None: the server's setting
+    priority: str | None = None  # interactive (the server's default) or bulk
 
 
 # --- chunking ----------------------------------------------------------------------------------------
@@ -145,16 +147,9 @@ class _Options:
 def split_chunks(lengths: Sequence[int], max_items: int, max_residues: int) -> list[tuple[int, int]]:
     """[start, stop) ranges of consecutive items, each within both bounds (a single item over the residue
     bound gets a chunk of its own: the server decides whether it is too long)."""
-    chunks: list[tuple[int, int]] = []
-    start, residues = 0, 0
-    for i, n in enumerate(lengths):
-        if i > start and (i - start >= max_items or residues + n > max_residues):
-            chunks.append((start, i))
-            start, residues = i, 0
-        residues += n
-    if start < len(lengths):
-        chunks.append((start, len(lengths)))
-    return chunks
+    # The server re-batches what it receives, so a request's bound is its plain residue count (unpadded).
+    budget = Budget(max_residues, max_items, padded=False)
+    return ranges(pack(range(len(lengths)), budget, lengths.__getitem__))
 
 
 # --- wire formats ------------------------------------------------------------------------------------
@@ -174,6 +169,8 @@ def _rest_body(sequences: Sequence[str], ids: Sequence[str | None], opts: _Optio
         body["output"] = opts.output
     if opts.long_sequences:
         body["long_sequences"] = opts.long_sequences
+    if opts.priority:
+        body["priority"] = opts.priority
     return body
 
 
@@ -253,6 +250,7 @@ def _grpc_request(sequences: Sequence[str], ids: Sequence[str | None], opts: _Op
             per_residue=opts.per_residue,
             normalize=opts.normalize,
             long_sequences=opts.long_sequences or "",
+            priority=opts.priority or "",
         ),
     )
 
@@ -507,10 +505,12 @@ class Client(_ClientBase):
         normalize: bool = False,
         *,
         long_sequences: str | None = None,
+        priority: str | None = None,
     ) -> EmbedResult:
         """Embed everything, chunk by chunk, and return vectors with the model's metadata.
-        ``long_sequences`` (chunk, truncate or reject) overrides the server's setting for this call."""
-        opts = _Options(output, per_residue, normalize, long_sequences)
+        ``long_sequences`` (chunk, truncate or reject) overrides the server's setting for this call;
+        ``priority='bulk'`` lets interactive users of the same server go first."""
+        opts = _Options(output, per_residue, normalize, long_sequences, priority)
         seqs, id_list, chunks = self._prepare(sequences, ids, per_residue)
         parts = []
         for start, stop in chunks:
@@ -532,10 +532,11 @@ class Client(_ClientBase):
         normalize: bool = False,
         *,
         long_sequences: str | None = None,
+        priority: str | None = None,
     ) -> np.ndarray | list[np.ndarray]:
         """[n, dim] float32 per protein, or a list of [length, dim] arrays with ``per_residue``."""
         return self.embed_result(
-            sequences, ids, output, per_residue, normalize, long_sequences=long_sequences
+            sequences, ids, output, per_residue, normalize, long_sequences=long_sequences, priority=priority
         ).array()
 
     def info(self) -> dict[str, Any]:
@@ -631,8 +632,9 @@ class AsyncClient(_ClientBase):
         normalize: bool = False,
         *,
         long_sequences: str | None = None,
+        priority: str | None = None,
     ) -> EmbedResult:
-        opts = _Options(output, per_residue, normalize, long_sequences)
+        opts = _Options(output, per_residue, normalize, long_sequences, priority)
         seqs, id_list, chunks = self._prepare(sequences, ids, per_residue)
         gate = asyncio.Semaphore(self.concurrency)
 
@@ -662,9 +664,10 @@ class AsyncClient(_ClientBase):
         normalize: bool = False,
         *,
         long_sequences: str | None = None,
+        priority: str | None = None,
     ) -> np.ndarray | list[np.ndarray]:
         result = await self.embed_result(
-            sequences, ids, output, per_residue, normalize, long_sequences=long_sequences
+            sequences, ids, output, per_residue, normalize, long_sequences=long_sequences, priority=priority
         )
         return result.array()
 

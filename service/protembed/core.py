@@ -54,6 +54,7 @@ class EmbedInput:
 
 
 LONG_SEQUENCE_MODES = ("chunk", "truncate", "reject")
+MAX_ID_LENGTH = 256  # an id is echoed back: a megabyte one would be copied into every answer
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,36 @@ class Engine:
             return residue
         return spec
 
+    def check_response_size(
+        self,
+        inputs: Sequence[EmbedInput],
+        options: EmbedOptions,
+        bytes_per_value: float,
+        limit: int,
+        what: str,
+    ) -> int:
+        """Refuse, before any work, a request whose answer would be larger than ``limit`` bytes at
+        ``bytes_per_value`` (the transport's encoding); returns the estimate. Sequence lengths are taken
+        as sent (an upper bound: normalization only removes characters)."""
+        if len(inputs) > self.settings.max_items_per_request:  # before anything costs per-item work
+            raise RequestTooLargeError(
+                f"{len(inputs)} sequences in one request; the limit is {self.settings.max_items_per_request}"
+            )
+        spec = self.resolve_output(options)
+        if options.per_residue:
+            cap = self.card.max_length if self.long_sequence_mode(options) == "truncate" else None
+            rows = sum(len(i.sequence) if cap is None else min(cap, len(i.sequence)) for i in inputs)
+        else:
+            rows = len(inputs)
+        estimate = int(rows * spec.dim * bytes_per_value) + 64 * len(inputs)
+        if estimate > limit:
+            raise RequestTooLargeError(
+                f"the response would be about {estimate} bytes, more than {what} of {limit} bytes; send "
+                + ("fewer residues per request" if options.per_residue else "fewer sequences per request")
+                + (", or ask for encoding=base64 (about 4x smaller)" if bytes_per_value > 8 else "")
+            )
+        return estimate
+
     def long_sequence_mode(self, options: EmbedOptions) -> str:
         mode = options.long_sequences or self.settings.long_sequences
         if mode not in LONG_SEQUENCE_MODES:
@@ -289,6 +320,10 @@ class Engine:
         sequences: list[str] = []
         truncated: list[bool] = []
         for i, item in enumerate(inputs):
+            if item.id is not None and len(item.id) > MAX_ID_LENGTH:
+                raise InvalidRequestError(
+                    f"item {i}: id is {len(item.id)} characters; the limit is {MAX_ID_LENGTH}"
+                )
             try:
                 seq = tokenizer.normalize(item.sequence, i)
             except InvalidSequenceError as exc:

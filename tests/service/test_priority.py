@@ -57,14 +57,25 @@ def test_interactive_items_go_first_and_bulk_fills_idle_time() -> None:
     assert batch is not None and all(e.sequence.startswith("B") for e in batch)
 
 
-def test_bulk_ages_into_the_interactive_set() -> None:
+def test_aged_bulk_gets_every_other_batch() -> None:
+    """Past bulk_max_wait_s, bulk and interactive batches alternate: bulk progresses under a steady
+    interactive load, and an interactive item waits for at most one bulk batch."""
     clock = Clock()
-    q = make_queue(clock)
-    q.add("BOLD" + "A" * 6, waiter("bulk"))
-    clock.now = 1.5  # past bulk_max_wait_s
-    q.add("INEW" + "A" * 6, waiter("interactive"))
-    batch = q.next_batch()
-    assert batch is not None and {e.sequence[:4] for e in batch} == {"BOLD", "INEW"}
+    q = make_queue(clock, max_batch_size=1)
+    for i in range(3):
+        q.add(f"B{i}" + "A" * 8, waiter("bulk"))
+    clock.now = 0.5
+    for i in range(3):
+        q.add(f"I{i}" + "A" * 8, waiter("interactive"))
+    order = []
+    for step in range(6):
+        if step == 1:
+            clock.now = 1.5  # the bulk backlog is now past bulk_max_wait_s
+        batch = q.next_batch()
+        assert batch is not None
+        order.append(batch[0].sequence[:2])
+        q.finish(batch, 0.01)
+    assert order == ["I0", "B0", "I1", "B1", "I2", "B2"]
 
 
 def test_bulk_fills_only_its_share_of_the_queue() -> None:

@@ -194,9 +194,9 @@ class RemoteEmbedder:
         from protembed.bulk import BatchEmbeddings, OutputMeta
 
         o = self.options
-        # PRIORITY (issue 18 item 4): the one call that sends bulk traffic to a server; pass the bulk
-        # priority here once the client carries one, so this command and the workflows/embed Snakemake
-        # workflow (which runs it) never compete with interactive users.
+        # The one call that sends bulk traffic to a server: as priority=bulk, so this command, the
+        # workflows/embed Snakemake workflow and the chart's bulk Job (which run it) let interactive
+        # users of the same server go first.
         result = await self.client.embed_result(
             list(sequences),
             list(ids),
@@ -204,6 +204,7 @@ class RemoteEmbedder:
             o.per_residue,
             o.normalize,
             long_sequences=o.long_sequences,
+            priority="bulk",
         )
         return BatchEmbeddings(
             OutputMeta.of(result), result.embeddings, windows=result.windows, truncated=result.truncated

@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name  # "protembed.v1.Embedder"
 DEFAULT_MAX_STREAM_IN_FLIGHT = 1024
-# Bytes of protobuf framing per embedding beyond its vector (index, id, shape, flags), for size checks.
-_PER_ITEM_OVERHEAD = 64
 
 
 # --- translation -------------------------------------------------------------------------------------
@@ -113,16 +111,12 @@ class Embedder(pb_grpc.EmbedderServicer):
 
     def _check_response_size(self, inputs: list[EmbedInput], options: EmbedOptions) -> None:
         """Refuse up front a call whose answer could not be sent within the message size limit."""
-        dim = self.engine.resolve_output(options).dim
-        vectors = sum(len(i.sequence) for i in inputs) if options.per_residue else len(inputs)
-        estimate = vectors * dim * 4 + len(inputs) * _PER_ITEM_OVERHEAD
-        if estimate > self.max_message_bytes:
-            raise RequestTooLargeError(
-                f"the response would be about {estimate} bytes, more than the gRPC message limit of "
-                f"{self.max_message_bytes} (grpc_max_message_bytes); send fewer "
-                + ("residues" if options.per_residue else "sequences")
-                + " per call"
-            )
+        settings = self.engine.settings
+        if self.max_message_bytes <= settings.max_response_bytes:
+            limit, what = self.max_message_bytes, "the gRPC message limit (grpc_max_message_bytes)"
+        else:
+            limit, what = settings.max_response_bytes, "the response limit (max_response_bytes)"
+        self.engine.check_response_size(inputs, options, 4.0, limit, what)
 
     @contextlib.contextmanager
     def _observe(self, method: str) -> Iterator[list[str]]:
@@ -143,6 +137,11 @@ class Embedder(pb_grpc.EmbedderServicer):
     async def _embed(
         self, request_sequences: Any, options_message: pb.EmbedOptions, context: grpc.aio.ServicerContext
     ) -> pb.EmbedResponse:
+        limit = self.engine.settings.max_items_per_request
+        if len(request_sequences) > limit:  # before any per-item work (a message may hold a million)
+            raise RequestTooLargeError(
+                f"{len(request_sequences)} sequences in one request; the limit is {limit}"
+            )
         inputs = _inputs(request_sequences)
         options = _options(options_message)
         if inputs:

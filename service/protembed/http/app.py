@@ -13,12 +13,12 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Body, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -216,8 +216,44 @@ async def _embed(request: Request, eng: Engine, body: EmbedRequest) -> Response:
         long_sequences=body.long_sequences,
         priority=body.priority,
     )
+    estimate = eng.check_response_size(
+        inputs,
+        options,
+        BYTES_PER_VALUE[body.encoding],
+        eng.settings.max_response_bytes,
+        "the response limit (max_response_bytes)",
+    )
     resp = await _embed_until_disconnect(request, eng, inputs, options)
-    return VectorJSONResponse(_embed_body(resp, body.encoding))
+    if estimate <= STREAM_ABOVE_BYTES:
+        return VectorJSONResponse(_embed_body(resp, body.encoding))
+    return StreamingResponse(_streamed_body(resp, body.encoding), media_type="application/json")
+
+
+# What one float costs in the answer: JSON text of a float32 widened to a double (up to ~22 characters
+# with its comma), or base64 of 4 bytes. Used to refuse too large answers before computing them.
+BYTES_PER_VALUE = {"float": 22.0, "base64": 16 / 3}
+# Answers above this are streamed: each slice of items is rendered in a worker thread (the event loop
+# keeps answering probes) and written as the client reads, so a client that does not read holds the
+# vectors (4 bytes a value) and one slice of text, never the whole JSON body (about 22).
+STREAM_ABOVE_BYTES = 1 << 20
+_STREAM_SLICE_VALUES = 1 << 18
+
+
+async def _streamed_body(resp: EmbedResponse, encoding: str) -> AsyncIterator[bytes]:
+    """The same JSON object as :func:`_embed_body` (``data`` last), rendered slice by slice."""
+    envelope = to_json(_envelope(resp, encoding))
+    yield envelope[:-1] + b',"data":['
+    results = resp.results
+    per_item = max(1, int(results[0].embedding.size)) if results else 1
+    step = max(1, _STREAM_SLICE_VALUES // per_item)
+    for start in range(0, len(results), step):
+        part = await asyncio.to_thread(_render_items, results[start : start + step], encoding)
+        yield (b"," if start else b"") + part
+    yield b"]}"
+
+
+def _render_items(results: list[Any], encoding: str) -> bytes:
+    return to_json([_item(r, encoding) for r in results])[1:-1]
 
 
 class EmbedFastPath:
@@ -269,7 +305,8 @@ def _encode(vec: np.ndarray, encoding: str) -> list[Any] | str:
     return out
 
 
-def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
+def _envelope(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
+    """Everything of an /embed answer but its ``data``."""
     return {
         "model": resp.model,
         "model_version": resp.model_version,
@@ -278,20 +315,24 @@ def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
         "dim": resp.dim,
         "per_residue": resp.per_residue,
         "encoding": encoding,
-        "data": [
-            {
-                "index": r.index,
-                "id": r.id,
-                "embedding": _encode(r.embedding, encoding),
-                "cached": r.cached,
-                "length": r.length,
-                "windows": r.windows,
-                "truncated": r.truncated,
-            }
-            for r in resp.results
-        ],
         "usage": {"items": resp.items, "residues": resp.residues},
     }
+
+
+def _item(r: Any, encoding: str) -> dict[str, Any]:
+    return {
+        "index": r.index,
+        "id": r.id,
+        "embedding": _encode(r.embedding, encoding),
+        "cached": r.cached,
+        "length": r.length,
+        "windows": r.windows,
+        "truncated": r.truncated,
+    }
+
+
+def _embed_body(resp: EmbedResponse, encoding: str) -> dict[str, Any]:
+    return {**_envelope(resp, encoding), "data": [_item(r, encoding) for r in resp.results]}
 
 
 # Dependencies are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker thread,
@@ -374,25 +415,39 @@ def create_app(
             raise InvalidRequestError(
                 f"dimensions={body.dimensions} is not available; output {spec.name!r} has {spec.dim}"
             )
-        resp = await _embed_until_disconnect(request, eng, [EmbedInput(t) for t in texts], options)
-        model_name = eng.card.id if output is None else f"{eng.card.id}/{resp.output}"
-        return VectorJSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {
-                        "object": "embedding",
-                        "index": r.index,
-                        "embedding": _encode(r.embedding, body.encoding_format),
-                        "windows": r.windows,
-                        "truncated": r.truncated,
-                    }
-                    for r in resp.results
-                ],
-                "model": model_name,
-                "usage": {"prompt_tokens": resp.residues, "total_tokens": resp.residues},
-            }
+        inputs = [EmbedInput(t) for t in texts]
+        estimate = eng.check_response_size(
+            inputs,
+            options,
+            BYTES_PER_VALUE[body.encoding_format],
+            eng.settings.max_response_bytes,
+            "the response limit (max_response_bytes)",
         )
+        resp = await _embed_until_disconnect(request, eng, inputs, options)
+        model_name = eng.card.id if output is None else f"{eng.card.id}/{resp.output}"
+
+        def render() -> bytes:
+            return to_json(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "object": "embedding",
+                            "index": r.index,
+                            "embedding": _encode(r.embedding, body.encoding_format),
+                            "windows": r.windows,
+                            "truncated": r.truncated,
+                        }
+                        for r in resp.results
+                    ],
+                    "model": model_name,
+                    "usage": {"prompt_tokens": resp.residues, "total_tokens": resp.residues},
+                }
+            )
+
+        # a large answer is rendered off the event loop, so probes and other requests keep being served
+        content = render() if estimate <= STREAM_ABOVE_BYTES else await asyncio.to_thread(render)
+        return Response(content, media_type="application/json")
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
