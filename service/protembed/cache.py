@@ -428,13 +428,15 @@ class RedisClusterCache(RedisCache):
         topology is unknown (the first contact failed)."""
         if not self._backoff.available():
             return None
-        try:
-            # Instant once the client knows the topology; the first call asks a seed node for it.
-            await _bounded(self.client.initialize(), self.timeout_s * 2)
-        except (Exception, asyncio.TimeoutError) as exc:
-            self._failed("CLUSTER SLOTS", exc, self._backoff)
-            return None
-        self._backoff.ok()
+        if not self.client.get_primaries():
+            # The first call asks a seed node for the topology; after that the client refreshes it
+            # itself when a node answers MOVED or fails (inside the pipelines below).
+            try:
+                await _bounded(self.client.initialize(), self.timeout_s * 2)
+            except (Exception, asyncio.TimeoutError) as exc:
+                self._failed("CLUSTER SLOTS", exc, self._backoff)
+                return None
+            self._backoff.ok()
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             try:
