@@ -186,6 +186,12 @@ class BatchQueue:
         """Change the batch token budget (the engine settles it once the provider is known)."""
         self.config = replace(self.config, max_batch_tokens=max_batch_tokens)
 
+    def seed_throughput(self, tokens_per_s: float) -> None:
+        """A first throughput estimate (measured at warm-up), so a cold server's Retry-After says how
+        long its queue needs rather than 1 s; real batches refine it."""
+        if self.tokens_per_s <= 0 and tokens_per_s > 0:
+            self.tokens_per_s = tokens_per_s
+
     def stats(self) -> QueueStats:
         return QueueStats(
             queued_items=len(self.pending),
@@ -467,6 +473,9 @@ class Batcher:
 
     def set_budget(self, max_batch_tokens: int) -> None:
         self.queue.set_budget(max_batch_tokens)
+
+    def seed_throughput(self, tokens_per_s: float) -> None:
+        self.queue.seed_throughput(tokens_per_s)
 
     def stats(self) -> QueueStats:
         return self.queue.stats()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -178,6 +179,7 @@ class Engine:
             self.batcher.set_budget(batch_tokens_for(model.provider))
         if s.warmup:
             await asyncio.to_thread(model.warm_up)
+            self.batcher.seed_throughput(await asyncio.to_thread(self._measure_throughput, model))
         self.self_check = await asyncio.to_thread(self_check, model, model.loaded)
         self.metrics.observe_self_check(self.self_check)
         if not self.self_check.ok:
@@ -213,6 +215,18 @@ class Engine:
             model.provider,
             self.cache.backend,
         )
+
+    def _measure_throughput(self, model: OnnxModel) -> float:
+        """Residues per second of one full batch of mid-length sequences (the Retry-After seed)."""
+        length = min(256, self.card.max_length)
+        config = self.batcher.config
+        count = max(1, min(config.max_batch_size, config.max_batch_tokens // length))
+        sequences = [("MKTAYIAKQRQISFVKSHFSRQ" * (length // 22 + 1))[i : i + length] for i in range(count)]
+        spec = self.card.output(self.card.default_output)
+        assert spec is not None  # the card's validator guarantees it
+        start = time.perf_counter()
+        model.embed(sequences, [spec.onnx_output])
+        return count * length / max(time.perf_counter() - start, 1e-6)
 
     def mark_draining(self) -> None:
         """Stop being ready and refuse new work at once; queued work still runs (see ``drain``)."""

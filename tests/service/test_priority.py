@@ -104,3 +104,21 @@ async def test_engine_passes_priority_and_refuses_unknown(make_settings: Callabl
             await eng.embed([EmbedInput("MK")], EmbedOptions(priority="urgent"))
     finally:
         await eng.stop()
+
+
+async def test_a_cold_server_retry_after_comes_from_measured_throughput(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Before any real batch ran, a 429's Retry-After is the queue over a throughput measured at warm-up,
+    not a fixed 1 s."""
+    eng = Engine.from_settings(make_settings())
+    await eng.start()
+    try:
+        stats = eng.batcher.stats()
+        assert stats.tokens_per_s > 0 and eng.batcher.batches_run == 0
+        q = eng.batcher.queue
+        q.queued_tokens = int(stats.tokens_per_s * 7)  # as if seven seconds of work were queued
+        assert q.retry_after_s() == pytest.approx(7.0, rel=0.01)
+        q.queued_tokens = 0
+    finally:
+        await eng.stop()

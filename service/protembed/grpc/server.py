@@ -14,8 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protembed.core import Engine
-from protembed.grpc.service import SERVICE_NAME, Embedder
-from protembed.proto import embedder_pb2_grpc as pb_grpc
+from protembed.grpc.service import SERVICE_NAME, Embedder, lenient
+from protembed.proto import embedder_pb2 as pb
 from protembed.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max_bytes),
         ]
     )
-    pb_grpc.add_EmbedderServicer_to_server(Embedder(engine, settings), server)
+    add_embedder(Embedder(engine, settings), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -95,6 +95,31 @@ async def start_grpc_server(
     _RUNNING[id(server)] = _Running(health_servicer, follower, bound)
     log.info("gRPC server listening on %s:%d (%s, health, reflection)", settings.host, bound, SERVICE_NAME)
     return server
+
+
+def add_embedder(servicer: Embedder, server: grpc.aio.Server) -> None:
+    """Register the service as the generated ``add_EmbedderServicer_to_server`` does, but with request
+    parsing that cannot fail: a message that is not valid protobuf (or holds invalid UTF-8 in a string)
+    reaches the handler as :class:`Malformed` and is answered INVALID_ARGUMENT, where grpcio's own
+    parser would log a traceback and answer UNKNOWN."""
+    handlers = {
+        "Embed": grpc.unary_unary_rpc_method_handler(
+            servicer.Embed,
+            request_deserializer=lenient(pb.EmbedRequest),
+            response_serializer=pb.EmbedResponse.SerializeToString,
+        ),
+        "EmbedStream": grpc.stream_stream_rpc_method_handler(
+            servicer.EmbedStream,
+            request_deserializer=lenient(pb.EmbedStreamRequest),
+            response_serializer=pb.EmbedStreamResponse.SerializeToString,
+        ),
+        "Info": grpc.unary_unary_rpc_method_handler(
+            servicer.Info,
+            request_deserializer=lenient(pb.InfoRequest),
+            response_serializer=pb.InfoResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 async def mark_not_serving(server: grpc.aio.Server) -> None:

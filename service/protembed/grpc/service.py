@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +28,7 @@ from protembed.auth import ApiKey
 from protembed.core import EmbedInput, EmbedOptions, EmbedResponse, Engine
 from protembed.errors import (
     DeadlineExceededError,
+    InvalidRequestError,
     OverloadedError,
     ProtembedError,
     RequestTooLargeError,
@@ -45,6 +47,29 @@ DEFAULT_MAX_STREAM_IN_FLIGHT = 1024
 
 
 # --- translation -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request message that did not parse, with the parser's reason."""
+
+    message_type: str
+    reason: str
+
+    def error(self) -> InvalidRequestError:
+        return InvalidRequestError(f"malformed {self.message_type} message: {self.reason}")
+
+
+def lenient(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that returns :class:`Malformed` instead of raising."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # DecodeError, or invalid UTF-8 in a string field
+            return Malformed(message_type.DESCRIPTOR.name, str(exc) or type(exc).__name__)
+
+    return parse
 
 
 def _options(message: pb.EmbedOptions) -> EmbedOptions:
@@ -171,9 +196,12 @@ class Embedder(pb_grpc.EmbedderServicer):
 
     # -- RPCs
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
-        return await self._handle(
-            "Embed", context, lambda: self._embed(request.sequences, request.options, context)
-        )
+        async def work() -> pb.EmbedResponse:
+            if isinstance(request, Malformed):
+                raise request.error()
+            return await self._embed(request.sequences, request.options, context)
+
+        return await self._handle("Embed", context, work)
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
         with self._observe("Info") as code:
@@ -263,6 +291,8 @@ class _Stream:
 
     async def _read(self) -> None:
         async for request in self.requests:
+            if isinstance(request, Malformed):  # no request_id to answer it by: the stream ends
+                raise request.error()
             items = max(1, len(request.sequences))
             async with self.changed:
                 await self.changed.wait_for(self._has_room(items))
