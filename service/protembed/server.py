@@ -134,6 +134,9 @@ def run(settings: Settings) -> int:
             self._drain_tasks = tasks  # a reference, so the task is not collected mid-drain
             loop.call_soon_threadsafe(lambda: tasks.add(loop.create_task(drain_then_exit())))
 
+    from protembed.http.protocol import with_header_timeout
+
+    protocol = with_header_timeout(settings.header_timeout_s)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -142,6 +145,7 @@ def run(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=int(_RESPONSE_GRACE_S),
         access_log=settings.log_level == "debug",
+        http=protocol if protocol is not None else "auto",
     )
     uv = _Uvicorn(config)
     uv.run()

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         description="Most sequences in flight per gRPC stream; the server stops reading the stream at "
         "this bound.",
     )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must send a request's headers within this many seconds of opening (or "
+        "of its previous response), or it is closed: slow-header clients cannot hold connections open.",
+    )
     max_body_bytes: int = Field(
         default=8 * 2**20, gt=0, description="Largest HTTP request body, in bytes; larger bodies get 413."
     )
