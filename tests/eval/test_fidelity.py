@@ -287,3 +287,38 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     }
     md = out.with_suffix(".md").read_text()
     assert "| deepsol | student | accuracy |" in md and "window_onehot" in md
+
+
+def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:
+    """Batched residue states of a checkpoint equal each sequence run alone (padding never leaks)."""
+    import torch
+
+    from protembed import tokenizer
+    from protembed_bench.fidelity.checkpoint_q3 import checkpoint_states
+    from protembed_distill.config import StudentConfig
+    from protembed_distill.student.model import Student
+    from protembed_distill.train.checkpoint import CHECKPOINT_FORMAT
+
+    torch.manual_seed(0)
+    scfg = StudentConfig(layers=1, d_model=8, heads=2, ffn=16, dropout=0.0, max_length=128)
+    model = Student(scfg, {"a": 4}, {}).eval()
+    path = tmp_path / "ck.pt"
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "student_config": scfg.model_dump(mode="json"),
+            "teacher_dims": {"a": 4},
+            "residue_dims": {},
+            "model": model.state_dict(),
+        },
+        path,
+    )
+    rng = np.random.default_rng(5)
+    seqs = [_seq(rng, n) for n in (5, 40, 17, 90)]
+    states = checkpoint_states(path, seqs, batch_tokens=100)  # several batches of mixed lengths
+    for s, got in zip(seqs, states, strict=True):
+        ids = torch.from_numpy(tokenizer.encode(s))[None, :]
+        with torch.no_grad():
+            alone = model.encode(ids, torch.ones_like(ids))[0].numpy()
+        assert got.shape == (len(s), 8)
+        np.testing.assert_allclose(got, alone, atol=1e-5)
