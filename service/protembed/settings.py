@@ -111,8 +111,10 @@ class Settings(BaseSettings):
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"],
-        description="ONNX Runtime execution providers in order of preference, comma-separated; "
-        "unavailable ones are skipped and /info reports the active one.",
+        description="ONNX Runtime execution providers in order of preference, comma-separated. One that "
+        "cannot run here (not in this onnxruntime build; a GPU provider without a driver, a device or "
+        "its CUDA/cuDNN libraries) is skipped quietly, and one INFO line and /info say why. Without "
+        "CPUExecutionProvider in the list the server refuses to start when none of them can run.",
     )
     intra_op_threads: int = Field(
         default=0, ge=0, description="ONNX Runtime intra-op threads (0 = ORT default)."
