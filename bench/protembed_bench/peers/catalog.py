@@ -114,6 +114,9 @@ SERVERS: dict[str, ServerSpec] = {
             command=lambda python, port: [
                 *_script("mosec_app.py")(python, port),
                 *("--address", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
+                # Its service timeout (default 3 s) answers 408 once 64 queued requests wait longer than
+                # that on a loaded CPU; the others' request timeouts are 30 s or more.
+                *("--timeout", "120000"),
             ],
             note="append_worker(num=1, max_batch_size, max_wait_time in ms)",
         ),

@@ -30,17 +30,15 @@ def prepare(
 ) -> Callable[[], dict[str, Any]]:
     """Encode both batch shapes once; the returned function times them (mean s per pass over the
     stream, passes repeated until ``min_seconds``)."""
+    from protembed.packing import Budget, pack_sorted
     from protembed_bench.serve.replay import queue_kwargs, replay_padding
-    from protembed_distill.teacher_cache import token_batches
 
     model = PeerModel(model_dir, variant, threads)
     residues = sum(len(s) for s in sequences)
     budget = int(batching.get("max_batch_tokens") or 2048)
     cap = int(batching.get("max_batch_size") or 64)
     sorted_batches = [
-        [sequences[j] for j in b[i : i + cap]]
-        for b in token_batches([len(s) for s in sequences], budget)
-        for i in range(0, len(b), cap)
+        [sequences[j] for j in b] for b in pack_sorted([len(s) for s in sequences], Budget(budget, cap))
     ]
     formed: list[list[str]] = []
     # The simulated clock only orders arrivals against batch ends; any plausible rate forms the same

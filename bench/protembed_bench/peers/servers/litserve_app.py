@@ -24,5 +24,5 @@ if __name__ == "__main__":
     api = Embedder(
         max_batch_size=setting("max_batch_size"), batch_timeout=setting("batch_timeout"), api_path="/embed"
     )
-    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=120)
     server.run(host="127.0.0.1", port=int(os.environ["PROTEMBED_PEER_PORT"]), generate_client_file=False)
