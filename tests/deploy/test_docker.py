@@ -1,8 +1,9 @@
 """The container images' recipes: lint (hadolint), structure, build context, and their helper scripts.
 
-No Docker engine runs here, so the Dockerfiles are checked as text: hadolint for best practice, a small
-parser for the properties the serving image must have (multi-stage, non-root, tini, HEALTHCHECK,
-ports, PROTEMBED_* defaults that are real Settings fields and agree with the Helm chart).
+Checked as text, in seconds and on any machine: hadolint for best practice, a small parser for the
+properties the serving image must have (multi-stage, non-root, tini, HEALTHCHECK, ports, PROTEMBED_*
+defaults that are real Settings fields and agree with the Helm chart). test_container_image.py builds
+and runs the image itself where buildah and podman can.
 """
 
 from __future__ import annotations
