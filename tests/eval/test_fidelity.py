@@ -287,6 +287,13 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     }
     md = out.with_suffix(".md").read_text()
     assert "| deepsol | student | accuracy |" in md and "window_onehot" in md
+    # a later per-protein-only run keeps the per-residue table it did not recompute, with its date
+    args = ["--model", f"student={tiny_model_dir}:int8", "--data-dir", str(data), "--cache-dir", str(cache)]
+    assert run.main([*args, "--skip-full", "--skip-residues", "--out", str(out)]) == 0
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert again["full"] == {} and set(again["subset"]) == set(report["subset"])
+    assert again["residues"]["results"] == report["residues"]["results"]
+    assert again["residues"]["date"] == report["date"]
 
 
 def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:

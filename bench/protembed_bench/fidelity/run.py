@@ -75,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-chains", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-full", action="store_true", help="only the retention subset and residues")
-    p.add_argument("--skip-residues", action="store_true")
+    p.add_argument(
+        "--skip-residues",
+        action="store_true",
+        help="keep the per-residue table of the report already at --out (dated) instead of recomputing it",
+    )
     p.add_argument("--out", type=Path, default=Path("reports/fidelity"))
     args = p.parse_args(argv)
     models = args.model or [("student", Path("models/protembed-student-v1"), "int8")]
@@ -230,7 +234,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             for k in range(2)
         )
-        report["residues"] = q3_table(rfeats, chains.train_y, chains.test_y, seed=args.seed)
+        report["residues"] = {
+            **q3_table(rfeats, chains.train_y, chains.test_y, seed=args.seed),
+            "date": report["date"],
+        }
+    elif args.out.with_suffix(".json").is_file():
+        # The per-residue part is independent of the per-protein one and may have been measured
+        # earlier (its teacher states are ready long before the per-protein ones): keep it, dated.
+        previous = json.loads(args.out.with_suffix(".json").read_text())
+        if "residues" in previous:
+            report["residues"] = {"date": previous["date"], **previous["residues"]}
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +324,8 @@ def render(report: dict[str, Any]) -> str:
             "",
             f"{r['chains']['test']} test chains ({r['residues']['test']} residues; held out of distillation "
             f"by its >= 50% identity filter), probe fitted on {r['residues']['train_used']} residues of "
-            f"{r['chains']['train']} training chains; intervals from a bootstrap over test chains.",
+            f"{r['chains']['train']} training chains; intervals from a bootstrap over test chains "
+            f"(measured {r.get('date', report['date'])}).",
             "",
             "| features | dim | Q3 | vs best teacher | vs window one-hot |",
             "|---|---|---|---|---|",
