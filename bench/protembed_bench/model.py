@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from protembed import tokenizer
+from protembed.packing import Budget, pack_sorted
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ class BenchConfig:
 
 def sample_sequences(corpus: Path, n: int, seed: int, crop: int) -> list[str]:
     """A seeded sample (without replacement) of corpus sequences, cropped to ``crop`` residues."""
-    from protembed_distill.data.dataset import read_fasta
+    from protembed_distill.data.dataset import read_corpus
 
-    records = read_fasta(corpus)
+    records = read_corpus(corpus)
     if not records:
         raise ValueError(f"{corpus}: no sequences")
     pick = np.random.default_rng(seed).choice(len(records), size=min(n, len(records)), replace=False)
@@ -159,8 +160,6 @@ def _preload(kind: str) -> None:
 
 
 def worker(spec_path: Path, out_path: Path) -> None:
-    from protembed_distill.teacher_cache import token_batches
-
     job = json.loads(spec_path.read_text())
     spec = ModelSpec(**job["model"])
     sequences: list[str] = job["sequences"]
@@ -172,7 +171,8 @@ def worker(spec_path: Path, out_path: Path) -> None:
     load_seconds = time.perf_counter() - start
     rss_loaded = _status_mb("VmRSS")
     batches = [
-        [sequences[i] for i in b] for b in token_batches([len(s) for s in sequences], job["batch_tokens"])
+        [sequences[i] for i in b]
+        for b in pack_sorted([len(s) for s in sequences], Budget(job["batch_tokens"]))
     ]
     embed(batches[0])  # warm-up: lazy initialisation, allocator growth
     residues = sum(len(s) for s in sequences)

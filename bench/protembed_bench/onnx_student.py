@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from protembed.packing import Budget, pack_sorted
 from protembed.runtime import OnnxModel, SessionOptions
 
 
@@ -37,8 +38,6 @@ class OnnxStudent:
         Per-protein outputs come back stacked [N, dim]; ``residue_states`` as one [len_i, dim] array per
         sequence (pad positions sliced off).
         """
-        from protembed_distill.teacher_cache import token_batches
-
         limit = self.card.max_length
         for i, s in enumerate(sequences):
             if len(s) > limit:
@@ -46,7 +45,7 @@ class OnnxStudent:
                     f"sequence {i} has {len(s)} residues; the model takes at most {limit} (crop first)"
                 )
         per_item: dict[str, list[np.ndarray]] = {o: [np.empty(0)] * len(sequences) for o in outputs}
-        for batch in token_batches([len(s) for s in sequences], batch_tokens):
+        for batch in pack_sorted([len(s) for s in sequences], Budget(batch_tokens)):
             values = self.model.embed([sequences[i] for i in batch], outputs)
             for name, rows in values.items():
                 for row, i in zip(rows, batch, strict=True):

@@ -20,18 +20,19 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
+from protembed.packing import Budget, pack_sorted
 from protembed_distill.config import DistillConfig, TeacherConfig
 from protembed_distill.data.dataset import Item
 from protembed_distill.teachers.base import Teacher
 
-__all__ = ["CacheError", "EmbeddingStore", "build_caches", "cache_path", "embed_into", "token_batches"]
+__all__ = ["CacheError", "EmbeddingStore", "build_caches", "cache_path", "embed_into"]
 
 CACHE_FORMAT = 1
 # Loader options that change where or how fast a teacher runs, never what it outputs: a cache filled on
@@ -194,23 +195,6 @@ class EmbeddingStore:
             self._index.update({k: n0 + i for i, k in enumerate(keys)})
 
 
-def token_batches(lengths: Sequence[int], batch_tokens: int) -> Iterator[list[int]]:
-    """Indices sorted by length, cut so that (rows x longest) <= batch_tokens (a single longer
-    sequence still forms its own batch)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batch: list[int] = []
-    longest = 0
-    for i in order:
-        new_longest = max(longest, lengths[i])
-        if batch and new_longest * (len(batch) + 1) > batch_tokens:
-            yield batch
-            batch, new_longest = [], lengths[i]
-        batch.append(i)
-        longest = new_longest
-    if batch:
-        yield batch
-
-
 def embed_into(
     teacher: Teacher,
     items: Sequence[Item],
@@ -256,7 +240,7 @@ def embed_into(
     t0 = time.perf_counter()
     try:
         for chunk, local in (
-            (c, b) for c in chunks for b in token_batches([len(seqs[i]) for i in c], batch_tokens)
+            (c, b) for c in chunks for b in pack_sorted([len(seqs[i]) for i in c], Budget(batch_tokens))
         ):
             batch = [chunk[j] for j in local]
             bseqs = [seqs[i] for i in batch]

@@ -42,6 +42,7 @@ import numpy as np
 
 from protembed.errors import OverloadedError, ProtembedError
 from protembed.fasta import CheckedRecord, FastaRecord, RecordChecker, RecordProblem
+from protembed.packing import Budget, pack
 
 
 class BulkOutputError(RuntimeError):
@@ -668,28 +669,27 @@ async def embed_records(
                 task.result()  # re-raise a failure at once
 
     try:
-        batch: list[CheckedRecord] = []
-        residues = 0
-        for record in records:
-            if aborted:
-                break
-            stats.records += 1
-            checked = checker.check(record)
-            if isinstance(checked, RecordProblem):
-                problem(checked)
-                continue
-            if record.id in done:
-                stats.already_done += 1
-                if on_progress is not None:
-                    on_progress(1)
-                continue
-            if batch and (len(batch) >= batch_items or residues + len(checked.sequence) > batch_residues):
-                await wait_for_room(concurrency - 1)
-                in_flight.add(asyncio.create_task(run(batch)))
-                batch, residues = [], 0
-            batch.append(checked)
-            residues += len(checked.sequence)
-        if batch:
+        def to_embed() -> Iterator[CheckedRecord]:
+            """The records still to embed, checked, in file order; reading stops at an abort."""
+            for record in records:
+                if aborted:
+                    return
+                stats.records += 1
+                checked = checker.check(record)
+                if isinstance(checked, RecordProblem):
+                    problem(checked)
+                    continue
+                if record.id in done:
+                    stats.already_done += 1
+                    if on_progress is not None:
+                        on_progress(1)
+                    continue
+                yield checked
+
+        # Plain residue sums: the engine or the server re-batches by its own padded budget.
+        budget = Budget(batch_residues, batch_items, padded=False)
+        for batch in pack(to_embed(), budget, lambda c: len(c.sequence)):
+            await wait_for_room(concurrency - 1)
             in_flight.add(asyncio.create_task(run(batch)))
         await wait_for_room(0)
     finally:

@@ -12,8 +12,8 @@ from protembed_distill.data import dataset as data_mod
 from protembed_distill.data.dataset import (
     DataError,
     prepare_dataset,
+    read_corpus,
     read_eval_sequences,
-    read_fasta,
     sequence_key,
 )
 
@@ -31,17 +31,17 @@ def _mutate(seq: str, frac: float, seed: int) -> str:
     return "".join(out)
 
 
-def test_read_fasta_normalizes_and_names_bad_records(tmp_path: Path) -> None:
+def test_read_corpus_normalizes_and_names_bad_records(tmp_path: Path) -> None:
     f = tmp_path / "c.fasta"
     f.write_text(">a|1\nmkta\nyiu\n\n>plain\nACDE*\n")
-    recs = read_fasta(f)
+    recs = read_corpus(f)
     assert [(r.source, r.id, r.sequence) for r in recs] == [
         ("a", "1", "MKTAYIX"),
         ("unknown", "plain", "ACDE"),
     ]
     f.write_text(">a|1\nMK-TA\n")
     with pytest.raises(DataError, match=r"record 'a\|1'.*'-' at position 3"):
-        read_fasta(f)
+        read_corpus(f)
 
 
 def test_eval_rows_filtered_by_where(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from protembed_distill.teacher_cache import (
     build_caches,
     cache_path,
     embed_into,
-    token_batches,
 )
 
 torch.set_num_threads(1)
@@ -21,16 +20,6 @@ torch.set_num_threads(1)
 
 def _items(n: int, seed: int = 0) -> list[Item]:
     return [Item(f"s|{i}", "s", s, sequence_key(s)) for i, s in enumerate(random_sequences(n, 5, 60, seed))]
-
-
-def test_token_batches_respect_budget_and_cover_everything() -> None:
-    lengths = [5, 50, 7, 300, 20, 20, 49, 1]
-    batches = list(token_batches(lengths, 100))
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 100
-    flat = [lengths[i] for b in batches for i in b]
-    assert flat == sorted(flat)  # length-sorted
 
 
 def test_cache_holds_teacher_outputs_in_float16(tmp_path: Path) -> None:

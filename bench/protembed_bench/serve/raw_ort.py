@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from protembed.packing import Budget, pack_sorted
 from protembed_bench.serve.config import ServeBenchConfig
 from protembed_bench.serve.replay import queue_kwargs, replay_padding
 
@@ -23,18 +24,13 @@ def prepare_raw_ort(
     with the server's settings; its simulated clock runs at the sorted rate first measured)."""
     from protembed import tokenizer
     from protembed_bench.onnx_student import OnnxStudent
-    from protembed_distill.teacher_cache import token_batches
 
     student = OnnxStudent(cfg.model_dir, cfg.variant, cfg.threads)
     default = student.card.output(student.card.default_output)
     assert default is not None
-    batches: list[list[str]] = []
-    # the server's token budget and size cap, from its /info batching settings
-    max_batch_tokens = int(batching.get("max_batch_tokens", 16384))
-    max_batch_size = int(batching.get("max_batch_size", 64))
-    for b in token_batches([len(s) for s in sequences], max_batch_tokens):
-        for i in range(0, len(b), max_batch_size):
-            batches.append([sequences[j] for j in b[i : i + max_batch_size]])
+    # the server's token budget and size cap, from its /info batching settings, cut as its queue cuts
+    budget = Budget(int(batching.get("max_batch_tokens", 16384)), int(batching.get("max_batch_size", 64)))
+    batches = [[sequences[j] for j in b] for b in pack_sorted([len(s) for s in sequences], budget)]
     encoded = [tokenizer.batch_encode(b) for b in batches]
     student.model.run(encoded[0], [default.onnx_output])  # warm-up
 

@@ -68,7 +68,7 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
     from protembed.artifact import read_model_card
     from protembed.runtime import AUTO_VARIANT, variant_for
     from protembed_bench.model import length_stats
-    from protembed_distill.data.dataset import read_fasta
+    from protembed_distill.data.dataset import read_corpus
 
     card = read_model_card(cfg.model_dir)
     if cfg.variant == AUTO_VARIANT:  # the server runs on the CPU here, and raw ORT must run the same file
@@ -81,7 +81,7 @@ def run_serve_bench(cfg: ServeBenchConfig, work: Path, log: Callable[[str], None
         + cfg.paired_rounds * top_size
         + 2 * cfg.cache_sequences * 20
     )
-    records = read_fasta(cfg.corpus)
+    records = read_corpus(cfg.corpus)
     order = np.random.default_rng(cfg.seed).permutation(len(records))
     pool = list(dict.fromkeys(records[i].sequence[:crop] for i in order))
     if len(pool) < needed:

@@ -27,18 +27,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from protembed.errors import InvalidSequenceError
+from protembed.fasta import FastaFormatError, read_fasta
 from protembed.tokenizer import normalize
 from protembed_distill.config import DataConfig, EvalSetConfig
 
 __all__ = [
+    "CorpusRecord",
     "DataError",
     "Dataset",
-    "FastaRecord",
     "Item",
     "find_eval_overlap",
     "prepare_dataset",
+    "read_corpus",
     "read_eval_sequences",
-    "read_fasta",
     "sequence_key",
 ]
 
@@ -50,7 +51,7 @@ class DataError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FastaRecord:
+class CorpusRecord:
     source: str
     id: str
     sequence: str  # normalized, not cropped
@@ -82,39 +83,24 @@ def sequence_key(sequence: str) -> str:
     return hashlib.sha256(sequence.encode("ascii")).hexdigest()
 
 
-def read_fasta(path: Path) -> list[FastaRecord]:
-    """Read ``>source|id`` FASTA (a header without ``|`` gets source ``unknown``)."""
+def read_corpus(path: Path) -> list[CorpusRecord]:
+    """The corpus's ``>source|id`` records (a header without ``|`` gets source ``unknown``), normalized
+    by the shared tokenizer; read with the one FASTA reader, :func:`protembed.fasta.read_fasta`."""
     if not path.is_file():
         raise DataError(f"FASTA file {path} does not exist")
-    records: list[FastaRecord] = []
-    header: str | None = None
-    chunks: list[str] = []
-
-    def flush() -> None:
-        if header is None:
-            return
-        source, _, ident = header.partition("|")
-        if not ident:
-            source, ident = "unknown", header
-        try:
-            seq = normalize("".join(chunks), len(records))
-        except InvalidSequenceError as err:
-            raise DataError(f"{path}: record {header!r}: {err}") from None
-        records.append(FastaRecord(source, ident, seq))
-
-    with path.open(encoding="ascii", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(">"):
-                flush()
-                header, chunks = line[1:].strip(), []
-            elif header is None:
-                raise DataError(f"{path}:{lineno}: sequence data before the first '>' header")
-            else:
-                chunks.append(line)
-    flush()
+    records: list[CorpusRecord] = []
+    try:
+        for rec in read_fasta(path):
+            source, _, ident = rec.header.partition("|")
+            if not ident:
+                source, ident = "unknown", rec.header
+            try:
+                seq = normalize(rec.sequence, len(records))
+            except InvalidSequenceError as err:
+                raise DataError(f"{path}: record {rec.header!r}: {err}") from None
+            records.append(CorpusRecord(source, ident, seq))
+    except FastaFormatError as err:
+        raise DataError(f"{path}: {err}") from None
     return records
 
 
@@ -239,9 +225,9 @@ def _dedupe_key(cfg: DataConfig) -> str:
 
 def _kept_records(
     cfg: DataConfig, run_dir: Path, threads: int, log: bool, shared_cache: Path | None
-) -> tuple[list[FastaRecord], dict]:
+) -> tuple[list[CorpusRecord], dict]:
     """Corpus records that survive length/source filters and the eval-overlap filter (cached)."""
-    records = read_fasta(cfg.corpus)
+    records = read_corpus(cfg.corpus)
     if not records:
         raise DataError(f"{cfg.corpus}: no sequences")
     if cfg.sources:

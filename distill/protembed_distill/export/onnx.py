@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from protembed import tokenizer
+from protembed.packing import Budget, pack_sorted
 from protembed.tokenizer import batch_encode
 from protembed_distill.student.model import Student
 
@@ -91,12 +92,10 @@ def onnx_outputs(
     path: Path, seqs: Sequence[str], threads: int = 1, batch_tokens: int = 8192
 ) -> dict[str, Any]:
     """Per-protein outputs [N, dim] in input order, plus residue_states as a list of [len, d]."""
-    from protembed_distill.teacher_cache import token_batches
-
     sess = _session(path, threads)
     names = [o.name for o in sess.get_outputs()]
     rows: dict[str, list[Any]] = {n: [None] * len(seqs) for n in names}
-    for batch in token_batches([len(s) for s in seqs], batch_tokens):
+    for batch in pack_sorted([len(s) for s in seqs], Budget(batch_tokens)):
         enc = batch_encode([seqs[i] for i in batch])
         outs = sess.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask})
         for n, arr in zip(names, outs, strict=True):
@@ -145,11 +144,9 @@ def onnx_throughput(
     path: Path, seqs: Sequence[str], threads: int, batch_tokens: int = 8192, min_seconds: float = 3.0
 ) -> float:
     """Residues/s of an ONNX model on ``seqs`` with length-sorted token-budget batches (after warm-up)."""
-    from protembed_distill.teacher_cache import token_batches
-
     sess = _session(path, threads)
     feeds = []
-    for batch in token_batches([len(s) for s in seqs], batch_tokens):
+    for batch in pack_sorted([len(s) for s in seqs], Budget(batch_tokens)):
         enc = batch_encode([seqs[i] for i in batch])
         feeds.append({"input_ids": enc.input_ids, "attention_mask": enc.attention_mask})
     sess.run(None, feeds[0])

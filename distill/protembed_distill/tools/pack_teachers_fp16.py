@@ -45,7 +45,7 @@ def _effect(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
-    from protembed_distill.data.dataset import read_fasta
+    from protembed_distill.data.dataset import read_corpus
     from protembed_distill.teachers import near, unirep
     from protembed_distill.teachers.fetch import teacher_dir
 
@@ -66,7 +66,7 @@ def main() -> None:
     (args.out / n_rel).parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out / n_rel, **_round(arrays))
 
-    records = read_fasta(args.corpus)
+    records = read_corpus(args.corpus)
     pick = np.random.default_rng(0).permutation(len(records))[: args.check_sequences]
     seqs = [records[i].sequence[:512] for i in pick]
     exact_u = unirep.UniRepTeacher(params, "1900").embed(seqs).per_protein

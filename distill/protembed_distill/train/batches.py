@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from protembed.packing import Budget, pack_shuffled
 from protembed.tokenizer import batch_encode
 from protembed_distill.config import DistillConfig
 from protembed_distill.data.dataset import Dataset, Item
@@ -18,30 +19,10 @@ from protembed_distill.train.targets import LoadedTargets, residue_targets
 
 
 def make_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
-    """Length-bucketed, shuffled batches with rows x longest <= batch_tokens; a pure function of
-    (lengths, seed, epoch). Sorting within random pools of ~64 batches keeps padding low while
-    still mixing which sequences meet in a batch from epoch to epoch."""
-    rng = random.Random(seed * 100_003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mean_len = max(1, int(sum(lengths) / max(1, len(lengths))))
-    pool = max(1, 64 * batch_tokens // mean_len)
-    batches: list[list[int]] = []
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batch: list[int] = []
-        longest = 0
-        for i in chunk:
-            new_longest = max(longest, lengths[i])
-            if batch and new_longest * (len(batch) + 1) > batch_tokens:
-                batches.append(batch)
-                batch, new_longest = [], lengths[i]
-            batch.append(i)
-            longest = new_longest
-        if batch:
-            batches.append(batch)
-    rng.shuffle(batches)
-    return batches
+    """The epoch's batch plan: length-bucketed, shuffled batches with rows x longest <= batch_tokens
+    (:func:`protembed.packing.pack_shuffled`), a pure function of (lengths, seed, epoch), so a resumed
+    run replays exactly the batches it would have seen."""
+    return pack_shuffled(lengths, Budget(batch_tokens), random.Random(seed * 100_003 + epoch))
 
 
 def collate(items: Sequence[Item], idx: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:
