@@ -34,8 +34,9 @@ _DEBIAN_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 _NPROC = 4096  # processes + threads of uid 10001: the server and its thread pools need far fewer
 
 
-def load_base_image_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("docker_base_image", DOCKER_DIR / "base_image.py")
+def load_docker_script(name: str) -> ModuleType:
+    """Import a docker/ script by path (docker/ is no package: its scripts run inside the build)."""
+    spec = importlib.util.spec_from_file_location(f"docker_{name}", DOCKER_DIR / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look the module up while building the class
