@@ -131,7 +131,7 @@ python3 - "$ret" "$root" <<'EOF'
 import json, sys
 from pathlib import Path
 import torch
-from protembed_distill.train.sweep import run_summary
+from protembed_distill.sweep import run_summary
 ret, root = Path(sys.argv[1]), Path(sys.argv[2])
 rows = {}
 for d in sorted(root.glob("cand-*")):

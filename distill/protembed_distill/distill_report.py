@@ -14,7 +14,7 @@ from typing import Any
 
 from protembed_distill.config import DistillConfig
 from protembed_distill.reports import fmt, header, new_report, read_json, table, write_report
-from protembed_distill.train.sweep import candidate_table
+from protembed_distill.sweep import candidate_table
 
 COSINE_TARGET = 0.90
 SPEEDUP_TARGET = 20.0

@@ -11,7 +11,7 @@ import torch
 from distill_fakes import random_sequences, tiny_config
 
 from protembed_distill.config import DistillConfig, StudentConfig
-from protembed_distill.train.sweep import compare_runs, size_tag
+from protembed_distill.sweep import compare_runs, size_tag
 
 torch.set_num_threads(1)
 

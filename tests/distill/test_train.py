@@ -180,7 +180,7 @@ def test_lr_schedule_warms_up_and_decays_on_steps_or_time() -> None:
 
 
 def test_size_sweep_reports_quality_and_speed_per_size(tmp_path: Path) -> None:
-    from protembed_distill.train.sweep import run_sweep
+    from protembed_distill.sweep import run_sweep
 
     sizes = [
         {"layers": 1, "d_model": 16, "heads": 2, "ffn": 32, "max_length": 128},

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if stage == "data":
         return 0
     if stage == "compare":
-        from protembed_distill.train.sweep import compare_runs
+        from protembed_distill.sweep import compare_runs
 
         try:
             report = compare_runs(cfg, args.runs, max(1, threads), [i.sequence for i in ds.val][:256])
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         _log(f"compare: {len(report['sizes'])} candidates -> {run_dir / 'sweep'}")
         return 0
     if stage == "plan":
-        from protembed_distill.train.sweep import measure_sizes
+        from protembed_distill.sweep import measure_sizes
 
         report = measure_sizes(cfg, ds, max(1, threads))
         print(json.dumps(report, indent=1))
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         if stage == "embed":
             return 0
     if stage == "sweep":
-        from protembed_distill.train.sweep import run_sweep
+        from protembed_distill.sweep import run_sweep
 
         sweep = run_sweep(cfg, ds, max(1, threads), echo=not args.quiet)
         print((run_dir / "sweep" / "sweep.md").read_text())

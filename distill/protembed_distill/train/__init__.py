@@ -1,3 +1,3 @@
 """Training the student on the cached teacher embeddings: targets (:mod:`.targets`), batches
-(:mod:`.batches`), losses (:mod:`.losses`), checkpoints (:mod:`.checkpoint`), the :class:`~.trainer.Trainer`
-(:mod:`.trainer`) and the size sweep (:mod:`.sweep`)."""
+(:mod:`.batches`), losses (:mod:`.losses`), checkpoints (:mod:`.checkpoint`) and the
+:class:`~.trainer.Trainer` (:mod:`.trainer`)."""
