@@ -113,6 +113,38 @@ def cannot_run_reason(image: str) -> str | None:
     return None
 
 
+TEST_PREFIX = "protembed-test"  # containers protembed-test-*-<pid>, images localhost/protembed-test:*-<pid>
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers() -> list[str]:
+    """Remove the containers and images of earlier test sessions that were killed before their teardown
+    (their names end in the pid of a process that is gone); returns what was removed."""
+    removed: list[str] = []
+    names = podman("ps", "-a", "--filter", f"name=^{TEST_PREFIX}-", "--format", "{{.Names}}").stdout.split()
+    tags = podman("images", f"localhost/{TEST_PREFIX}", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    for name in names:
+        pid = name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            podman("rm", "--force", "--time", "0", name)
+            removed.append(name)
+    for tag in tags:
+        pid = tag.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            remove_image(tag)
+            removed.append(tag)
+    return removed
+
+
 def remove_image(tag: str) -> None:
     _run(["podman", "rmi", "--force", tag], check=False)
 

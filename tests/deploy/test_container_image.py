@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 import pytest
 from container_engine import (
+    TEST_PREFIX,
     Container,
     build_image,
     cannot_run_reason,
@@ -35,6 +36,7 @@ from container_engine import (
     load_docker_script,
     podman,
     remove_image,
+    remove_leftovers,
     run_flags,
     unavailable_reason,
 )
@@ -58,6 +60,7 @@ def engine_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
+    remove_leftovers()
     return tmp_path_factory.mktemp("containers")
 
 
@@ -76,7 +79,7 @@ def base_image(engine_workdir: Path) -> str:
 
 @pytest.fixture(scope="session")
 def cpu_image(base_image: str, engine_workdir: Path) -> Iterator[str]:
-    tag = f"localhost/protembed-test:cpu-{os.getpid()}"
+    tag = f"localhost/{TEST_PREFIX}:cpu-{os.getpid()}"
     took = build_image(DOCKER_DIR / "Dockerfile", tag, {"PYTHON_IMAGE": base_image}, engine_workdir)
     print(f"\nbuilt {tag} in {took:.0f} s")
     try:
@@ -93,7 +96,7 @@ def _start(image: str, name: str) -> Container:
 
 @pytest.fixture(scope="module")
 def served(cpu_image: str) -> Iterator[Container]:
-    container = _start(cpu_image, f"protembed-test-{os.getpid()}")
+    container = _start(cpu_image, f"{TEST_PREFIX}-{os.getpid()}")
     try:
         container.wait_ready()
         yield container
@@ -239,7 +242,7 @@ def _readyz_stops_answering_200(container: Container, within_s: float) -> bool:
 
 
 def test_sigterm_finishes_the_request_in_flight_and_stops(cpu_image: str) -> None:
-    container = _start(cpu_image, f"protembed-test-sigterm-{os.getpid()}")
+    container = _start(cpu_image, f"{TEST_PREFIX}-sigterm-{os.getpid()}")
     try:
         container.wait_ready()
         rng = random.Random()  # fresh sequences: a cache hit would answer before the signal
@@ -299,7 +302,7 @@ def test_cuda_image_builds_where_its_base_exists(engine_workdir: Path) -> None:
             "load it (podman load -i cuda.tar, saved elsewhere with podman save) to build "
             "docker/Dockerfile.gpu (docker/README.md)"
         )
-    tag = f"localhost/protembed-test:gpu-{os.getpid()}"
+    tag = f"localhost/{TEST_PREFIX}:gpu-{os.getpid()}"
     try:
         build_image(DOCKER_DIR / "Dockerfile.gpu", tag, {}, engine_workdir)
         config = inspect_image(tag)["Config"]
@@ -308,7 +311,7 @@ def test_cuda_image_builds_where_its_base_exists(engine_workdir: Path) -> None:
             "healthcheck.py"
         )
         # Without a GPU the CUDA image serves on the CPU provider (its fallback): run it like the CPU one.
-        container = _start(tag, f"protembed-test-gpu-{os.getpid()}")
+        container = _start(tag, f"{TEST_PREFIX}-gpu-{os.getpid()}")
         try:
             container.wait_ready(timeout_s=240)
             one = {"sequences": [{"id": "a", "sequence": "MKTAYIAKQR"}]}
