@@ -29,7 +29,6 @@ import json
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import numpy as np
 from protembed.cache import RedisCache, cache_key, decode_array, encode_array, make_cache
 from protembed.fasta import read_fasta
 from protembed.settings import default_model_dir
+from protembed.testing import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "data" / "corpus" / "corpus.fasta"
@@ -56,12 +56,6 @@ BATCH = 32
 # --- a redis-server for the measurement ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def redis_server(*extra: str) -> Iterator[Any]:
     """A fresh redis-server on a free port (no persistence); yields a sync client."""
@@ -70,7 +64,7 @@ def redis_server(*extra: str) -> Iterator[Any]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
         args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         proc = subprocess.Popen(
@@ -138,7 +132,7 @@ def measure_bytes(card: Any, seqs: list[str], n_protein: int, n_residue: int) ->
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
     # The cluster bus port is given: by default it is the port + 10000, which a free port may not allow.
-    cluster = ("--cluster-enabled", "yes", "--cluster-port", str(_free_port()))
+    cluster = ("--cluster-enabled", "yes", "--cluster-port", str(free_port()))
     for mode, extra in (("single", ()), ("cluster node", cluster)):
         with redis_server(*extra) as client:
             url = client.url
