@@ -20,12 +20,19 @@ from protembed_distill.export.onnx import (
     parity_batches,
 )
 from protembed_distill.export.reference_vectors import attach_pytorch_reference
-from protembed_distill.export.variants import convert_fp16, quantize_int8, variant_quality
+from protembed_distill.export.variants import (
+    batch_dependence,
+    convert_fp16,
+    quantize_int8,
+    variant_quality,
+)
 from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 
 __all__ = ["export_checkpoint"]
 
 MAX_BYTES = 30 * 1024 * 1024
+# A sequence's vectors alone and in any padded batch: fp32's own spread is ~2e-6; the cache stores one.
+BATCH_DEPENDENCE_LIMIT = 1e-4
 _ORDER = ("student",)  # then teacher_<name>..., then residue_states
 
 
@@ -73,6 +80,7 @@ def export_checkpoint(
     fp16: bool = True,
     threads: int = 1,
     quality_sequences: int = 256,
+    calibration_sequences: int = 256,
     extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the artifact folder and return the card dict as written."""
@@ -90,21 +98,27 @@ def export_checkpoint(
     if diff > 1e-4:
         raise ExportError(f"{fp32}: ONNX vs PyTorch max abs diff {diff:.2e} exceeds 1e-4")
 
-    val_seqs: list[str] = list(ckpt.get("val_sequences", []))[:quality_sequences] or [
-        s for b in parity_batches(1) for s in b
-    ]
+    held_out: list[str] = list(ckpt.get("val_sequences", []))
+    val_seqs = held_out[:quality_sequences] or [s for b in parity_batches(1) for s in b]
+    # int8's activation scales come from held-out sequences the quality figures below do not use, when
+    # the validation split has enough of them.
+    calibration = held_out[quality_sequences:][:calibration_sequences] or val_seqs
     ref = onnx_outputs(fp32, val_seqs, threads)
     files: list[dict[str, Any]] = [
         {
             "variant": "fp32",
             "file": fp32.name,
             "parity_max_abs_diff": diff,
-            "metrics": {"parity_vs": "pytorch", "quality_sequences": len(val_seqs)},
+            "metrics": {
+                "parity_vs": "pytorch",
+                "quality_sequences": len(val_seqs),
+                "batch_dependence_max_abs_diff": batch_dependence(fp32, val_seqs, threads=threads),
+            },
         }
     ]
     variants: list[tuple[str, Path]] = []
     if int8:
-        quantize_int8(fp32, out / "model.int8.onnx")
+        quantize_int8(fp32, out / "model.int8.onnx", calibration, threads)
         variants.append(("int8", out / "model.int8.onnx"))
     if fp16:
         convert_fp16(model, out / "model.fp16.onnx")
@@ -122,8 +136,17 @@ def export_checkpoint(
                     "max_abs_diff_vs_fp32_onnx": q["max_abs_diff"],
                     "cosine_to_fp32": q["cosine_to_fp32"],
                     "quality_sequences": len(val_seqs),
+                    "batch_dependence_max_abs_diff": batch_dependence(path, val_seqs, threads=threads),
+                    **({"calibration_sequences": len(calibration)} if variant == "int8" else {}),
                 },
             }
+        )
+    dependent = [f for f in files if f["metrics"]["batch_dependence_max_abs_diff"] > BATCH_DEPENDENCE_LIMIT]
+    if dependent:
+        raise ExportError(
+            "vectors depend on batch-mates (alone vs in a padded mixed-length batch): "
+            + ", ".join(f"{f['file']} {f['metrics']['batch_dependence_max_abs_diff']:.2e}" for f in dependent)
+            + f" over {BATCH_DEPENDENCE_LIMIT:g}"
         )
     size = sum((out / f["file"]).stat().st_size for f in files)
     if size > MAX_BYTES:

@@ -1,18 +1,25 @@
-"""The smaller variants of an exported student: int8 (dynamic quantization of MatMul weights) and fp16
-(float32 I/O, float16 inside), and how far each strays from fp32 on held-out sequences (max abs diff, and
-the cosine of its outputs to fp32's, which is what a user of the vectors cares about).
+"""The smaller variants of an exported student: int8 (static activation scales calibrated on held-out
+sequences, int8 weights per channel: :mod:`.static_int8`) and fp16 (float32 I/O, float16 inside, with
+the padding-sensitive sums in float32: :mod:`.fp16_graph`), and how far each strays from fp32 on held-out
+sequences (max abs diff, and the cosine of its outputs to fp32's, which is what a user of the vectors
+cares about). Both give a sequence the same vectors alone and in any padded batch (within 1e-4), as fp32
+does: the cache keys a vector by its sequence, not by its batch-mates.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
+import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from protembed.tokenizer import batch_encode
+from protembed_distill.export.fp16_graph import batch_stable_fp16
 from protembed_distill.export.onnx import export_onnx
+from protembed_distill.export.static_int8 import quantize_static_int8
 from protembed_distill.student.model import Student
 
 
@@ -29,23 +36,11 @@ def variant_quality(ref: dict[str, Any], got: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    # onnxruntime.quantization logs every tensor at INFO on the root logger; keep the CLI readable.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        _quantize(src, dst)
-    finally:
-        root.setLevel(level)
-
-
-def _quantize(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # MatMul only: Gather (the embedding) and LayerNorm stay fp32, where int8 would cost accuracy
-    # for no speed.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+def quantize_int8(src: Path, dst: Path, calibration: Sequence[str], threads: int = 1) -> None:
+    """The int8 file of the fp32 graph ``src``, its activation scales calibrated on ``calibration``
+    (held-out sequences, run one at a time). MatMul weights only: Gather (the embedding) and LayerNorm
+    stay fp32, where int8 would cost accuracy for no speed."""
+    quantize_static_int8(src, dst, calibration, threads)
 
 
 def convert_fp16(model: Student, dst: Path) -> None:
@@ -53,6 +48,35 @@ def convert_fp16(model: Student, dst: Path) -> None:
 
     Exporting from PyTorch in half precision gives a graph that is float16 by construction; converting
     the fp32 graph after the fact (onnxconverter-common) left Cast/Identity nodes with mismatched types
-    that ONNX Runtime refuses. Pooling still sums in float32 (see ``masked_mean``).
+    that ONNX Runtime refuses. Pooling still sums in float32 (see ``masked_mean``), and the pooled vector,
+    the heads and Softmax stay float32 in the graph (:func:`.fp16_graph.batch_stable_fp16`).
     """
     export_onnx(copy.deepcopy(model).half(), dst, float_outputs=True)
+    batch_stable_fp16(dst)
+
+
+def batch_dependence(path: Path, sequences: Sequence[str], group: int = 8, threads: int = 1) -> float:
+    """Max abs diff, over every output at real positions, between each sequence embedded alone and
+    inside padded batches of ``group`` mixed-length sequences (neighbours in a seeded shuffle)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, threads)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def run(seqs: list[str]) -> list[list[np.ndarray]]:
+        enc = batch_encode(seqs)
+        outs = sess.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask})
+        return [[o[r, : len(s)] if o.ndim == 3 else o[r] for o in outs] for r, s in enumerate(seqs)]
+
+    order = list(range(len(sequences)))
+    random.Random(0).shuffle(order)
+    worst = 0.0
+    for start in range(0, len(order), group):
+        members = [sequences[i] for i in order[start : start + group]]
+        for seq, in_batch in zip(members, run(members), strict=True):
+            alone = run([seq])[0]
+            worst = max(worst, *(float(np.abs(a - b).max()) for a, b in zip(alone, in_batch, strict=True)))
+    return worst
