@@ -214,28 +214,33 @@ class MemoryCache:
 
 class _Backoff:
     """After a failure, skip the store for a while (0.25 s, doubling up to ``max_s``), so a dead Redis
-    costs one timeout per back-off period instead of one per request."""
+    costs one timeout per back-off period instead of one per request.
+
+    Only a call that started after the last back-off decision can escalate it: the calls already in
+    flight when a failure set the back-off are the same burst (fifty concurrent requests timing out
+    together are one failure of Redis, not fifty doublings straight to the cap)."""
 
     def __init__(self, max_s: float) -> None:
         self.max_s = max_s
         self.delay_s = 0.0
         self.skip_until = 0.0
+        self.decided_at = -math.inf  # when a failure last set the back-off
 
     def available(self) -> bool:
         return time.monotonic() >= self.skip_until
 
-    def failed(self) -> float:
+    def failed(self, started: float) -> bool:
+        """A call that started at ``started`` failed; True when that moved the back-off."""
+        if started < self.decided_at:
+            return False
         self.delay_s = min(self.max_s, max(0.25, self.delay_s * 2))
-        self.skip_until = time.monotonic() + self.delay_s
-        return self.delay_s
+        self.decided_at = time.monotonic()
+        self.skip_until = self.decided_at + self.delay_s
+        return True
 
-    def ok(self) -> None:
-        self.delay_s = 0.0
-
-
-async def _bounded(call: Awaitable[Any], timeout_s: float) -> Any:
-    # wait_for as well as socket timeouts: a connect that hangs in DNS or a pool wait is covered too
-    return await asyncio.wait_for(call, timeout_s)
+    def ok(self, started: float) -> None:
+        if started >= self.decided_at:  # a straggler from before the last failure proves nothing
+            self.delay_s = 0.0
 
 
 class RedisCache:
@@ -275,19 +280,30 @@ class RedisCache:
             health_check_interval=30,
         )
 
-    def _failed(self, what: str, exc: BaseException, backoff: _Backoff) -> None:
-        self.errors += 1
-        if self.metrics is not None:
-            self.metrics.cache_errors.labels(self.backend).inc()
-        delay = backoff.failed()
-        log.warning(
-            "%s %s failed (%s: %s); answering from the model, retry in %.2fs",
-            self.backend,
-            what,
-            type(exc).__name__,
-            exc,
-            delay,
-        )
+    async def _attempt(self, what: str, backoff: _Backoff, call: Awaitable[Any], timeout_s: float) -> Any:
+        """``call`` bounded by ``timeout_s``: its result, or None when it failed (counted, backed off)."""
+        started = time.monotonic()
+        try:
+            # wait_for as well as socket timeouts: a connect that hangs in DNS or a pool wait is covered
+            result = await asyncio.wait_for(call, timeout_s)
+        except (Exception, asyncio.TimeoutError) as exc:
+            self.errors += 1
+            if self.metrics is not None:
+                self.metrics.cache_errors.labels(self.backend).inc()
+            # One line per back-off decision, not one per request of a burst.
+            level = logging.WARNING if backoff.failed(started) else logging.DEBUG
+            log.log(
+                level,
+                "%s %s failed (%s: %s); answering from the model, retry in %.2fs",
+                self.backend,
+                what,
+                type(exc).__name__,
+                exc,
+                backoff.delay_s,
+            )
+            return None
+        backoff.ok(started)
+        return result
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -298,12 +314,9 @@ class RedisCache:
     async def _lookup(self, keys: list[str]) -> list[bytes | None]:
         if not self._backoff.available():
             return [None] * len(keys)
-        try:
-            values = await _bounded(self.client.mget(keys), self.timeout_s * 2)
-        except (Exception, asyncio.TimeoutError) as exc:
-            self._failed("MGET", exc, self._backoff)
+        values = await self._attempt("MGET", self._backoff, self.client.mget(keys), self.timeout_s * 2)
+        if values is None:
             return [None] * len(keys)
-        self._backoff.ok()
         return [v if isinstance(v, bytes) else None for v in values]
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
@@ -315,10 +328,8 @@ class RedisCache:
         task.add_done_callback(self._tasks.discard)
 
     async def _write(self, items: list[tuple[str, bytes]]) -> None:
-        try:
-            await _bounded(self._set_all(self.client.pipeline(transaction=False), items), self.timeout_s * 4)
-        except (Exception, asyncio.TimeoutError) as exc:
-            self._failed("SET", exc, self._backoff)
+        pipe = self.client.pipeline(transaction=False)
+        await self._attempt("SET", self._backoff, self._set_all(pipe, items), self.timeout_s * 4)
 
     async def _set_all(self, pipe: Any, items: list[tuple[str, bytes]]) -> Any:
         for key, value in items:
@@ -331,11 +342,7 @@ class RedisCache:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def ping(self) -> bool:
-        try:
-            return bool(await _bounded(self.client.ping(), self.timeout_s * 4))
-        except (Exception, asyncio.TimeoutError) as exc:
-            self._failed("PING", exc, self._backoff)
-            return False
+        return bool(await self._attempt("PING", self._backoff, self.client.ping(), self.timeout_s * 4))
 
     async def close(self) -> None:
         await self.flush_writes()
@@ -431,12 +438,9 @@ class RedisClusterCache(RedisCache):
         if not self.client.get_primaries():
             # The first call asks a seed node for the topology; after that the client refreshes it
             # itself when a node answers MOVED or fails (inside the pipelines below).
-            try:
-                await _bounded(self.client.initialize(), self.timeout_s * 2)
-            except (Exception, asyncio.TimeoutError) as exc:
-                self._failed("CLUSTER SLOTS", exc, self._backoff)
+            topology = self.client.initialize()
+            if await self._attempt("CLUSTER SLOTS", self._backoff, topology, self.timeout_s * 2) is None:
                 return None
-            self._backoff.ok()
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
             try:
@@ -459,13 +463,7 @@ class RedisClusterCache(RedisCache):
 
         async def one(name: str, idx: list[int]) -> tuple[str, Any]:
             backoff = self._node_backoff_for(name)
-            try:
-                result = await _bounded(run(idx), timeout_s)
-            except (Exception, asyncio.TimeoutError) as exc:
-                self._failed(f"{what} on {name}", exc, backoff)
-                return name, None
-            backoff.ok()
-            return name, result
+            return name, await self._attempt(f"{what} on {name}", backoff, run(idx), timeout_s)
 
         live = [(n, idx) for n, idx in groups.items() if self._node_backoff_for(n).available()]
         return dict(await asyncio.gather(*(one(n, idx) for n, idx in live)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -92,3 +93,24 @@ async def test_empty_and_single_lookups(n: int) -> None:
     cache = MemoryCache(1024)
     keys = [f"k{i}" for i in range(n)]
     assert await cache.get_many(keys) == [None] * n
+
+
+async def test_a_burst_of_failures_backs_off_once_not_to_the_cap(redis_server: Any) -> None:
+    metrics = Metrics()
+    cache = RedisCache(redis_server.url, ttl_s=100, timeout_s=0.2, metrics=metrics, max_backoff_s=5.0)
+    try:
+        assert await cache.get_many(["warm"]) == [None]  # connected
+        redis_server.kill()
+        # Twenty concurrent requests fail together: twenty errors, but one back-off step (0.25 s), not
+        # twenty doublings to the 5 s cap.
+        burst = await asyncio.gather(*(cache.get_many([f"k{i}"]) for i in range(20)))
+        assert burst == [[None]] * 20
+        assert metrics.registry.get_sample_value("protembed_cache_errors_total", {"backend": "redis"}) == 20
+        start = time.monotonic()
+        while await cache.get_many(["k"]) == [None] and cache.errors == 20:
+            assert time.monotonic() - start < 1.0, "still backed off after 1 s: the burst escalated"
+            await asyncio.sleep(0.05)
+        assert cache.errors == 21  # tried again after about 0.25 s; this failure is a new step (0.5 s)
+        assert not cache._backoff.available() and 0.4 < cache._backoff.skip_until - time.monotonic() <= 0.5
+    finally:
+        await cache.close()

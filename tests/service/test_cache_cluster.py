@@ -6,14 +6,13 @@ requests run. Also the float16 value encoding and the cluster URL."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -32,12 +31,7 @@ from protembed.cache import (
     parse_cluster_url,
 )
 from protembed.metrics import Metrics
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from protembed.testing import free_port
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -58,8 +52,8 @@ class Node:
     it rejoins as the same node (with no data: nothing is persisted)."""
 
     workdir: Path
-    port: int = field(default_factory=_free_port)
-    bus_port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
+    bus_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -275,7 +269,7 @@ async def test_node_down_costs_only_its_keys_and_heals(redis_cluster: Cluster) -
 
 
 async def test_unreachable_cluster_answers_misses_within_the_timeout(tmp_path: Path) -> None:
-    cache = RedisClusterCache(f"redis+cluster://127.0.0.1:{_free_port()}", ttl_s=100, timeout_s=0.1)
+    cache = RedisClusterCache(f"redis+cluster://127.0.0.1:{free_port()}", ttl_s=100, timeout_s=0.1)
     try:
         start = time.monotonic()
         assert await cache.get_many(["a", "b"]) == [None, None]
@@ -429,8 +423,29 @@ async def test_float16_cache_stores_half_and_answers_close_values(redis_server: 
             stored = cache.get_sync([key])[0]
         assert stored is not None and len(stored) == 9 + 768 * 2
         (got,) = await cache.get_many([key])
-        assert got == stored
+        assert got is not None and got == stored
         back = decode_array(got)
         assert back is not None and np.max(np.abs(back - vec)) <= 3 * 2.0**-11
         assert cache.describe()["encoding"] == "float16"
         await cache.close()
+
+
+@pytest.mark.slow
+def test_server_with_float16_cache_answers_close_vectors_under_f16_keys(
+    redis_server: Any, start_server_process: Callable[..., Any]
+) -> None:
+    server = start_server_process(REDIS_URL=redis_server.url, PROTEMBED_CACHE_ENCODING="float16")
+    assert httpx.get(server.url + "/info").json()["cache"]["encoding"] == "float16"
+    seqs = ["MKTAYIAKQRQISFVKSHFSRQ", "MVLSPADKTNVKAAW"]
+    with httpx.Client(timeout=10) as http:
+        first = http.post(server.url + "/embed", json={"sequences": seqs}).json()["data"]
+        client = redis.Redis.from_url(redis_server.url)
+        _wait(lambda: len(client.keys("protembed:*")) == len(seqs), 10, "cache writes")
+        for key in cast(list[bytes], client.keys("protembed:*")):
+            assert key.endswith(b":f16")
+            assert client.strlen(key) == 9 + 2 * len(first[0]["embedding"])
+        second = http.post(server.url + "/embed", json={"sequences": seqs}).json()["data"]
+    assert [d["cached"] for d in first] == [False, False] and [d["cached"] for d in second] == [True, True]
+    for a, b in zip(first, second, strict=True):
+        x, y = np.array(a["embedding"]), np.array(b["embedding"])
+        assert not np.array_equal(x, y) and np.all(np.abs(y - x) <= np.abs(x) * 2.0**-11 + 1e-7)
