@@ -65,13 +65,15 @@ def _run(command: list[str], timeout_s: float = 120, check: bool = True) -> subp
 
 
 def host_ca_bundle() -> Path | None:
-    """The CA bundle this host's pip trusts, if it names one (e.g. behind a TLS-inspecting proxy, whose
-    CA Debian's bundle in the image lacks)."""
+    """The CA bundle this host trusts, to pass to pip in the build: the one pip is told to use, else the
+    system bundle. Behind a TLS-inspecting proxy it holds the proxy's CA, which Debian's bundle in the
+    image lacks; elsewhere it is Debian's own list (plus local CAs) and passing it changes nothing."""
     for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         value = os.environ.get(name)
         if value and Path(value).is_file():
             return Path(value)
-    return None
+    system = Path(_DEBIAN_CA_BUNDLE)
+    return system if system.is_file() else None
 
 
 def build_image(
