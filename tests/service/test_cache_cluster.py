@@ -5,6 +5,7 @@ requests run. Also the float16 value encoding and the cluster URL."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import threading
@@ -264,6 +265,44 @@ async def test_node_down_costs_only_its_keys_and_heals(redis_cluster: Cluster) -
         while not await healed():
             assert time.monotonic() < end, "the cache did not use the restarted node again"
             time.sleep(0.2)
+    finally:
+        await cache.close()
+
+
+@pytest.mark.slow
+async def test_failover_to_a_replica_heals_without_a_restart(redis_cluster: Cluster, tmp_path: Path) -> None:
+    keys = _keys_on_every_node(redis_cluster, 12)
+    master = redis_cluster.nodes[0]
+    replica = Node(tmp_path / "replica")
+    replica.start()
+    redis_cluster.nodes.append(replica)  # stopped with the others
+    master_id = master.client().execute_command("CLUSTER MYID")
+    subprocess.run(
+        [
+            str(shutil.which("redis-cli")),
+            *("--cluster", "add-node", replica.name, master.name),
+            *("--cluster-slave", "--cluster-master-id", master_id.decode()),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    _wait(lambda: replica.client().info("replication")["master_link_status"] == "up", 30, "replication")
+    cache = RedisClusterCache(redis_cluster.url, ttl_s=100, timeout_s=0.2, max_backoff_s=0.3)
+    try:
+        cache.put_many([(k, _value(i)) for i, k in enumerate(keys)])
+        await cache.flush_writes()
+        assert master.client().execute_command("WAIT", 1, 5000) == 1  # the replica has the writes
+        assert all(v is not None for v in await cache.get_many(keys))
+        master.kill()
+        # The replica takes over the master's slots (node timeout 1 s, then an election); the client finds
+        # it by itself: connection errors ask for a topology refresh, and the keys hit again, from it.
+        end = time.monotonic() + 30
+        while not all(v is not None for v in await cache.get_many(keys)):
+            assert time.monotonic() < end, "the cache did not find the promoted replica"
+            await asyncio.sleep(0.2)
+        assert replica.client().execute_command("ROLE")[0] == b"master"
+        assert any(redis_cluster.node_of(k) is replica for k in keys) and cache.errors >= 1
     finally:
         await cache.close()
 
