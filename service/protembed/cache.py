@@ -371,9 +371,9 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
         raise ValueError(
             f"redis cluster URL {scheme!r}://...: the scheme must be one of {sorted(CLUSTER_SCHEMES)}"
         )
-    netloc, slash, tail = rest.partition("/")
+    location, question, query = rest.partition("?")
+    netloc, slash, path = location.partition("/")
     userinfo, at, hosts = netloc.rpartition("@")
-    path, _, _ = tail.partition("?")
     if path not in ("", "0"):
         raise ValueError(f"redis cluster URL: database {path!r}: a cluster has only database 0")
     nodes: list[tuple[str, int]] = []
@@ -386,7 +386,7 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
             raise ValueError(f"redis cluster URL: seed node {part!r} is not host:port")
         nodes.append((host, int(port)))
     first = f"[{nodes[0][0]}]" if ":" in nodes[0][0] else nodes[0][0]
-    return f"{plain}://{userinfo}{at}{first}:{nodes[0][1]}{slash}{tail}", nodes
+    return f"{plain}://{userinfo}{at}{first}:{nodes[0][1]}{slash}{path}{question}{query}", nodes
 
 
 class RedisClusterCache(RedisCache):

@@ -398,6 +398,7 @@ def test_cluster_url_names_seed_nodes_and_keeps_credentials_and_options() -> Non
     assert first == "rediss://u:p%40ss@h1:7000/0?ssl_cert_reqs=none"
     assert nodes == [("h1", 7000), ("h2", 7001), ("::1", 7002)]
     assert parse_cluster_url("redis+cluster://h") == ("redis://h:6379", [("h", 6379)])
+    assert parse_cluster_url("redis+cluster://h:1,g:2?ssl=false")[0] == "redis://h:1?ssl=false"
     with pytest.raises(ValueError, match="only database 0"):
         parse_cluster_url("redis+cluster://h:7000/3")
     with pytest.raises(ValueError, match="'h:x' is not host:port"):
