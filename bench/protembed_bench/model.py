@@ -11,6 +11,7 @@ rate is not a timer artefact; a warm-up batch runs first for everyone.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import statistics
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from protembed.packing import Budget, pack_sorted
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What one worker measures. ``kind``: teacher | onnx | torch_student."""
+    """What one worker measures. ``kind``: a key of :data:`KINDS` (teacher | onnx | torch_student)."""
 
     name: str
     kind: str
@@ -116,47 +117,92 @@ def _status_mb(field_name: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field_name}")
 
 
-def _embedder(spec: ModelSpec, threads: int) -> Callable[[list[str]], object]:
-    """Load the model; returns 'embed this batch of sequences'."""
-    if spec.kind == "onnx":
+class Embedder(Protocol):
+    """A loaded model as the worker times it: one call embeds one batch of sequences."""
+
+    def embed(self, sequences: list[str]) -> object: ...
+
+
+class OnnxEmbedder:
+    """The student through the service's model layer, computing what a default server request does."""
+
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
         from protembed_bench.onnx_student import OnnxStudent
 
-        assert spec.model_dir is not None and spec.variant is not None
+        if spec.model_dir is None or spec.variant is None:
+            raise ValueError(f"model {spec.name!r}: kind 'onnx' needs model_dir and variant")
         student = OnnxStudent(Path(spec.model_dir), spec.variant, threads)
         default = student.card.output(student.card.default_output)
         assert default is not None
-        outputs = [default.onnx_output]  # what a default server request computes
-        return lambda seqs: student.model.run(tokenizer.batch_encode(seqs), outputs)
-    import torch
+        self._model = student.model
+        self._outputs = [default.onnx_output]
 
-    torch.set_num_threads(threads)
-    if spec.kind == "teacher":
+    def embed(self, sequences: list[str]) -> object:
+        return self._model.run(tokenizer.batch_encode(sequences), self._outputs)
+
+
+class TeacherEmbedder:
+    """A teacher (PyTorch) from the registry or NAME=package.module:factory, with its options."""
+
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        import torch
+
         from protembed_bench.evaluate import parse_teacher
 
-        assert spec.teacher is not None
-        teacher = replace(parse_teacher(spec.teacher), options=dict(spec.options)).load()
-        return lambda seqs: teacher.embed(seqs)
-    if spec.kind == "torch_student":
+        if spec.teacher is None:
+            raise ValueError(f"model {spec.name!r}: kind 'teacher' needs teacher")
+        torch.set_num_threads(threads)
+        self._teacher = replace(parse_teacher(spec.teacher), options=dict(spec.options)).load()
+
+    def embed(self, sequences: list[str]) -> object:
+        return self._teacher.embed(sequences)
+
+
+class TorchStudentEmbedder:
+    """The student as PyTorch from a distillation checkpoint, in inference mode."""
+
+    def __init__(self, spec: ModelSpec, threads: int) -> None:
+        import torch
+
         from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 
-        assert spec.checkpoint is not None
-        model = student_from_checkpoint(load_checkpoint(spec.checkpoint)).eval()
+        if spec.checkpoint is None:
+            raise ValueError(f"model {spec.name!r}: kind 'torch_student' needs checkpoint")
+        torch.set_num_threads(threads)
+        self._torch = torch
+        self._model = student_from_checkpoint(load_checkpoint(spec.checkpoint)).eval()
 
-        def run(seqs: list[str]) -> object:
-            batch = tokenizer.batch_encode(seqs)
-            with torch.inference_mode():
-                return model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+    def embed(self, sequences: list[str]) -> object:
+        batch = tokenizer.batch_encode(sequences)
+        with self._torch.inference_mode():
+            return self._model(
+                self._torch.from_numpy(batch.input_ids), self._torch.from_numpy(batch.attention_mask)
+            )
 
-        return run
-    raise ValueError(f"unknown model kind {spec.kind!r}")
+
+@dataclass(frozen=True)
+class Kind:
+    """How the worker handles one ``ModelSpec.kind``."""
+
+    # Imported before the memory baseline, so the RSS delta is the model, not the library.
+    runtime: str
+    load: Callable[[ModelSpec, int], Embedder]
 
 
-def _preload(kind: str) -> None:
-    """Import the runtime before the memory baseline, so the delta is the model, not the library."""
-    if kind == "onnx":
-        import onnxruntime  # noqa: F401
-    else:
-        import torch  # noqa: F401
+KINDS: dict[str, Kind] = {
+    "onnx": Kind("onnxruntime", OnnxEmbedder),
+    "teacher": Kind("torch", TeacherEmbedder),
+    "torch_student": Kind("torch", TorchStudentEmbedder),
+}
+
+
+def kind_of(spec: ModelSpec) -> Kind:
+    try:
+        return KINDS[spec.kind]
+    except KeyError:
+        raise ValueError(
+            f"model {spec.name!r}: unknown kind {spec.kind!r} (known: {', '.join(KINDS)})"
+        ) from None
 
 
 def worker(spec_path: Path, out_path: Path) -> None:
@@ -164,10 +210,11 @@ def worker(spec_path: Path, out_path: Path) -> None:
     spec = ModelSpec(**job["model"])
     sequences: list[str] = job["sequences"]
     threads = int(job["threads"])
-    _preload(spec.kind)
+    kind = kind_of(spec)
+    importlib.import_module(kind.runtime)
     rss_baseline = _status_mb("VmRSS")
     start = time.perf_counter()
-    embed = _embedder(spec, threads)
+    embed = kind.load(spec, threads).embed
     load_seconds = time.perf_counter() - start
     rss_loaded = _status_mb("VmRSS")
     batches = [

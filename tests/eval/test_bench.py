@@ -112,6 +112,26 @@ def test_bench_model_reports_a_failing_model(
     assert student["batch_tokens"] in (64, 256) and report["settings"]["batch_tokens"] == [64, 256]
 
 
+def test_every_kind_embeds_through_one_protocol(tiny_model_dir: Path, tiny_checkpoint: Path) -> None:
+    """The worker never branches on kinds: each spec the bench makes loads through the registry."""
+    from protembed_bench.model import KINDS, ModelSpec, kind_of
+
+    specs = [
+        ModelSpec("teacher:alpha", "teacher", TINY_TEACHERS[0]),
+        ModelSpec("student:torch", "torch_student", checkpoint=str(tiny_checkpoint)),
+        ModelSpec("student", "onnx", model_dir=str(tiny_model_dir), variant="fp32"),
+    ]
+    assert {s.kind for s in specs} == set(KINDS)
+    for spec in specs:
+        out = kind_of(spec).load(spec, 1).embed(["MKV", "ACDEFG"])
+        assert out is not None, spec.name
+    with pytest.raises(ValueError, match=r"'ghost'.*unknown kind 'gpu'.*onnx"):
+        kind_of(ModelSpec("ghost", "gpu"))
+    no_checkpoint = ModelSpec("student", "torch_student")
+    with pytest.raises(ValueError, match=r"'student'.*needs checkpoint"):
+        kind_of(no_checkpoint).load(no_checkpoint, 1)
+
+
 def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path) -> None:
     start = time.monotonic()
     rc = _bench("serve", tiny_model_dir, eval_data_dir, tmp_path)
