@@ -18,8 +18,6 @@ import json
 import os
 import platform
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ import httpx
 
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
-from protembed.testing import free_port, spawn_server, stop_server
+from protembed.testing import RedisServer, free_port, spawn_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,41 +52,6 @@ def corpus(path: Path, seed: int) -> list[str]:
     seqs = [r.sequence for r in read_fasta(str(path))]
     random.Random(seed).shuffle(seqs)
     return seqs
-
-
-class Redis:
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary is not None, "redis-server is not installed"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.3)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(5)
-            self.proc = None
 
 
 async def rest_client(url: str, seqs: list[str], end: float, t: Tally, kind: str, rng: random.Random) -> None:
@@ -164,7 +127,7 @@ async def grpc_client(target: str, seqs: list[str], end: float, t: Tally) -> Non
 
 
 async def soak(
-    url: str, target: str, pid: int, redis: Redis, seqs: list[str], args: argparse.Namespace
+    url: str, target: str, pid: int, redis: RedisServer, seqs: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
     t = Tally()
     rng = random.Random(3)
@@ -230,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seqs = corpus(args.corpus, seed=11)
     work = Path(tempfile.mkdtemp(prefix="protembed-soak-"))
-    redis = Redis(work)
+    redis = RedisServer(work)
     redis.start()
     port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
@@ -241,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             "PROTEMBED_HOST": "127.0.0.1",
             "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
             "PROTEMBED_LOG_LEVEL": "warning",
-            "REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "REDIS_URL": redis.url,
         }
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
