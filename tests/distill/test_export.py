@@ -165,3 +165,22 @@ def test_pool_dim_checkpoint_exports_its_embedding_width(tmp_path: Path) -> None
     with torch.no_grad():
         ref = model(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask))
     np.testing.assert_allclose(got["student"], ref["student"].numpy(), atol=1e-4)
+
+
+def test_export_refuses_a_variant_whose_vectors_depend_on_batch_mates(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The int8 export of before (one activation scale per padded batch) fails the export's check."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from protembed_distill.export import model_folder
+    from protembed_distill.export.onnx import ExportError
+
+    def dynamic_int8(src: Path, dst: Path, calibration: list[str], threads: int = 1) -> None:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+
+    monkeypatch.setattr(model_folder, "quantize_int8", dynamic_int8)
+    with pytest.raises(ExportError, match=r"depend on batch-mates .*: model\.int8\.onnx"):
+        export_checkpoint(checkpoint, tmp_path / "m", fp16=False)
+    card = export_checkpoint(checkpoint, tmp_path / "ok", fp16=False, int8=False)
+    assert card["files"][0]["metrics"]["batch_dependence_max_abs_diff"] <= 1e-5
