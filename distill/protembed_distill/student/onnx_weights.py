@@ -23,14 +23,16 @@ from protembed.artifact import read_model_card
 
 PREFIX = "model."  # the export wrapper's attribute holding the Student
 ARCHITECTURE_KEYS = ("layers", "d_model", "heads", "ffn", "positions", "pool_dim")
-_QUANT_SUFFIXES = ("_quantized", "_scale", "_zero_point")  # onnxruntime's quantize_dynamic naming
+# onnxruntime's quantize_dynamic naming, and the static int8 file's (export/static_int8.py)
+_QUANT_SUFFIXES = ("_quantized", "_int8", "_scale", "_zero_point")
 
 
 def onnx_state_dict(onnx_path: Path) -> dict[str, torch.Tensor]:
     """Every Student parameter in an exported graph, named and shaped as in ``state_dict()``.
 
-    Reads the fp32 file, the fp16 file (weights widen exactly) and the dynamic-int8 file (weights
-    dequantized: (q - zero_point) x scale, close to but not equal to fp32's; enough to start from).
+    Reads the fp32 file, the fp16 file (weights widen exactly) and the int8 files, static or dynamic
+    (weights dequantized: (q - zero_point) x scale, close to but not equal to fp32's; enough to start
+    from).
     """
     import onnx
     from onnx import numpy_helper
@@ -72,6 +74,29 @@ def onnx_state_dict(onnx_path: Path) -> dict[str, torch.Tensor]:
             if base.startswith(PREFIX):  # a head's named weight (a Gemm before quantization)
                 state[base[len(PREFIX) :]] = weight.T
                 continue
+        elif node.op_type == "MatMulIntegerToFloat" and node.input[1].endswith("_int8"):
+            # static int8: per-column scale and zero point; the bias may be folded in as input 6
+            q = inits[node.input[1]].astype(np.float32)
+            weight = (q - inits[node.input[5]].astype(np.float32)) * inits[node.input[3]]
+            folded = node.input[6] if len(node.input) > 6 and node.input[6].startswith(PREFIX) else None
+            bias = folded or bias_after(node)
+            state[bias[len(PREFIX) : -len(".bias")] + ".weight"] = weight.T
+            continue
+        elif (
+            node.op_type == "DequantizeLinear"
+            and node.input[0].endswith("_int8")
+            and node.input[0][: -len("_int8")].startswith(PREFIX)
+        ):
+            # a head's named weight, stored int8 per output channel (``axis``), dequantized in the graph
+            base = node.input[0][: -len("_int8")]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            q = inits[node.input[0]].astype(np.float32)
+            shape = [1, 1]
+            shape[axis] = -1
+            has_zero_point = len(node.input) > 2 and node.input[2]
+            zero_point = inits[node.input[2]].astype(np.float32).reshape(shape) if has_zero_point else 0.0
+            state[base[len(PREFIX) :]] = (q - zero_point) * inits[node.input[1]].reshape(shape)
+            continue
         else:
             continue
         state[bias_after(node)[len(PREFIX) : -len(".bias")] + ".weight"] = weight.T
