@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import hypothesis
 import pytest
 
@@ -24,8 +23,10 @@ from protembed.settings import Settings  # noqa: E402
 from protembed.testing import (  # noqa: E402
     RedisServer,
     free_port,
+    serve_env,
     spawn_server,
     stop_server,
+    wait_ready,
     wait_until,
 )
 from tiny_model import build_tiny_model  # noqa: E402
@@ -153,13 +154,6 @@ class ServerProcess:
         stop_server(self.proc)
 
 
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(url + "/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture
 def start_server_process(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Run ``python -m protembed serve`` (the real command) on a free port; env overrides via kwargs."""
@@ -167,28 +161,16 @@ def start_server_process(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Calla
 
     def start(**env_overrides: str) -> ServerProcess:
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
-        env.update(TEST_ENV)
-        env.update(
-            {
-                "PROTEMBED_MODEL": str(tiny_model_dir),
-                "PROTEMBED_PORT": str(port),
-                "PROTEMBED_HOST": "127.0.0.1",
-                "PYTHONPATH": os.pathsep.join([str(REPO / "service"), str(REPO / "distill")]),
-            }
+        pythonpath = os.pathsep.join([str(REPO / "service"), str(REPO / "distill")])
+        env = serve_env(
+            port,
+            {**TEST_ENV, "PROTEMBED_MODEL": str(tiny_model_dir), "PYTHONPATH": pythonpath, **env_overrides},
         )
-        env.update(env_overrides)
         log = tmp_path / f"server-{port}.log"
         proc = spawn_server(env, log, cwd=tmp_path)
         handle = ServerProcess(f"http://127.0.0.1:{port}", proc, log)
         started.append(handle)
-        try:
-            wait_until(lambda: proc.poll() is not None or _ready(handle.url), 90, "server readiness")
-        except TimeoutError:
-            handle.stop()
-            raise RuntimeError(f"server did not become ready:\n{log.read_text()[-3000:]}") from None
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        wait_ready(handle.url, proc, log, 90)
         return handle
 
     yield start

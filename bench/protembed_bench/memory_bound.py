@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from protembed.testing import free_port, spawn_server, stop_server
+from protembed.testing import free_port, serve_env, spawn_server, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 BYTES_PER_VALUE = {"float": 22.0, "base64": 16 / 3}  # as protembed.http.app estimates them
@@ -147,26 +147,20 @@ def main(argv: list[str] | None = None) -> int:
 
     limit = Settings.model_fields["max_response_bytes"].default
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
-    env.update(
+    env = serve_env(
+        port,
         {
-            "PROTEMBED_PORT": str(port),
             "PROTEMBED_GRPC_PORT": "0",
-            "PROTEMBED_HOST": "127.0.0.1",
             "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
             "PROTEMBED_LOG_LEVEL": "warning",
-        }
+        },
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    proc = spawn_server(env, args.out.with_suffix(".server.log"))
+    log = args.out.with_suffix(".server.log")
+    proc = spawn_server(env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(900):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(url, proc, log)
         idle_rss, _ = _rss_mb(proc.pid)
         results = asyncio.run(run(url, proc.pid, limit))
     finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from protembed.testing import free_port, spawn_server, stop_server
+from protembed.testing import free_port, serve_env, spawn_server, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,28 +125,20 @@ async def run(
 
 def start_server(log: Path, threads: int) -> tuple[str, object]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
-    env.update(
+    env = serve_env(
+        port,
         {
-            "PROTEMBED_PORT": str(port),
             "PROTEMBED_GRPC_PORT": "0",
-            "PROTEMBED_HOST": "127.0.0.1",
             "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
             "PROTEMBED_INTRA_OP_THREADS": str(threads),
             "PROTEMBED_CACHE_MAX_BYTES": "0",
             "PROTEMBED_LOG_LEVEL": "warning",
-        }
+        },
     )
     proc = spawn_server(env, log)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(900):
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return url, proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(log.read_text()[-2000:])
+    wait_ready(url, proc, log)
+    return url, proc
 
 
 def report(results: list[RunResult], args: argparse.Namespace, command: str) -> str:

@@ -30,7 +30,7 @@ import httpx
 
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
-from protembed.testing import RedisServer, free_port, spawn_server, stop_server
+from protembed.testing import RedisServer, free_port, serve_env, spawn_server, stop_server, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -196,27 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     redis = RedisServer(work)
     redis.start()
     port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
-    env.update(
+    env = serve_env(
+        port,
         {
-            "PROTEMBED_PORT": str(port),
             "PROTEMBED_GRPC_PORT": str(grpc_port),
-            "PROTEMBED_HOST": "127.0.0.1",
             "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
             "PROTEMBED_LOG_LEVEL": "warning",
             "REDIS_URL": redis.url,
-        }
+        },
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    proc = spawn_server(env, args.out.with_suffix(".server.log"))
+    log = args.out.with_suffix(".server.log")
+    proc = spawn_server(env, log)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(900):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_ready(url, proc, log)
         result = asyncio.run(soak(url, f"127.0.0.1:{grpc_port}", proc.pid, redis, seqs, args))
     finally:
         stop_server(proc)

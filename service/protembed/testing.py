@@ -7,12 +7,16 @@ server and Redis exactly as the benchmarks do. Standard library only (no torch, 
 
 from __future__ import annotations
 
+import http.client
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +35,50 @@ def spawn_server(env: dict[str, str], log_path: Path, cwd: Path | None = None) -
     the one way tests and benchmarks start it."""
     with log_path.open("wb") as fh:
         return subprocess.Popen(SERVE_COMMAND, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def serve_env(port: int, settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a server on loopback ``port``: this process's own, less its PROTEMBED_* variables
+    and REDIS_URL (the server runs on its defaults plus ``settings``, not on whatever the caller's shell
+    sets)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
+    env.update({"PROTEMBED_HOST": "127.0.0.1", "PROTEMBED_PORT": str(port)})
+    env.update(settings or {})
+    return env
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def is_ready(url: str) -> bool:
+    """Whether ``url``/readyz answers 200 (not ready, refused and timeouts all read as no)."""
+    try:
+        # No proxy: the server is on the loopback whatever http_proxy the environment names.
+        with _DIRECT.open(url + "/readyz", timeout=1) as response:
+            return int(response.status) == 200
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        return False
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 90) -> None:
+    """Until the server at ``url`` is ready; RuntimeError with its log's tail when it exits first or the time
+    runs out (a ready server is one that loaded and self-checked its model)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if is_ready(url):
+            return
+        if proc.poll() is not None:
+            tail = log_tail(log_path, 40)
+            raise RuntimeError(f"server exited with {proc.returncode} during start:\n{tail}")
+        time.sleep(0.1)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{log_tail(log_path, 40)}")
+
+
+def log_tail(log_path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

@@ -4,7 +4,6 @@ work gets 503, queued work finishes within drain_timeout_s, and what cannot fini
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protembed.settings import default_model_dir
-from protembed.testing import free_port, spawn_server
+from protembed.testing import free_port, serve_env, spawn_server, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -34,33 +33,23 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Started]]:
 
     def start(**env_overrides: str) -> Started:
         port, grpc_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
-        env.update(
+        env = serve_env(
+            port,
             {
                 "PROTEMBED_MODEL": str(default_model_dir()),
-                "PROTEMBED_PORT": str(port),
                 "PROTEMBED_GRPC_PORT": str(grpc_port),
-                "PROTEMBED_HOST": "127.0.0.1",
                 "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
                 "PROTEMBED_INTRA_OP_THREADS": "1",  # slow on purpose: the queue must outlast the signal
                 "PROTEMBED_LOG_LEVEL": "info",
                 **env_overrides,
-            }
+            },
         )
         log = tmp_path / f"server-{port}.log"
         proc = spawn_server(env, log)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    return url, f"127.0.0.1:{grpc_port}", proc, log
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            time.sleep(0.1)
-        raise TimeoutError(log.read_text()[-2000:])
+        wait_ready(url, proc, log, 90)
+        return url, f"127.0.0.1:{grpc_port}", proc, log
 
     yield start
     for proc in procs:

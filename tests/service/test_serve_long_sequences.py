@@ -53,37 +53,21 @@ def long_proteins() -> list[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """``protembed serve`` on the bundled model with default settings (gRPC on)."""
-    import os
-
-    from protembed.testing import spawn_server, stop_server
+    from protembed.testing import serve_env, spawn_server, stop_server, wait_ready
 
     port, grpc_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROTEMBED_") and k != "REDIS_URL"}
-    env.update(
+    env = serve_env(
+        port,
         {
-            "PROTEMBED_PORT": str(port),
             "PROTEMBED_GRPC_PORT": str(grpc_port),
-            "PROTEMBED_HOST": "127.0.0.1",
             "PROTEMBED_PROVIDERS": "CPUExecutionProvider",
             "PROTEMBED_LOG_LEVEL": "warning",
-        }
+        },
     )
     log = tmp_path_factory.mktemp("long") / "server.log"
     proc = spawn_server(env, log)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(log.read_text())
-        import time
-
-        time.sleep(0.1)
-    else:
-        raise RuntimeError(f"server not ready:\n{log.read_text()[-2000:]}")
+    wait_ready(url, proc, log, 90)
     yield url, f"127.0.0.1:{grpc_port}", proc
     stop_server(proc)
 
