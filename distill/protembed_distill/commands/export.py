@@ -29,7 +29,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--version", dest="model_version", default=None, help="model version (default: from config)"
     )
-    p.add_argument("--no-int8", action="store_true", help="skip the int8 dynamic-quantized variant")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 variant (static activation scales)")
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 variant")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the quality checks")
     p.set_defaults(func=run)
