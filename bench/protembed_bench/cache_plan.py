@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +42,8 @@ import numpy as np
 from protembed.cache import RedisCache, cache_key, decode_array, encode_array, make_cache
 from protembed.fasta import read_fasta
 from protembed.settings import default_model_dir
-from protembed.testing import free_port
+from protembed.testing import RedisServer, free_port
+from protembed_distill.reports import cpu_model
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "data" / "corpus" / "corpus.fasta"
@@ -61,30 +60,17 @@ def redis_server(*extra: str) -> Iterator[Any]:
     """A fresh redis-server on a free port (no persistence); yields a sync client."""
     import redis
 
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
     with tempfile.TemporaryDirectory() as workdir:
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        proc = subprocess.Popen(
-            [*args, "--dir", workdir, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        client = redis.Redis(port=port, socket_timeout=30)
+        server = RedisServer(Path(workdir), extra=extra)
+        server.start()
         try:
-            for _ in range(200):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"redis-server {' '.join(extra)} exited with {proc.returncode}")
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            client.url = f"redis://127.0.0.1:{port}/0"  # type: ignore[attr-defined]
+            client = redis.Redis(port=server.port, socket_timeout=30)
+            client.url = server.url  # type: ignore[attr-defined]
             yield client
         finally:
-            proc.kill()
-            proc.wait(5)
+            server.kill()
 
 
 def _used(client: Any) -> int:
@@ -551,22 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m protembed_bench.cache_plan " + " ".join(argv if argv is not None else sys.argv[1:])
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     for part in parts:  # parts can be rerun one at a time: each keeps the command and date that made it
-        report.setdefault("runs", {})[part] = {"command": command, "date": date, "cpu": _cpu()}
+        report.setdefault("runs", {})[part] = {"command": command, "date": date, "cpu": cpu_model()}
     report["redis_py"] = redis.__version__
     json_path.write_text(json.dumps(report, indent=1) + "\n")
     md_path.write_text(render(report))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def invocation(argv: list[str] | None = None) -> str:
     return shlex.join(argv)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -99,7 +100,7 @@ def machine() -> dict[str, Any]:
     except AttributeError:
         usable = os.cpu_count() or 1
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "memory_gib": _memory_gib(),

@@ -103,11 +103,13 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 @dataclass
 class RedisServer:
-    """A real redis-server on a free port, no persistence; can be killed and restarted on the same port."""
+    """A real redis-server on a free port, no persistence; can be killed and restarted on the same port.
+    ``extra``: more redis-server arguments (e.g. ``--maxmemory 64mb``)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -130,11 +132,16 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self._answers, 10, f"redis-server on port {self.port}")
+        proc = self.proc
+        what = f"redis-server on port {self.port}"
+        wait_until(lambda: proc.poll() is not None or self._answers(), 10, what)
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server {' '.join(self.extra)} exited with {proc.returncode}")
 
     def _answers(self) -> bool:
         try:
