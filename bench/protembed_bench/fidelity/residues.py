@@ -9,7 +9,7 @@ not independent), so the ratios between two feature sets are paired.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,8 +48,10 @@ def q3_table(
     *,
     max_train_residues: int = 40_000,
     folds: int = 3,
+    grid: Sequence[float] | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Q3 per feature set (name -> (train chains' [len, dim] arrays, test chains' arrays)).
 
@@ -80,6 +82,7 @@ def q3_table(
             "classification",
             metrics=("accuracy",),
             boot_idx=dummy,
+            grid=grid,
             folds=folds,
             seed=seed,
         )
@@ -92,6 +95,8 @@ def q3_table(
             "C_at_grid_edge": res.regularisation_at_grid_edge,
             "dim": int(x_train.shape[1]),
         }
+        if log:
+            log(f"{name}: Q3 {point:.4f} (C {res.regularisation:g})")
     ratios = {
         a: {
             b: probes.percentile_interval(
@@ -112,4 +117,5 @@ def q3_table(
         },
         "chains": {"train": len(train_labels), "test": n_chains},
         "resamples": resamples,
+        "grid": list(grid) if grid else list(probes.DEFAULT_C_GRID),
     }

@@ -74,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--train-chains", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--residue-grid",
+        type=float,
+        nargs="+",
+        default=None,
+        help="C values for the per-residue probes (default: the probes' grid); 1,900-wide residue "
+        "states make each fit minutes of CPU",
+    )
     p.add_argument("--skip-full", action="store_true", help="only the retention subset and residues")
     p.add_argument(
         "--skip-residues",
@@ -161,7 +169,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tvecs: dict[str, dict[str, np.ndarray]] = {}
         for split in ("train", "test"):
             seqs = getattr(data, split)
-            got = {t: cached_vectors(args.cache_dir / "proteins" / f"{t}.h5", seqs) for t in TEACHERS}
+            try:
+                got = {t: cached_vectors(args.cache_dir / "proteins" / f"{t}.h5", seqs) for t in TEACHERS}
+            except OSError as exc:  # HDF5's lock: the teacher job is writing the file right now
+                say(
+                    f"{task}: teacher caches unreadable while the teacher job writes them ({exc})"
+                )
+                got = {t: {} for t in TEACHERS}
             split_rows[split] = [
                 i for i, s in enumerate(seqs) if all(sequence_key(s) in got[t] for t in TEACHERS)
             ]
@@ -234,8 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             for k in range(2)
         )
+        # narrowest first: the 1,900-wide probes take the longest, the log shows the others before them
+        rfeats = dict(sorted(rfeats.items(), key=lambda kv: kv[1][0][0].shape[1]))
         report["residues"] = {
-            **q3_table(rfeats, chains.train_y, chains.test_y, seed=args.seed),
+            **q3_table(
+                rfeats, chains.train_y, chains.test_y, grid=args.residue_grid, seed=args.seed, log=say
+            ),
             "date": report["date"],
         }
     elif args.out.with_suffix(".json").is_file():
@@ -325,7 +343,7 @@ def render(report: dict[str, Any]) -> str:
             f"{r['chains']['test']} test chains ({r['residues']['test']} residues; held out of distillation "
             f"by its >= 50% identity filter), probe fitted on {r['residues']['train_used']} residues of "
             f"{r['chains']['train']} training chains; intervals from a bootstrap over test chains "
-            f"(measured {r.get('date', report['date'])}).",
+            f"(measured {r.get('date', report['date'])}; C grid {r.get('grid')}).",
             "",
             "| features | dim | Q3 | vs best teacher | vs window one-hot |",
             "|---|---|---|---|---|",
