@@ -24,6 +24,25 @@ SEQUENCE_SCHEMA: dict[str, Any] = {
 SequenceText = Annotated[str, WithJsonSchema(SEQUENCE_SCHEMA)]
 
 
+# Options both embedding requests (/embed and /v1/embeddings) take, spelled once.
+LongSequences = Annotated[
+    Literal["chunk", "truncate", "reject"] | None,
+    Field(
+        description="Sequences longer than the model's window (GET /info: limits.max_length): 'chunk' "
+        "(overlapping windows pooled into one vector; per-residue output stitched to the input's "
+        "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
+        "Default: the server's long_sequences setting.",
+    ),
+]
+Priority = Annotated[
+    Literal["interactive", "bulk"],
+    Field(
+        description="'bulk' for throughput work (bulk embedding, workflows): it runs when no interactive "
+        "work is queued (waiting at most the server's bulk_max_wait_s) and may fill only part of the queue.",
+    ),
+]
+
+
 class SequenceItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -59,18 +78,8 @@ class EmbedRequest(BaseModel):
         default="float",
         description="'float' lists, or 'base64' of little-endian float32 (row-major for per_residue).",
     )
-    long_sequences: Literal["chunk", "truncate", "reject"] | None = Field(
-        default=None,
-        description="Sequences longer than the model's window (GET /info: limits.max_length): 'chunk' "
-        "(overlapping windows pooled into one vector; per-residue output stitched to the input's "
-        "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
-        "Default: the server's long_sequences setting.",
-    )
-    priority: Literal["interactive", "bulk"] = Field(
-        default="interactive",
-        description="'bulk' for throughput work (bulk embedding, workflows): it runs when no interactive "
-        "work is queued (waiting at most the server's bulk_max_wait_s) and may fill only part of the queue.",
-    )
+    long_sequences: LongSequences = None
+    priority: Priority = "interactive"
 
 
 class EmbeddingData(BaseModel):
@@ -123,18 +132,8 @@ class OpenAIEmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(
         default=None, ge=1, description="Accepted only if equal to the output's dimension."
     )
-    long_sequences: Literal["chunk", "truncate", "reject"] | None = Field(
-        default=None,
-        description="Sequences longer than the model's window (GET /info: limits.max_length): 'chunk' "
-        "(overlapping windows pooled into one vector; per-residue output stitched to the input's "
-        "length), 'truncate' (the first max_length residues) or 'reject' (413 naming the item). "
-        "Default: the server's long_sequences setting.",
-    )
-    priority: Literal["interactive", "bulk"] = Field(
-        default="interactive",
-        description="'bulk' for throughput work (bulk embedding, workflows): it runs when no interactive "
-        "work is queued (waiting at most the server's bulk_max_wait_s) and may fill only part of the queue.",
-    )
+    long_sequences: LongSequences = None
+    priority: Priority = "interactive"
 
 
 class OpenAIEmbedding(BaseModel):
