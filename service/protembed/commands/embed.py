@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from protembed.commands import run_alone
+
 EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3  # 2 is argparse's usage error
 
 # Settings of the in-process engine that make sense for a bulk run (the rest are server-only).
@@ -335,11 +337,7 @@ async def _open_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m protembed.commands.embed`` (the same as ``protembed embed``)."""
-    parser = argparse.ArgumentParser(prog="protembed embed")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["embed", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    return run_alone("embed", add_parser, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from protembed.commands import run_alone
+
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
@@ -49,11 +51,7 @@ def handler(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m protembed.commands.merge`` (the same as ``protembed merge``)."""
-    parser = argparse.ArgumentParser(prog="protembed merge")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["merge", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.func(args))
+    return run_alone("merge", add_parser, argv)
 
 
 if __name__ == "__main__":
