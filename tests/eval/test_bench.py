@@ -52,7 +52,6 @@ def tiny_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> Path:
 def test_bench_model_smoke(
     tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, tiny_checkpoint: Path
 ) -> None:
-    start = time.monotonic()
     rc = _bench(
         "model",
         tiny_model_dir,
@@ -61,7 +60,6 @@ def test_bench_model_smoke(
         *("--teachers", *TINY_TEACHERS, "--checkpoint", str(tiny_checkpoint)),
     )
     assert rc == 0
-    assert time.monotonic() - start < 90
     report = json.loads((tmp_path / "smoke" / "bench_model.json").read_text())
     results = report["results"]
     assert set(results) == {"teacher:alpha", "teacher:beta", "student:torch", "student", "student:int8"}
@@ -133,10 +131,8 @@ def test_every_kind_embeds_through_one_protocol(tiny_model_dir: Path, tiny_check
 
 
 def test_bench_serve_smoke(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path) -> None:
-    start = time.monotonic()
     rc = _bench("serve", tiny_model_dir, eval_data_dir, tmp_path)
     assert rc == 0
-    assert time.monotonic() - start < 90
     out = tmp_path / "smoke"
     report = json.loads((out / "bench_serve.json").read_text())
     for transport in ("http", "grpc"):
