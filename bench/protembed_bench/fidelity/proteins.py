@@ -30,6 +30,7 @@ def probe_task(
     *,
     teachers: Sequence[str] = (),
     folds: int = 3,
+    grid: Sequence[float] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -49,6 +50,7 @@ def probe_task(
             "classification",
             metrics=metrics,
             boot_idx=boot,
+            grid=grid,
             folds=folds,
             seed=seed,
         )
@@ -75,6 +77,7 @@ def probe_task(
         "n_train": len(y_train),
         "n_test": len(y_test),
         "metrics": list(metrics),
+        "grid": list(grid) if grid else list(probes.DEFAULT_C_GRID),
         "results": results,
         "retention": retention,
     }

@@ -82,7 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="C values for the per-residue probes (default: the probes' grid); 1,900-wide residue "
         "states make each fit minutes of CPU",
     )
-    p.add_argument("--skip-full", action="store_true", help="only the retention subset and residues")
+    p.add_argument("--grid", type=float, nargs="+", default=None, help="C values of the per-protein probes")
+    p.add_argument(
+        "--skip-full",
+        action="store_true",
+        help="keep the student-rows tables of the report already at --out (dated) instead of recomputing",
+    )
     p.add_argument(
         "--skip-residues",
         action="store_true",
@@ -154,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         feats["composition"] = (probes.composition_features(seqs_tr), probes.composition_features(seqs_te))
         y_tr = [data.train_y[i] for i in rows["train"]]
         y_te = [data.test_y[i] for i in rows["test"]]
-        res = probe_task(task, feats, y_tr, y_te, seed=args.seed)
+        res = probe_task(task, feats, y_tr, y_te, grid=args.grid, seed=args.seed)
+        res["date"] = report["date"]
         res["rows"] = {
             "train": len(rows["train"]),
             "train_all": len(data.train),
@@ -162,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "test_all": len(data.test),
         }
         report["full"][task] = res
+
+    previous_path = args.out.with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
+    if args.skip_full:  # measured earlier on more student rows than this run would wait for: keep, dated
+        report["full"] = {t: {"date": previous["date"], **r} for t, r in previous.get("full", {}).items()}
 
     # Retention: rows with both teachers' vectors cached.
     for task, data in sets.items():
@@ -172,9 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 got = {t: cached_vectors(args.cache_dir / "proteins" / f"{t}.h5", seqs) for t in TEACHERS}
             except OSError as exc:  # HDF5's lock: the teacher job is writing the file right now
-                say(
-                    f"{task}: teacher caches unreadable while the teacher job writes them ({exc})"
-                )
+                say(f"{task}: teacher caches unreadable while the teacher job writes them ({exc})")
                 got = {t: {} for t in TEACHERS}
             split_rows[split] = [
                 i for i, s in enumerate(seqs) if all(sequence_key(s) in got[t] for t in TEACHERS)
@@ -205,7 +214,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 np.stack([tvecs[t][sequence_key(s)] for s in seqs_te]),
             )
         feats["composition"] = (probes.composition_features(seqs_tr), probes.composition_features(seqs_te))
-        res = probe_task(task, feats, y_tr, y_te, teachers=[f"teacher:{t}" for t in TEACHERS], seed=args.seed)
+        res = probe_task(
+            task,
+            feats,
+            y_tr,
+            y_te,
+            teachers=[f"teacher:{t}" for t in TEACHERS],
+            grid=args.grid,
+            seed=args.seed,
+        )
         res["rows"] = {"train": n_tr, "train_all": len(data.train), "test": n_te, "test_all": len(data.test)}
         report["subset"][task] = res
 
@@ -256,12 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "date": report["date"],
         }
-    elif args.out.with_suffix(".json").is_file():
+    elif "residues" in previous:
         # The per-residue part is independent of the per-protein one and may have been measured
         # earlier (its teacher states are ready long before the per-protein ones): keep it, dated.
-        previous = json.loads(args.out.with_suffix(".json").read_text())
-        if "residues" in previous:
-            report["residues"] = {"date": previous["date"], **previous["residues"]}
+        report["residues"] = {"date": previous["date"], **previous["residues"]}
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,18 +312,22 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     if report["full"]:
+        dates = sorted({r.get("date", report["date"]) for r in report["full"].values()})
+        grid = next(iter(report["full"].values()))["grid"]
         lines += [
-            "## Full sets (the student only: teacher vectors of all rows cost hours of CPU)",
+            "## The student as served, on every row it has vectors for (teacher vectors cost hours of CPU)",
             "",
-            "| set | model | metric | score | n train / test |",
+            f"Measured {', '.join(dates)}; C grid {grid}.",
+            "",
+            "| set | model | metric | score | rows train / test (of all) |",
             "|---|---|---|---|---|",
         ]
         for task, r in report["full"].items():
+            rows = r["rows"]
+            span = f"{rows['train']} / {rows['test']} (of {rows['train_all']} / {rows['test_all']})"
             for name, res in r["results"].items():
                 for m in r["metrics"]:
-                    lines.append(
-                        f"| {task} | {name} | {m} | {_iv(res[m])} | {r['n_train']} / {r['n_test']} |"
-                    )
+                    lines.append(f"| {task} | {name} | {m} | {_iv(res[m])} | {span} |")
         lines.append("")
     if report["subset"]:
         lines += [
