@@ -68,6 +68,10 @@ class BatchingConfig:
     bulk_max_wait_s: float = 5.0
     # Share of max_queue_tokens bulk work may fill, so a bulk flood leaves room for interactive requests.
     bulk_queue_share: float = 0.75
+    # A bulk batch's token budget as a share of max_batch_tokens: a batch that is running is never
+    # interrupted, so an interactive item that arrives meanwhile waits for it; smaller bulk batches
+    # bound that wait.
+    bulk_batch_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -78,6 +82,8 @@ class BatchingConfig:
             raise ValueError("max_batch_tokens and max_batch_size must be positive")
         if not 0.0 < self.bulk_queue_share <= 1.0:
             raise ValueError(f"bulk_queue_share {self.bulk_queue_share} must be in (0, 1]")
+        if not 0.0 < self.bulk_batch_share <= 1.0:
+            raise ValueError(f"bulk_batch_share {self.bulk_batch_share} must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,7 @@ class BatchQueue:
         self.queued_tokens = 0
         self.queued_bulk_tokens = 0  # the part of queued_tokens only bulk requests wait for
         self.last_batch_bulk = False  # aging alternates: an aged bulk batch, then interactive again
+        self._budget = config.max_batch_tokens  # the batch being planned: smaller for bulk batches
         self.tokens_per_s = 0.0  # measured throughput, for Retry-After
         self.dropped: dict[str, int] = {}  # waiters dropped before the model, by reason
         self.on_drop = on_drop
@@ -185,6 +192,7 @@ class BatchQueue:
     def set_budget(self, max_batch_tokens: int) -> None:
         """Change the batch token budget (the engine settles it once the provider is known)."""
         self.config = replace(self.config, max_batch_tokens=max_batch_tokens)
+        self._budget = max_batch_tokens
 
     def seed_throughput(self, tokens_per_s: float) -> None:
         """A first throughput estimate (measured at warm-up), so a cold server's Retry-After says how
@@ -317,7 +325,7 @@ class BatchQueue:
 
     def _fits(self, count: int, longest: int) -> bool:
         """Size cap and token budget (padding counted); a single item always fits, however long."""
-        return count == 1 or (count <= self.max_batch_size and count * longest <= self.max_batch_tokens)
+        return count == 1 or (count <= self.max_batch_size and count * longest <= self._budget)
 
     def _is_full(self, count: int, longest: int) -> bool:
         """No further item, not even one as short as the rest, could join: waiting cannot help."""
@@ -375,7 +383,7 @@ class BatchQueue:
         # the bound as "real >= keep x padded"; a relative epsilon so a run exactly at the bound counts
         # as within it despite float rounding
         keep = (1.0 - self.max_padding_ratio) * (1.0 - 1e-12)
-        max_size, max_tokens = self.max_batch_size, self.max_batch_tokens
+        max_size, max_tokens = self.max_batch_size, self._budget
         seed = order.index(0) if due else -1
         best = (0.0, 0, 0, -1)  # (fill, real tokens, l, r)
         for r in range(max(seed, 0), len(toks)):  # hot loop at large queues: kept inline
@@ -418,6 +426,10 @@ class BatchQueue:
         if not self.pending:
             return None
         entries = self._candidates(now)
+        bulk = bool(self.queued_bulk_tokens) and all(e.bulk_tokens for e in entries)
+        self._budget = self.max_batch_tokens
+        if bulk:
+            self._budget = max(1, int(self.max_batch_tokens * self.config.bulk_batch_share))
         due = entries[0].enqueued_at + self.max_wait_s <= now
         batch = self._plan_fifo(entries) if self.policy == "fifo" else self._plan_bucketed(entries, due)
         longest = max(e.tokens for e in batch)

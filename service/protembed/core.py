@@ -107,6 +107,7 @@ def batching_config(settings: Settings) -> BatchingConfig:
         policy=settings.batching,
         bulk_max_wait_s=settings.bulk_max_wait_s,
         bulk_queue_share=settings.bulk_queue_share,
+        bulk_batch_share=settings.bulk_batch_share,
     )
 
 

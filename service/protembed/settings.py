@@ -176,6 +176,13 @@ class Settings(BaseSettings):
         description="Share of max_queue_tokens that bulk requests may fill (429 beyond), so a bulk flood "
         "leaves room for interactive requests.",
     )
+    bulk_batch_share: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="A bulk batch's token budget as a share of max_batch_tokens: a running batch is never "
+        "interrupted, so smaller bulk batches bound how long an interactive request waits behind one.",
+    )
     max_padding_ratio: float = Field(
         default=0.1,
         ge=0,

@@ -78,6 +78,20 @@ def test_aged_bulk_gets_every_other_batch() -> None:
     assert order == ["I0", "B0", "I1", "B1", "I2", "B2"]
 
 
+def test_bulk_batches_are_smaller_so_interactive_waits_less() -> None:
+    clock = Clock()
+    q = make_queue(clock, max_batch_tokens=40, max_batch_size=8, bulk_batch_share=0.25)
+    for i in range(8):
+        q.add(f"B{i}" + "A" * 8, waiter("bulk"))  # 10 residues each
+    batch = q.next_batch()
+    assert batch is not None and len(batch) == 1  # 10 x 1 fits the bulk budget of 10, 10 x 2 does not
+    q.finish(batch, 0.01)
+    for i in range(8):
+        q.add(f"I{i}" + "A" * 8, waiter("interactive"))
+    batch = q.next_batch()
+    assert batch is not None and len(batch) == 4 and all(e.sequence[0] == "I" for e in batch)
+
+
 def test_bulk_fills_only_its_share_of_the_queue() -> None:
     clock = Clock()
     q = make_queue(clock)
