@@ -569,6 +569,8 @@ def _table(
 def plot(
     summary: dict[str, Any], teachers: Sequence[str], best: str, overlaps: Sequence[int], path: Path
 ) -> None:
+    """Top row: every pooling at today's overlap, with the references; bottom row: today's pooling and
+    the best one across overlaps. Standardized cosine per length bin."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -576,38 +578,52 @@ def plot(
 
     x = np.arange(len(BINS))
     labels = [bin_label(b) for b in range(len(BINS))]
-    fig, axes = plt.subplots(2, len(teachers), figsize=(6 * len(teachers), 9), squeeze=False)
-    best_pool, best_overlap = [*best.split(":")[1].split("@"), "128"][:2]  # disjoint has no overlap
-    plan_suffix = "/even" if best_overlap.endswith("/even") else ""
+    fig, axes = plt.subplots(2, len(teachers), figsize=(6.5 * len(teachers), 10), squeeze=False)
+    today_pool, today_overlap = TODAY.split(":")[1].split("@")
+    best_pool, best_rest = [*best.split(":")[1].split("@"), ""][:2]
+    plan_suffix = "/even" if best_rest.endswith("/even") else ""
+
+    def line(ax: Any, m: str, **kw: Any) -> None:
+        ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
+        ax.plot(x, ys, marker="o", label=m, **kw)
+
     for col, t in enumerate(teachers):
         ax = axes[0][col]
-        shown = ["truncate512", "whole", "chunk:disjoint"] + [f"chunk:{p}@{best_overlap}" for p in POOLINGS]
-        for m in shown:
-            ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
-            style = "--" if not m.startswith("chunk:") else "-"
-            ax.plot(x, ys, style, marker="o", label=m, linewidth=2.5 if m == best else 1.2)
-        ax.set_title(f"{t}: poolings at overlap {best_overlap} (standardized cosine)")
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("sequence length (residues)")
-        ax.set_ylabel("cosine to teacher's whole-sequence vector")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        for m in ("truncate512", "whole"):
+            line(ax, m, linestyle="--")
+        line(ax, "chunk:disjoint", linestyle=":")
+        for p in POOLINGS:
+            m = f"chunk:{p}@{today_overlap}"
+            line(ax, m, linewidth=2.5 if m == TODAY else 1.2, linestyle="-" if p in WINDOW_LEVEL else "-.")
+        ax.set_title(f"{t}: poolings at overlap {today_overlap}")
+        ax.set_ylabel("standardized cosine to the teacher's whole-sequence vector")
         ax = axes[1][col]
         for o in overlaps:
-            m = f"chunk:{best_pool}@{o}{plan_suffix}" if best_pool != "disjoint" else "chunk:disjoint"
-            ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
-            ax.plot(x, ys, marker="o", label=m, linewidth=2.5 if m == best else 1.2)
-        for m in ("truncate512", "whole"):
-            ys = [summary[m][t]["cos_std"][lab]["mean"] for lab in labels]
-            ax.plot(x, ys, "--", marker="o", label=m)
-        ax.set_title(f"{t}: {best_pool} across overlaps (standardized cosine)")
-        ax.set_xticks(x, labels)
-        ax.set_xlabel("sequence length (residues)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+            width = 2.5 if o == int(today_overlap) else 1.2
+            line(ax, f"chunk:{today_pool}@{o}", linestyle="-", linewidth=width)
+        if best_pool != today_pool and best_pool != "disjoint":
+            for o in overlaps:
+                line(ax, f"chunk:{best_pool}@{o}{plan_suffix}", linestyle="-.")
+        ax.set_title(f"{t}: {today_pool} (today) and {best_pool} across overlaps")
+        ax.set_ylabel("standardized cosine")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_xticks(x, labels)
+            ax.set_xlabel("sequence length (residues)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle("Student vs teachers' whole-sequence vectors (dash-dot: needs per-residue pooled features)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def window_cost(lengths: Sequence[int], overlaps: Sequence[int], max_length: int) -> dict[str, float]:
+    """Residues the model runs per residue of input, per overlap (the server's plan): the compute cost."""
+    total = sum(lengths)
+    return {
+        str(o): sum(w.end - w.start for n in lengths for w in plan_windows(n, max_length, o)) / total
+        for o in overlaps
+    }
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:
@@ -632,6 +648,10 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "```",
         result["command"],
         "```",
+        "",
+        f"Its last invocation ran {result['seconds'] / 60:.0f} min, resuming teacher vectors that earlier "
+        "ones had cached under `--cache` (they are most of the cost: UniRep-1900 on one thread). The text, tables and plot are re-derived from the JSON, measuring "
+        "nothing, by `python -m protembed_bench.long_sequences --from-json --out reports/long_sequences`.",
         "",
         f"Sequences: {result['n_sequences']} of 513-3,000 residues "
         f"({', '.join(f'{k}: {v}' for k, v in counts.items())}; "
@@ -684,9 +704,13 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "",
     ]
     lines += result["conclusion"]
+    lines += ["", "## Decision (rule: `decide` in the module)", ""]
+    lines += decide(result)
     lines += [
         "",
-        "Ranking of chunked methods: score = mean cos_std over both teachers and the four bins (bins "
+        "## Ranking",
+        "",
+        "Chunked methods: score = mean cos_std over both teachers and the four bins (bins "
         f"weighing equally); paired difference against today's `{today}` per sequence (cos_std averaged "
         "over the two teachers), mean with 95% interval, and the share of sequences where the method is "
         "closer to the teachers. `window-level` = computable by the server from window outputs today.",
@@ -716,35 +740,125 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines))
 
 
-def conclude(
-    summary: dict[str, Any], ranking: Sequence[tuple[str, float]], teachers: Sequence[str]
-) -> list[str]:
-    """A few sentences stating what the numbers say (computed, so they match the tables)."""
-    best, best_score = ranking[0]
+def conclude(result: dict[str, Any]) -> list[str]:
+    """What the numbers say, as sentences computed from them (so they match the tables)."""
+    summary, teachers = result["summary"], result["teachers"]
+    ranking: list[tuple[str, float]] = [(m, sc) for m, sc in result["ranking"]]
+    paired = result["paired_vs_today"]
     score = dict(ranking)
-    today = TODAY
-
-    def mean_std(m: str) -> float:
-        cells = [summary[m][t]["cos_std"][bin_label(b)]["mean"] for t in teachers for b in range(len(BINS))]
-        return float(np.mean(cells))
-
+    best, best_score = ranking[0]
     window_level = [m for m, _ in ranking if is_window_level(m)]
     best_wl = window_level[0]
-    lines = [
-        f"- Best chunked method: `{best}` (score {best_score:.4f}); today's default `{today}` scores "
-        f"{score[today]:.4f} (difference {best_score - score[today]:+.4f}).",
-        f"- Best method the server can compute from window outputs alone: `{best_wl}` "
-        f"(score {score[best_wl]:.4f}, {score[best_wl] - score[today]:+.4f} against today).",
-        f"- `whole` scores {mean_std('whole'):.4f}; `truncate512` scores {mean_std('truncate512'):.4f}.",
+    today_pool, today_overlap = TODAY.split(":")[1].split("@")
+
+    def significant(m: str) -> bool:
+        return abs(paired[m]["mean"]) > paired[m]["ci95"]
+
+    def per_bin(m: str, t: str) -> str:
+        return "/".join(f"{summary[m][t]['cos_std'][bin_label(b)]['mean']:.3f}" for b in range(len(BINS)))
+
+    same_pool = {o: score[f"chunk:{today_pool}@{o}"] for o in result["overlaps"]}
+    cost = result["window_cost"]
+    bins = [bin_label(b) for b in range(len(BINS))]
+    def at(m: str, t: str, lab: str) -> float:
+        return float(summary[m][t]["cos_std"][lab]["mean"])
+
+    losses = [
+        f"{t} {lab} ({ref} {at(ref, t, lab):.4f} vs {at(TODAY, t, lab):.4f})"
+        for ref in ("whole", "truncate512")
+        for t in teachers
+        for lab in bins
+        if at(ref, t, lab) > at(TODAY, t, lab)
     ]
-    for t in teachers:
-        lb = bin_label(len(BINS) - 1)
-        at = {m: summary[m][t]["cos_std"][lb]["mean"] for m in (best, today, "whole", "truncate512")}
-        lines.append(
-            f"- {t}, longest bin ({lb}), cos_std: best {at[best]:.4f}, today {at[today]:.4f}, "
-            f"whole {at['whole']:.4f}, truncate512 {at['truncate512']:.4f}."
+    gain = {lab: float(np.mean([at(best, t, lab) - at(TODAY, t, lab) for t in teachers])) for lab in bins}
+    top_bin = max(gain, key=lambda lab: gain[lab])
+    lines = [
+        "- Today's chunking against the alternatives, score (mean cos_std, bins weighing equally): "
+        f"`{TODAY}` {score[TODAY]:.4f}, `whole` {_mean_std(summary, 'whole', teachers):.4f}, "
+        f"`truncate512` {_mean_std(summary, 'truncate512', teachers):.4f}. Per bin ({', '.join(bins)}): "
+        + "; ".join(
+            f"{t}: today {per_bin(TODAY, t)}, whole {per_bin('whole', t)}, "
+            f"truncate512 {per_bin('truncate512', t)}"
+            for t in teachers
         )
+        + ". "
+        + (
+            "Chunking is ahead in every bin for both teachers."
+            if not losses
+            else "Chunking is ahead everywhere except " + "; ".join(losses) + "."
+        ),
+        f"- Among poolings the server can compute from window outputs, the best, `{best_wl}`, differs from "
+        f"today's by {paired[best_wl]['mean']:+.4f} ± {paired[best_wl]['ci95']:.4f}"
+        + (" (significant)." if significant(best_wl) else " (within the 95% interval: no measurable gain)."),
+        f"- The overlap barely matters for `{today_pool}`: scores "
+        + ", ".join(f"{o}: {v:.4f}" for o, v in same_pool.items())
+        + "; the model runs "
+        + ", ".join(f"{cost[str(o)]:.2f}x" for o in result["overlaps"])
+        + " the input's residues at these overlaps (this set's lengths). Paired against overlap "
+        f"{today_overlap}, `{today_pool}` / `stitched` (the per-residue output's stitching, pooled): "
+        + ", ".join(
+            f"{o}: {_fmt_paired(result, f'chunk:{today_pool}@{o}', TODAY)} / "
+            f"{_fmt_paired(result, f'chunk:stitched@{o}', f'chunk:stitched@{today_overlap}')}"
+            for o in result["overlaps"]
+            if str(o) != today_overlap
+        )
+        + ".",
+        f"- Poolings that count each residue once from per-residue features do better: the best, `{best}`, "
+        f"scores {best_score:.4f}, {paired[best]['mean']:+.4f} ± {paired[best]['ci95']:.4f} against today, "
+        f"closer on {paired[best]['better']:.0%} of sequences; its gain per bin (mean over teachers) "
+        + ", ".join(f"{lab}: {g:+.4f}" for lab, g in gain.items())
+        + f", largest at {top_bin}. These need the model to pool with a mask separate from its attention "
+        "mask (or to expose per-residue pooled features); window means count shared residues twice.",
+    ]
     return lines
+
+
+def decide(result: dict[str, Any]) -> list[str]:
+    """The rule the report applies: keep today's pooling unless a window-level one is significantly
+    better; the default overlap is the smallest whose per-protein and stitched scores are not
+    significantly below the best overlap's (cost grows with the overlap)."""
+    records, teachers, overlaps = result["records"], result["teachers"], result["overlaps"]
+    paired = result["paired_vs_today"]
+    window_level = [m for m, _ in result["ranking"] if is_window_level(m)]
+    best_wl = window_level[0]
+    pooling = best_wl if paired[best_wl]["mean"] > paired[best_wl]["ci95"] else TODAY
+    pool = pooling.split(":")[1].split("@")[0]
+
+    def score(m: str) -> float:
+        return float(dict(result["ranking"])[m])
+
+    def not_worse(m: str, ref: str) -> bool:
+        d = paired_against(records, m, ref, teachers)
+        return d["mean"] >= -d["ci95"]
+
+    best_o = {k: max(overlaps, key=lambda o: score(f"chunk:{k}@{o}")) for k in (pool, "stitched")}
+    chosen = min(
+        o
+        for o in overlaps
+        if all(not_worse(f"chunk:{k}@{o}", f"chunk:{k}@{best_o[k]}") for k in (pool, "stitched"))
+    )
+    stitched = paired[f"chunk:stitched@{chosen}"]
+    return [
+        f"- Pooling: `{pool}`"
+        + (" (today's, unchanged)." if pooling == TODAY else " (better than today's)."),
+        f"- Default chunk_overlap: {chosen}, the smallest overlap whose `{pool}` and `stitched` scores are "
+        f"not significantly below the best overlap's ({best_o[pool]} and {best_o['stitched']}); it runs "
+        f"{result['window_cost'][str(chosen)]:.2f}x the input's residues, against "
+        f"{result['window_cost'][TODAY.split('@')[1]]:.2f}x at today's {TODAY.split('@')[1]}.",
+        f"- Next gain, a model change: pool each window over its owned residues only (a pooling mask apart "
+        f"from the attention mask), then combine with today's owned-residue weights = `stitched@{chosen}`: "
+        f"{stitched['mean']:+.4f} ± {stitched['ci95']:.4f} cos_std against today.",
+    ]
+
+
+def _fmt_paired(result: dict[str, Any], method: str, reference: str) -> str:
+    d = paired_against(result["records"], method, reference, result["teachers"])
+    return f"{d['mean']:+.4f} ± {d['ci95']:.4f}"
+
+
+def _mean_std(summary: dict[str, Any], m: str, teachers: Sequence[str]) -> float:
+    cells = [summary[m][t]["cos_std"][bin_label(b)]["mean"] for t in teachers for b in range(len(BINS))]
+    return float(np.mean(cells))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -763,6 +877,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--seed", type=int, default=7)
     add("--threads", type=int, default=1)
     add("--cached-only", action="store_true", help="report on sequences already cached; embed none")
+    add("--from-json", action="store_true", help="rewrite OUT.md/.png from OUT.json; measure nothing")
     args = ap.parse_args(argv)
     if args.per_bin < 1 or not 0 <= args.corpus_share <= 1 or args.stats_sample < 2:
         ap.error("--per-bin must be >= 1, --corpus-share in [0, 1], --stats-sample >= 2")
@@ -770,6 +885,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         overlaps = [int(o) for o in args.overlaps.split(",")]
     except ValueError:
         ap.error(f"--overlaps {args.overlaps!r}: expected comma-separated integers")
+
+    if args.from_json:
+        return rewrite_from_json(args.out, args.model)
 
     import torch
 
@@ -852,17 +970,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in_window": {t: {k: float(np.mean(v)) for k, v in d.items()} for t, d in in_window.items()},
         "ranking": ranking,
         "paired_vs_today": {m: paired_against(records, m, TODAY, TEACHERS) for m, _ in ranking},
+        "window_cost": window_cost([r["length"] for r in records], overlaps, runner.window),
         "summary": summary,
         "records": records,
         "seconds": time.perf_counter() - t_start,
     }
-    result["conclusion"] = conclude(summary, ranking, TEACHERS)
+    result["conclusion"] = conclude(result)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_json(result, out.with_suffix(".json"))
     plot(summary, TEACHERS, ranking[0][0], overlaps, out.with_suffix(".png"))
     write_report(result, out)
     log(f"wrote {out}.md/.json/.png; best chunked: {ranking[0][0]} ({ranking[0][1]:.4f})")
+    return 0
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    """Per-sequence scores rounded to 5 decimals (differences that matter here are ~1e-3), one record a
+    line, so the committed file stays small and diffs line by line."""
+    for r in result["records"]:
+        r["scores"] = {
+            m: {t: {k: round(v, 5) for k, v in d.items()} for t, d in per.items()}
+            for m, per in r["scores"].items()
+        }
+    head = {k: v for k, v in result.items() if k != "records"}
+    body = ",\n".join(json.dumps(r, separators=(",", ":")) for r in result["records"])
+    path.write_text(json.dumps(head, indent=1)[:-2] + ',\n "records": [\n' + body + "\n ]\n}\n")
+
+
+def rewrite_from_json(out: Path, model: Path) -> int:
+    """Re-derive the report's sentences, table and plot from a measurement's JSON (no compute)."""
+    from protembed.artifact import read_model_card
+
+    result = json.loads(out.with_suffix(".json").read_text())
+    if "window_cost" not in result:
+        lengths = [r["length"] for r in result["records"]]
+        window = read_model_card(model).input.max_length
+        result["window_cost"] = window_cost(lengths, result["overlaps"], window)
+    if "onnx_longest_accepted" not in result:  # JSON of a run before this was measured
+        result["onnx_longest_accepted"] = StudentRunner(model, max_length=1024).onnx_longest()
+    result["conclusion"] = conclude(result)
+    write_json(result, out.with_suffix(".json"))
+    best = result["ranking"][0][0]
+    plot(result["summary"], result["teachers"], best, result["overlaps"], out.with_suffix(".png"))
+    write_report(result, out)
     return 0
 
 

@@ -62,6 +62,24 @@ def test_context_free_features_pool_to_the_whole_mean_only_when_each_residue_cou
 
 
 @pytest.mark.parametrize(("length", "overlap"), PLANS)
+def test_stitched_is_the_servers_weighting_of_owned_only_window_means(length: int, overlap: int) -> None:
+    """What the report's 'model change' claims: if each window were pooled over its owned residues only,
+    the server's pool_windows weights would give `stitched` exactly."""
+    rng = np.random.default_rng(length * overlap + 1)
+    windows = plan_windows(length, 512, overlap)
+    feats = [rng.normal(size=(w.end - w.start, 4)) for w in windows]
+    owned_means = [
+        f[w.own_start - w.start : w.own_end - w.start].mean(0).astype(np.float32)
+        for w, f in zip(windows, feats, strict=True)
+    ]
+    served = pool_windows(windows, owned_means, per_residue=False)
+    weights = ls.POOLINGS["stitched"](windows, length)
+    mine = sum((wt[:, None] * f).sum(0) for wt, f in zip(weights, feats, strict=True))
+    mine = np.asarray(mine) / sum(float(wt.sum()) for wt in weights)
+    assert np.abs(mine - served).max() < 1e-5
+
+
+@pytest.mark.parametrize(("length", "overlap"), PLANS)
 def test_owned_windows_is_the_servers_pooling(length: int, overlap: int) -> None:
     rng = np.random.default_rng(length + overlap)
     windows = plan_windows(length, 512, overlap)
@@ -163,6 +181,10 @@ def test_cli_reports_from_cached_teacher_vectors(tmp_path: Path) -> None:
     assert "chunk:owned_windows@128" in dict(result["ranking"])
     text = out.with_suffix(".md").read_text()
     assert "python -m protembed_bench.long_sequences" in text and "--cached-only" in text
+    assert "## Decision" in text and "Default chunk_overlap:" in text
+    before = out.with_suffix(".md").read_text()
+    assert ls.main(["--from-json", "--out", str(out)]) == 0  # rewrites the same report, measuring nothing
+    assert out.with_suffix(".md").read_text().split("## Result")[1] == before.split("## Result")[1]
     assert out.with_suffix(".png").stat().st_size > 0
 
 
