@@ -650,7 +650,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "```",
         "",
         f"Its last invocation ran {result['seconds'] / 60:.0f} min, resuming teacher vectors that earlier "
-        "ones had cached under `--cache` (they are most of the cost: UniRep-1900 on one thread). The text, tables and plot are re-derived from the JSON, measuring "
+        "ones had cached under `--cache` (they are most of the cost: UniRep-1900 on one thread). "
+        "The text, tables and plot are re-derived from the JSON, measuring "
         "nothing, by `python -m protembed_bench.long_sequences --from-json --out reports/long_sequences`.",
         "",
         f"Sequences: {result['n_sequences']} of 513-3,000 residues "
