@@ -694,6 +694,10 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "in one piece (probed at 1,024, 1,025, 2,048, 4,096): its position table is a constant sized by the "
         "training config's max_length; longer needs a re-export with a longer table.",
         "",
+        "Caveat: corpus sequences may be among the student's training sequences (cropped to 512 there), "
+        "so the corpus third of the set and the in-window reference below lean optimistic; every method "
+        "is compared on the same sequences, so the comparisons between methods are unaffected.",
+        "",
         "In-window reference (the student on sequences it sees whole, the stats sample, <= 512 residues): "
         + ", ".join(
             f"{t} cos {result['in_window'][t]['cos']:.4f} / cos_std {result['in_window'][t]['cos_std']:.4f}"
