@@ -206,7 +206,10 @@ class Settings(BaseSettings):
         "about 35,000); longer ones get 413 naming the item, whatever long_sequences says.",
     )
     chunk_overlap: int = Field(
-        default=128, ge=0, description="Residues shared by neighbouring windows when long_sequences=chunk."
+        default=64,
+        ge=0,
+        description="Residues shared by neighbouring windows when long_sequences=chunk (64: as close to the "
+        "teachers' whole-sequence vectors as 128 or 256, for less compute; reports/long_sequences.md).",
     )
     max_response_bytes: int = Field(
         default=64 * 2**20,

@@ -72,7 +72,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str,
     stop_server(proc)
 
 
-def _windows(length: int, overlap: int = 128) -> int:
+def _windows(length: int, overlap: int = 64) -> int:
     from protembed.windows import plan_windows
 
     return len(plan_windows(length, WINDOW, overlap))
