@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-chains", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-teachers", action="store_true", help="checkpoints and the window baseline only")
+    p.add_argument("--grid", type=float, nargs="+", default=None, help="C values (default: the probes' grid)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     import torch
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint_states(Path(path), chains.train),
             checkpoint_states(Path(path), chains.test),
         )
-    for t in TEACHERS:
+    for t in () if args.no_teachers else TEACHERS:
         store = args.cache_dir / "residues" / f"{t}.h5"
         tr = cached_vectors(store, chains.train, residues=True)
         te = cached_vectors(store, chains.test, residues=True)
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [window_onehot(s) for s in chains.train],
         [window_onehot(s) for s in chains.test],
     )
-    table = q3_table(feats, chains.train_y, chains.test_y, seed=args.seed)
+    table = q3_table(feats, chains.train_y, chains.test_y, grid=args.grid, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"checkpoints": args.checkpoints, **table}, indent=1))
     for name, r in table["results"].items():
