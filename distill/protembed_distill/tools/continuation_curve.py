@@ -37,7 +37,9 @@ def curve_table(run_dir: Path) -> str:
     trained = epochs(run_dir / "train.jsonl")
     last = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["state"]
     for k, r in enumerate(trained):
-        seen = per_epoch * (k + 1) if k < len(trained) - 1 else int(last["train_residues"])
+        # whole epochs, except a budget-cut last one, whose count the checkpoint at that step holds
+        cut = k == len(trained) - 1 and int(last["step"]) == int(r["step"])
+        seen = int(last["train_residues"]) if cut else per_epoch * (k + 1)
         rows.append((r["step"], seen, r["elapsed_s"], r))
     names = list(rows[0][3]["val_cosine"])
     head = "| step | residues seen | wall s | " + " | ".join(f"cos {n} | std cos {n}" for n in names) + " |"
