@@ -49,8 +49,8 @@ class ServedStudent:
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(loaded.onnx_path), opts, providers=["CPUExecutionProvider"])
         self.overlap = served_overlap() if overlap is None else overlap
-        suffix = "" if self.overlap == served_overlap() else f"-overlap{self.overlap}"
-        self.cache_dir = cache_dir / f"{self.card.id}-{variant}-{self.sha256[:12]}{suffix}"
+        # The overlap is part of the name: the served default can change (it went 128 -> 64 on 2026-12-06).
+        self.cache_dir = cache_dir / f"{self.card.id}-{variant}-{self.sha256[:12]}-overlap{self.overlap}"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
 
     def outputs(self, name: str) -> str:
