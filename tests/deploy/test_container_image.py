@@ -246,11 +246,10 @@ def test_sigterm_finishes_the_request_in_flight_and_stops(cpu_image: str) -> Non
     try:
         container.wait_ready()
         rng = random.Random()  # fresh sequences: a cache hit would answer before the signal
-        payload = {
-            "sequences": [
-                {"id": f"q{i}", "sequence": "".join(rng.choice(AMINO) for _ in range(400))} for i in range(48)
-            ]
-        }
+        # The largest request the defaults admit (256 items, 128,000 residues): seconds of work even
+        # on an idle host, so the signal always arrives while it is queued.
+        sequences = ["".join(rng.choice(AMINO) for _ in range(500)) for _ in range(256)]
+        payload = {"sequences": [{"id": f"q{i}", "sequence": s} for i, s in enumerate(sequences)]}
         answer: dict[str, object] = {}
 
         def post() -> None:
@@ -261,7 +260,12 @@ def test_sigterm_finishes_the_request_in_flight_and_stops(cpu_image: str) -> Non
 
         sender = threading.Thread(target=post)
         sender.start()
-        time.sleep(1.0)  # the request is read and queued (it takes seconds to compute on 2 cores)
+        queued_deadline = time.monotonic() + 30
+        while time.monotonic() < queued_deadline and "response" not in answer:  # until it is queued
+            info = httpx.get(f"{container.url}/info", timeout=5).json()
+            if info["batching"]["queued_items"] > 0:
+                break
+            time.sleep(0.05)
         assert "response" not in answer, "the request finished before the signal: make it larger"
         signalled = time.monotonic()
         kill = podman("kill", "--signal", "TERM", container.name)
