@@ -17,7 +17,6 @@ from protembed import tokenizer
 from protembed_bench.peers import envs
 from protembed_bench.peers import report as peers_report
 from protembed_bench.peers.catalog import PEERS, PROTEMBED, SERVERS, setting_env
-from protembed_bench.peers.client import read_chunked
 from protembed_bench.peers.peer_model import PeerModel, from_b64, to_b64
 from protembed_bench.peers.run import (
     Checker,
@@ -27,6 +26,7 @@ from protembed_bench.peers.run import (
     peer_batching,
     run_peers_bench,
 )
+from protembed_bench.serve.clients import read_chunked
 
 SEQ = "MKTAYIAKQRQISFVKSHFSRQ"
 

@@ -257,10 +257,10 @@ def peer_batching(path: Path, offset: int) -> dict[str, float | None]:
 async def drive(
     spec: ServerSpec, port: int, sequences: list[str], concurrency: int, seconds: float, checker: Checker
 ) -> dict[str, Any]:
-    from protembed_bench.peers.client import PeerHttpClient
+    from protembed_bench.serve.clients import RawHttpClient
     from protembed_bench.serve.load import closed_loop
 
-    client = PeerHttpClient("127.0.0.1", port)
+    client = RawHttpClient("127.0.0.1", port)
 
     async def call(seq: str) -> bool:
         status, body = await client.post_json(spec.path, spec.payload(seq))
