@@ -42,7 +42,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -56,6 +55,7 @@ import numpy as np
 from protembed.fasta import read_fasta
 from protembed.tokenizer import encode, normalize
 from protembed.windows import Window, plan_windows
+from protembed_distill.reports import cpu_model
 
 DEFAULT_MODEL = Path("models/protembed-student-v1")
 DEFAULT_DATA = Path("../shared/data")
@@ -960,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": command.strip(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "threads": args.threads,
         "model": str(args.model),
         "seed": args.seed,
@@ -1022,14 +1022,6 @@ def rewrite_from_json(out: Path, model: Path) -> int:
     return 0
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import socket
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 
 from protembed.testing import free_port, serve_env, spawn_server, stop_server, wait_ready
+from protembed_distill.reports import cpu_model
 
 REPO = Path(__file__).resolve().parents[2]
 BYTES_PER_VALUE = {"float": 22.0, "base64": 16 / 3}  # as protembed.http.app estimates them
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Memory and liveness under the worst valid requests",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Date: {when}; CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; bundled "
+        f"Date: {when}; CPU: {cpu_model()}, {os.cpu_count()} cores; bundled "
         f"model (int8), default settings (max_response_bytes {limit // 2**20} MiB); other jobs shared "
         "the cores.",
         "",

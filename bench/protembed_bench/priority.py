@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -26,6 +25,7 @@ import httpx
 import numpy as np
 
 from protembed.testing import free_port, serve_env, spawn_server, stop_server, wait_ready
+from protembed_distill.reports import cpu_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def start_server(log: Path, threads: int) -> tuple[str, object]:
 def report(results: list[RunResult], args: argparse.Namespace, command: str) -> str:
     idle = results[0]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpu = f"{cpu_model()}, {os.cpu_count()} cores"
     lines = [
         "# Interactive latency under a bulk flood, with and without priorities",
         "",

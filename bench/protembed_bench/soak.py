@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import httpx
 from protembed.proto import embedder_pb2 as pb
 from protembed.proto import embedder_pb2_grpc as pb_grpc
 from protembed.testing import RedisServer, free_port, serve_env, spawn_server, stop_server, wait_ready
+from protembed_distill.reports import cpu_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command.strip()}`  ",
         f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; bundled model (int8), "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores; bundled model (int8), "
         "default settings, Redis cache; other jobs shared the cores.",
         "",
         f"- {args.seconds / 60:.0f} minutes; Redis killed and restarted {result['redis_restarts']} times.",

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from protembed_bench.fidelity.sets import (
 )
 from protembed_bench.fidelity.student_vectors import ServedStudent, served_overlap
 from protembed_bench.fidelity.teacher_vectors import DEFAULT_CACHE, TEACHERS, cached_vectors
+from protembed_distill.reports import cpu_model
 
 __all__ = ["main", "render"]
 
@@ -48,16 +48,6 @@ def _model_arg(text: str) -> tuple[str, Path, str]:
     if not name or not folder or not variant:
         raise argparse.ArgumentTypeError(f"--model {text!r}: expected NAME=FOLDER:VARIANT")
     return name, Path(folder), variant
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m protembed_bench.fidelity.run "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "cpu": f"{_cpu()}, {os.cpu_count()} cores",
+        "cpu": f"{cpu_model()}, {os.cpu_count()} cores",
         "load_average_start": [round(x, 2) for x in load_start],
         "length_bound": LENGTH_BOUND,
         "served_overlap": served_overlap(),
