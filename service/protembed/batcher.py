@@ -13,7 +13,10 @@ When a batch leaves: at once while the model is idle (as TEI does: a lone reques
 company that may not come; items pile up, and so batch, while the model is busy); with a batch still
 running, only when full or due. Which batch: with ``bucketed``, the fullest group of similar lengths;
 once the oldest item has waited ``max_wait_s`` the next batch is built around it, so an odd length is
-passed over for fuller batches at most that long. The ``Batcher`` runs one batch at a time.
+passed over for fuller batches at most that long. Where a batch's time grows with its tokens (a CPU),
+that batch takes only items that have waited at least half as long as the oldest: younger items of its
+length would otherwise overtake older items of other lengths batch after batch (the latency tail).
+The ``Batcher`` runs one batch at a time.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 _SHUTTING_DOWN = "server is shutting down; retry on another replica"
+# A batch built around a due item takes only items that have waited at least this share of that item's
+# wait, where items cost their own run time (``BatchQueue.tokens_cost_time``). Why: the oldest item's
+# batch otherwise fills with its length-neighbours whatever their age, so on a loaded queue each batch
+# serves one old item and several young ones, and an item of an unusual length waits until every item
+# older than it has been served one per batch, behind all the young ones served meanwhile: in a replay
+# of `bench peers` at 64 in flight on a CPU, p99 was 2.2x p50, against about 1.2x for plain FIFO
+# batching. With half: 1.5-1.6x, at about the same padding share and throughput.
+AGED_SHARE = 0.5
+# Finished batches the batch-time fit decays over (a weight of 0.9 per batch: about the last 10).
+_FIT_DECAY = 0.9
 # bucketed: batches of similar lengths, padding share bounded; fifo: arrival order (the baseline).
 Policy = Literal["bucketed", "fifo"]
 POLICIES: tuple[str, ...] = get_args(Policy)
@@ -161,6 +174,9 @@ class BatchQueue:
         self.last_batch_bulk = False  # aging alternates: an aged bulk batch, then interactive again
         self._budget = config.max_batch_tokens  # the batch being planned: smaller for bulk batches
         self.tokens_per_s = 0.0  # measured throughput, for Retry-After
+        # Batch time ~ fixed + per_token x padded tokens, fitted over recent batches: exponentially
+        # weighted sums of 1, x, y, x^2, xy (x = padded tokens, y = seconds).
+        self._fit: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
         self.dropped: dict[str, int] = {}  # waiters dropped before the model, by reason
         self.on_drop = on_drop
 
@@ -347,6 +363,38 @@ class BatchQueue:
         take_bulk = not interactive or (aged and not self.last_batch_bulk)
         return bulk if take_bulk else interactive
 
+    def batch_time_fit(self) -> tuple[float, float] | None:
+        """(fixed seconds per batch, seconds per padded token), a least-squares line through recent
+        finished batches; None until there are a few batches of different sizes."""
+        w, sx, sy, sxx, sxy = self._fit
+        if w < 3.0:
+            return None
+        mx, my = sx / w, sy / w
+        var = sxx / w - mx * mx
+        if var <= 1e-6 * mx * mx:  # all of one size: no slope to see
+            return None
+        slope = max(0.0, (sxy / w - mx * my) / var)
+        return max(0.0, my - slope * mx), slope
+
+    def tokens_cost_time(self, tokens: int) -> bool:
+        """Whether an item of ``tokens`` residues adds more to a batch's run time than a batch costs by
+        itself. True on a CPU (a batch's time is nearly all per-token work; the fit's fixed part is a
+        millisecond or less); False on a GPU, where a batch costs about the same with more items, and
+        False until batches have been measured."""
+        fit = self.batch_time_fit()
+        return fit is not None and fit[1] * tokens > fit[0]
+
+    def _aged(self, entries: list[Entry], now: float) -> list[Entry]:
+        """The entries that may join a batch built around the due ``entries[0]``: all of them, except
+        where each item costs its own run time; then only those that have waited ``AGED_SHARE`` of its
+        wait. A younger item taken now delays every older item of other lengths by its run time, for
+        nothing: it is not due, and later batches of its length take it."""
+        oldest = entries[0]
+        if not self.tokens_cost_time(oldest.tokens):
+            return entries
+        cutoff = now - AGED_SHARE * (now - oldest.enqueued_at)
+        return [e for e in entries if e.enqueued_at <= cutoff]  # arrival order kept: oldest first
+
     def _plan_fifo(self, entries: list[Entry]) -> list[Entry]:
         """Arrival order from the oldest, until the next item would break the size cap or token budget.
 
@@ -431,7 +479,10 @@ class BatchQueue:
         if bulk:
             self._budget = max(1, int(self.max_batch_tokens * self.config.bulk_batch_share))
         due = entries[0].enqueued_at + self.max_wait_s <= now
-        batch = self._plan_fifo(entries) if self.policy == "fifo" else self._plan_bucketed(entries, due)
+        if self.policy == "fifo":
+            batch = self._plan_fifo(entries)
+        else:
+            batch = self._plan_bucketed(self._aged(entries, now) if due else entries, due)
         longest = max(e.tokens for e in batch)
         idle = not self.running
         if not (idle or due or force or self._is_full(len(batch), longest)):
@@ -450,6 +501,9 @@ class BatchQueue:
         if seconds > 0:
             rate = sum(e.tokens for e in batch) / seconds
             self.tokens_per_s = rate if self.tokens_per_s == 0 else 0.8 * self.tokens_per_s + 0.2 * rate
+            x = float(len(batch) * max(e.tokens for e in batch))
+            point = (1.0, x, seconds, x * x, x * seconds)
+            self._fit = tuple(_FIT_DECAY * s + v for s, v in zip(self._fit, point, strict=True))
 
     @property
     def queued_items(self) -> int:

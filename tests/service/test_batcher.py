@@ -175,6 +175,114 @@ async def test_oldest_item_is_in_the_next_batch_once_due() -> None:
     assert padding(due) <= 0.1
 
 
+def teach_cost(q: BatchQueue, fixed_s: float, per_token_s: float) -> None:
+    """Finish a few batches of different sizes whose time is ``fixed_s + per_token_s x padded tokens``."""
+    for n in (1, 2, 3, 4, 1, 2, 3, 4):
+        batch = [Entry(seq(50, "ACDE"[i]), 0.0) for i in range(n)]
+        q.finish(batch, fixed_s + per_token_s * 50 * n)
+
+
+CPU_LIKE = (0.001, 3e-5)  # a millisecond per batch, 30 us per token: a batch's time is its tokens'
+GPU_LIKE = (0.003, 2e-7)  # the per-batch cost dominates: more items are nearly free
+
+
+async def test_batch_time_fit_tells_token_bound_from_overhead_bound() -> None:
+    q = make_queue(FakeClock())
+    assert q.batch_time_fit() is None and not q.tokens_cost_time(100)  # nothing measured yet
+    teach_cost(q, *CPU_LIKE)
+    fixed, per_token = q.batch_time_fit() or (0.0, 0.0)
+    assert fixed == pytest.approx(0.001) and per_token == pytest.approx(3e-5)
+    assert q.tokens_cost_time(100)
+    teach_cost(q, *GPU_LIKE)  # the fit follows recent batches
+    assert not q.tokens_cost_time(100)
+    q2 = make_queue(FakeClock())
+    for _ in range(8):  # every batch the same size: no slope to see, so no claim either way
+        q2.finish([Entry(seq(50), 0.0)], 0.01)
+    assert q2.batch_time_fit() is None
+
+
+def overtaking_queue(cost: tuple[float, float]) -> tuple[FakeClock, BatchQueue, dict[str, str]]:
+    """Two old items of different lengths, then younger items of the oldest one's length."""
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=10_000, max_batch_size=8)
+    teach_cost(q, *cost)
+    items = {"oldest": seq(100, "W"), "old_other": seq(300, "Y"), "half_aged": seq(99, "V")}
+    q.add(items["oldest"], waiter())
+    q.add(items["old_other"], waiter())
+    clock.now = 0.04
+    q.add(items["half_aged"], waiter())  # will have waited 0.06 of the oldest's 0.1
+    clock.now = 0.09
+    for i in range(3):
+        items[f"young{i}"] = seq(98 + 2 * i, "ACD"[i])  # will have waited 0.01
+        q.add(items[f"young{i}"], waiter())
+    clock.now = 0.1
+    return clock, q, items
+
+
+async def test_younger_items_do_not_overtake_where_items_cost_their_run_time() -> None:
+    # On a CPU, the oldest item's batch takes only items that have waited at least half as long: the
+    # young ones would delay the old item of another length by their run time, and are not due.
+    _, q, items = overtaking_queue(CPU_LIKE)
+    first = q.next_batch()
+    assert first is not None
+    assert sorted(e.sequence for e in first) == sorted([items["oldest"], items["half_aged"]])
+    q.finish(first, 0.01)
+    second = q.next_batch()  # the other old item next, before the young ones of the first length
+    assert second is not None and [e.sequence for e in second] == [items["old_other"]]
+    q.finish(second, 0.01)
+    third = q.next_batch()
+    assert third is not None
+    assert sorted(e.sequence for e in third) == sorted(items[f"young{i}"] for i in range(3))
+
+
+async def test_younger_items_still_fill_the_batch_where_they_are_nearly_free() -> None:
+    # On a GPU a batch costs about the same with more items: the young ones ride along (fuller batches).
+    _, q, items = overtaking_queue(GPU_LIKE)
+    first = q.next_batch()
+    assert first is not None and len(first) == 5 and items["old_other"] not in [e.sequence for e in first]
+
+
+def closed_loop_latencies(lengths: list[int], concurrency: int, cost: tuple[float, float]) -> np.ndarray:
+    """``concurrency`` clients each sending the next sequence once their last is answered; one model
+    whose batch takes ``fixed + per_token x padded x (1 + longest / 512)`` (attention grows with length)."""
+    clock = FakeClock()
+    q = make_queue(clock, max_batch_tokens=16384, max_batch_size=64, max_wait_s=0.005, max_queue_tokens=10**9)
+    loop = asyncio.get_running_loop()
+    todo = [f"M{i:04d}" + "A" * (n - 5) for i, n in enumerate(lengths)]
+    sent: dict[str, float] = {}
+    latencies = []
+
+    def send() -> None:
+        if todo:
+            s = todo.pop(0)
+            sent[s] = clock.now
+            q.add(s, Waiter("student", loop.create_future()))
+
+    for _ in range(concurrency):
+        send()
+    while q.queued_items:
+        batch = q.next_batch()
+        assert batch is not None  # the model is idle between batches: something always leaves
+        longest = max(e.tokens for e in batch)
+        seconds = cost[0] + cost[1] * len(batch) * longest * (1 + longest / 512)
+        clock.now += seconds
+        q.finish(batch, seconds)
+        for e in batch:
+            latencies.append(clock.now - sent[e.sequence])
+            send()
+    return np.array(latencies)
+
+
+async def test_latency_tail_of_a_loaded_closed_loop_stays_near_the_median() -> None:
+    # 64 clients on a CPU-like model: before, each due batch served one old item and several young
+    # length-neighbours, and p99 was over twice p50 (plain FIFO batching: about 1.2x).
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in np.clip(rng.lognormal(np.log(230), 0.7, 600), 20, 512)]
+    lat = closed_loop_latencies(lengths, 64, CPU_LIKE)
+    p50, p99 = np.percentile(lat, [50, 99])
+    assert p99 < 1.8 * p50, (p50, p99)
+
+
 async def test_fifo_policy_keeps_arrival_order() -> None:
     clock = FakeClock()
     q = make_queue(clock, max_batch_tokens=200, max_batch_size=3, policy="fifo")
