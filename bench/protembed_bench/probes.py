@@ -112,7 +112,7 @@ def _confusions(y_true: np.ndarray, y_pred: np.ndarray, idx: np.ndarray) -> np.n
     return np.bincount(flat.ravel(), minlength=idx.shape[0] * k * k).reshape(idx.shape[0], k, k)
 
 
-def _classification_scores(conf: np.ndarray, metric: str) -> np.ndarray:
+def classification_scores(conf: np.ndarray, metric: str) -> np.ndarray:
     """Accuracy or (multi-class, Gorodkin) MCC of each confusion matrix, vectorised."""
     conf = conf.astype(np.float64)
     s = conf.sum(axis=(1, 2))
@@ -148,8 +148,8 @@ def metric_samples(
     """(score on the full test set, score on each bootstrap resample)."""
     full = np.arange(len(y_true))[None, :]
     if metric in CLASSIFICATION_METRICS:
-        point = float(_classification_scores(_confusions(y_true, y_pred, full), metric)[0])
-        return point, _classification_scores(_confusions(y_true, y_pred, idx), metric)
+        point = float(classification_scores(_confusions(y_true, y_pred, full), metric)[0])
+        return point, classification_scores(_confusions(y_true, y_pred, idx), metric)
     point = _regression_score(y_true, y_pred, metric)
     return point, np.array([_regression_score(y_true[i], y_pred[i], metric) for i in idx])
 

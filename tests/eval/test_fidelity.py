@@ -110,7 +110,7 @@ def test_q3_table_orders_informative_features_above_noise_with_paired_ratios() -
         test_lab,
         resamples=200,
     )
-    good, noise = table["results"]["good"]["q3"], table["results"]["noise"]["q3"]
+    good, noise = table["results"]["good"]["score"], table["results"]["noise"]["score"]
     assert good["point"] > 0.95 and noise["point"] < 0.5
     ratio = table["ratios"]["good"]["noise"]
     assert ratio["low"] > 1.5 and ratio["point"] == pytest.approx(good["point"] / noise["point"])
@@ -122,8 +122,54 @@ def test_q3_table_refuses_misaligned_features_and_unknown_labels() -> None:
     ok = [np.zeros((3, 2)), np.zeros((3, 2))]
     with pytest.raises(ValueError, match="short: 5/6"):
         q3_table({"short": ([np.zeros((3, 2)), np.zeros((2, 2))], ok)}, lab, lab)
-    with pytest.raises(ValueError, match="'X' is not one of CEH"):
+    with pytest.raises(ValueError, match="secondary_structure label 'X' is not one of CEH"):
         q3_table({"f": (ok, ok)}, ["CEX", "HHE"], lab)
+
+
+def test_binding_table_scores_mcc_per_chain_bootstrap_not_accuracy() -> None:
+    """Binding is rare: a feature blind to it scores MCC 0 although its accuracy is ~0.9, and a feature
+    that sees it scores MCC near 1, with an interval from resampled chains."""
+    from protembed_bench.fidelity.residues import BINDING, residue_table
+
+    rng = np.random.default_rng(5)
+    train_lab = ["".join(rng.choice(list("000000000134"), 50)) for _ in range(40)]
+    test_lab = ["".join(rng.choice(list("000000000134"), 50)) for _ in range(30)]
+
+    def sees(labels: list[str]) -> list[np.ndarray]:
+        return [
+            np.array([[float(c != "0")] for c in lab]) + 0.3 * rng.normal(size=(len(lab), 1))
+            for lab in labels
+        ]
+
+    table = residue_table(
+        {
+            "sees": (sees(train_lab), sees(test_lab)),
+            "blind": (
+                [rng.normal(size=(50, 2)) for _ in train_lab],
+                [rng.normal(size=(50, 2)) for _ in test_lab],
+            ),
+        },
+        train_lab,
+        test_lab,
+        BINDING,
+        resamples=200,
+    )
+    assert table["task"] == "binding" and table["metric"] == "MCC"
+    sees_mcc, blind_mcc = table["results"]["sees"]["score"], table["results"]["blind"]["score"]
+    assert sees_mcc["point"] > 0.8 and sees_mcc["low"] < sees_mcc["point"] < sees_mcc["high"]
+    assert abs(blind_mcc["point"]) < 0.1
+    with pytest.raises(ValueError, match="binding label '9' is not one of 01234567"):
+        residue_table({"sees": (sees(train_lab), sees(test_lab))}, ["09", *train_lab[1:]], test_lab, BINDING)
+
+
+def test_shipped_binding_set_loads_with_one_label_per_residue() -> None:
+    from protembed_bench.fidelity.sets import load_binding_chains
+
+    ch = load_binding_chains()
+    assert (len(ch.train), len(ch.test)) == (1060, 300)
+    assert all(len(s) == len(y) for s, y in zip(ch.train + ch.test, ch.train_y + ch.test_y, strict=True))
+    share = sum(c != "0" for y in ch.test_y for c in y) / sum(map(len, ch.test_y))
+    assert 0.05 < share < 0.2  # binding residues are a minority, as the publication reports
 
 
 def test_window_onehot_marks_the_residue_and_its_neighbours() -> None:
@@ -177,7 +223,12 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     import json
 
     from protembed_bench.fidelity import run
-    from protembed_bench.fidelity.sets import load_chains, load_protein_sets, teacher_order
+    from protembed_bench.fidelity.sets import (
+        load_binding_chains,
+        load_chains,
+        load_protein_sets,
+        teacher_order,
+    )
     from protembed_bench.fidelity.teacher_vectors import TEACHERS
     from protembed_distill.teacher_cache import EmbeddingStore
 
@@ -212,14 +263,34 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
         chains,
     )
 
+    binding = tmp_path / "bind.tsv"
+    bind_rows = []
+    brng = np.random.default_rng(6)  # its own stream: the draws of ``rng`` stay as they were without it
+    for i in range(20):
+        s = _seq(brng, int(brng.integers(30, 64)))
+        bind_rows.append(
+            [
+                f"b{i}",
+                s,
+                "".join(brng.choice(list("00000145"), len(s))),
+                "train" if i < 12 else "test",
+                "false",
+            ]
+        )
+    _write_tsv(binding, ["id", "sequence", "binding", "set", "validation"], bind_rows)
+
     cache = tmp_path / "cache"
     sets = load_protein_sets(data)
     order = teacher_order(sets)
     seqs = [getattr(sets[s], split)[i] for s, split, i in order][:700]  # a prefix, as a stopped job leaves
     ch = load_chains(data, 14, 0)
+    bind = load_binding_chains(binding)
     dims = {"unirep1900": 12, "near": 5}
     for t in TEACHERS:
-        for kind, items, per_res in (("proteins", seqs, False), ("residues", ch.train + ch.test, True)):
+        for kind, items, per_res in (
+            ("proteins", seqs, False),
+            ("residues", ch.train + ch.test + bind.train + bind.test, True),
+        ):
             unique = list(dict.fromkeys(items))
             with EmbeddingStore(cache / kind / f"{t}.h5") as store:
                 store.init({"name": t}, dims[t], dims[t] if per_res else None)
@@ -234,6 +305,14 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
                     res,
                     [len(s) for s in unique],
                 )
+        unique = list(dict.fromkeys(bind.train + bind.test))  # the binding chains, from their own stream
+        with EmbeddingStore(cache / "residues" / f"{t}.h5") as store:
+            store.append(
+                [sequence_key(s) for s in unique],
+                brng.normal(size=(len(unique), dims[t])).astype(np.float32),
+                [brng.normal(size=(len(s), dims[t])).astype(np.float32) for s in unique],
+                [len(s) for s in unique],
+            )
     from protembed_bench.fidelity import student_vectors
 
     assert (
@@ -249,6 +328,8 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
                 str(cache / "student"),
                 "--train-chains",
                 "14",
+                "--binding-file",
+                str(binding),
             ]
         )
         == 0
@@ -265,6 +346,8 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
                 str(cache),
                 "--train-chains",
                 "14",
+                "--binding-file",
+                str(binding),
                 "--out",
                 str(out),
             ]
@@ -277,16 +360,20 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     sub = report["subset"]["deepsol"]
     assert 50 <= sub["rows"]["train"] < 150 and 50 <= sub["rows"]["test"] < 120  # the teachers' prefix only
     assert sub["retention"]["student"]["accuracy"]["vs"] in ("teacher:unirep1900", "teacher:near")
-    assert set(report["residues"]["results"]) == {
-        "student:residues",
-        "teacher:unirep1900",
-        "teacher:near",
-        "teachers:both",
-        "window_onehot",
-        "student:residues+window",
-    }
+    assert set(report["residue_tasks"]) == {"secondary_structure", "binding"}
+    for table in report["residue_tasks"].values():
+        assert set(table["results"]) == {
+            "student:residues",
+            "teacher:unirep1900",
+            "teacher:near",
+            "teachers:both",
+            "window_onehot",
+            "student:residues+window",
+        }
+    assert report["residue_tasks"]["binding"]["chains"] == {"train": 12, "test": 8}
     md = out.with_suffix(".md").read_text()
     assert "| deepsol | student | accuracy |" in md and "window_onehot" in md
+    assert "## Per residue: ligand binding (MCC, binding vs not)" in md and "| features | dim | MCC |" in md
     # a later retention-only run keeps the tables it did not recompute, with their dates
     args = ["--model", f"student={tiny_model_dir}:int8", "--data-dir", str(data), "--cache-dir", str(cache)]
     assert run.main([*args, "--skip-full", "--skip-residues", "--out", str(out)]) == 0
@@ -294,8 +381,8 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     assert set(again["subset"]) == set(report["subset"])
     assert again["full"]["deepsol"]["results"] == report["full"]["deepsol"]["results"]  # kept, not rerun
     assert again["full"]["deepsol"]["date"] == report["date"]
-    assert again["residues"]["results"] == report["residues"]["results"]
-    assert again["residues"]["date"] == report["date"]
+    assert again["residue_tasks"] == report["residue_tasks"]
+    assert again["residue_tasks"]["binding"]["date"] == report["date"]
 
 
 def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Per-residue retention: a linear probe of secondary structure (Q3) on single residues, fitted on
-residues of training chains and scored on every held-out test chain, for the student's per-residue
-output as served, each teacher's residue states, both teachers together, and a one-hot window of the
-sequence around the residue (the baseline any learned representation should beat).
+"""Per-residue retention: linear probes on single residues, fitted on residues of training chains and
+scored on every held-out test chain, for the student's per-residue output as served, each teacher's
+residue states, both teachers together, and a one-hot window of the sequence around the residue (the
+baseline any learned representation should beat).
+
+Two label sets (:data:`TASKS`): secondary structure (3 states, Q3 accuracy) and ligand binding (binding
+or not, MCC: about one residue in ten binds, so accuracy would reward predicting "no" everywhere).
 
 Intervals come from one bootstrap over test chains shared by every feature set (residues of a chain are
 not independent), so the ratios between two feature sets are paired.
@@ -10,6 +13,7 @@ not independent), so the ratios between two feature sets are paired.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,9 +21,47 @@ import numpy as np
 from protembed import tokenizer
 from protembed_bench import probes
 
-__all__ = ["CLASSES", "q3_table", "window_onehot"]
+__all__ = [
+    "BINDING",
+    "CLASSES",
+    "SECONDARY_STRUCTURE",
+    "TASKS",
+    "ResidueTask",
+    "q3_table",
+    "residue_table",
+    "window_onehot",
+]
 
 CLASSES = "CEH"
+
+
+@dataclass(frozen=True, eq=False)  # identity: the tasks are the module's constants, used as dict keys
+class ResidueTask:
+    """A per-residue label set: how its label letters map to classes, and the metric it is scored by."""
+
+    name: str
+    title: str
+    metric: str  # a probes classification metric ("accuracy" or "mcc")
+    key: str  # what the score is called in tables (Q3, MCC)
+    classes: Mapping[str, int]
+
+    def encode(self, chains: Sequence[str]) -> np.ndarray:
+        try:
+            return np.array([self.classes[c] for lab in chains for c in lab], dtype=np.int64)
+        except KeyError:
+            bad = next(c for lab in chains for c in lab if c not in self.classes)
+            known = "".join(self.classes)
+            raise ValueError(f"{self.name} label {bad!r} is not one of {known}") from None
+
+
+SECONDARY_STRUCTURE = ResidueTask(
+    "secondary_structure", "secondary structure (Q3)", "accuracy", "Q3", {c: i for i, c in enumerate(CLASSES)}
+)
+# FLIP bind labels are 3-bit codes (small molecule, nucleic acid, metal): 0 = no ligand, 1-7 = some.
+BINDING = ResidueTask(
+    "binding", "ligand binding (MCC, binding vs not)", "mcc", "MCC", {str(i): int(i > 0) for i in range(8)}
+)
+TASKS = {t.name: t for t in (SECONDARY_STRUCTURE, BINDING)}
 
 
 def window_onehot(seq: str, half: int = 7) -> np.ndarray:
@@ -33,18 +75,11 @@ def window_onehot(seq: str, half: int = 7) -> np.ndarray:
     return out.reshape(len(seq), -1)
 
 
-def _labels(chains: Sequence[str]) -> np.ndarray:
-    try:
-        return np.array([CLASSES.index(c) for lab in chains for c in lab], dtype=np.int64)
-    except ValueError:
-        bad = next(c for lab in chains for c in lab if c not in CLASSES)
-        raise ValueError(f"secondary-structure label {bad!r} is not one of {CLASSES}") from None
-
-
-def q3_table(
+def residue_table(
     features: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
     train_labels: Sequence[str],
     test_labels: Sequence[str],
+    task: ResidueTask = SECONDARY_STRUCTURE,
     *,
     max_train_residues: int = 40_000,
     folds: int = 3,
@@ -53,17 +88,18 @@ def q3_table(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Q3 per feature set (name -> (train chains' [len, dim] arrays, test chains' arrays)).
+    """``task``'s score per feature set (name -> (train chains' [len, dim] arrays, test chains' arrays)).
 
-    Returns the Q3 with its chain-bootstrap interval for each, and every pairwise ratio's paired
-    interval (``ratios[a][b]`` = Q3(a) / Q3(b) on the same resampled chains)."""
-    y_train, y_test = _labels(train_labels), _labels(test_labels)
+    Returns the score with its chain-bootstrap interval for each (``results[name]["score"]``), and every
+    pairwise ratio's paired interval (``ratios[a][b]`` = score(a) / score(b) on the same resampled
+    chains)."""
+    y_train, y_test = task.encode(train_labels), task.encode(test_labels)
+    n_classes = max(task.classes.values()) + 1
     chain = np.concatenate([np.full(len(lab), j) for j, lab in enumerate(test_labels)])
     n_chains = len(test_labels)
     keep = np.sort(np.random.default_rng(seed).permutation(len(y_train))[:max_train_residues])
     dummy = probes.bootstrap_indices(len(y_test), 1, seed)  # intervals come from the chains below
     boot = probes.bootstrap_indices(n_chains, resamples, seed)
-    sizes = np.bincount(chain, minlength=n_chains).astype(np.float64)
     results: dict[str, Any] = {}
     samples: dict[str, np.ndarray] = {}
     for name, (train_arrays, test_arrays) in features.items():
@@ -80,34 +116,42 @@ def q3_table(
             x_test,
             y_test,
             "classification",
-            metrics=("accuracy",),
+            metrics=(task.metric,),
             boot_idx=dummy,
             grid=grid,
             folds=folds,
             seed=seed,
         )
-        hits = np.bincount(chain, weights=(res.predictions == y_test).astype(np.float64), minlength=n_chains)
-        point = float(hits.sum() / sizes.sum())
-        samples[name] = hits[boot].sum(axis=1) / sizes[boot].sum(axis=1)
+        # One confusion matrix per test chain; a resample of chains sums its chains' matrices, so any
+        # metric of a confusion matrix (accuracy, MCC) gets a chain-level interval.
+        codes = chain * n_classes * n_classes + y_test * n_classes + res.predictions.astype(np.int64)
+        per_chain = np.bincount(codes, minlength=n_chains * n_classes * n_classes).reshape(
+            n_chains, n_classes, n_classes
+        )
+        point = float(probes.classification_scores(per_chain.sum(axis=0)[None], task.metric)[0])
+        samples[name] = probes.classification_scores(per_chain[boot].sum(axis=1), task.metric)
         results[name] = {
-            "q3": probes.percentile_interval(point, samples[name]).to_dict(),
+            "score": probes.percentile_interval(point, samples[name]).to_dict(),
             "C": res.regularisation,
             "C_at_grid_edge": res.regularisation_at_grid_edge,
             "dim": int(x_train.shape[1]),
         }
         if log:
-            log(f"{name}: Q3 {point:.4f} (C {res.regularisation:g})")
+            log(f"{task.name}: {name}: {task.key} {point:.4f} (C {res.regularisation:g})")
     ratios = {
         a: {
             b: probes.percentile_interval(
-                results[a]["q3"]["point"] / results[b]["q3"]["point"], samples[a] / samples[b]
+                results[a]["score"]["point"] / results[b]["score"]["point"],
+                np.where(samples[b] > 0, samples[a] / np.where(samples[b] > 0, samples[b], 1.0), np.nan),
             ).to_dict()
             for b in features
-            if b != a
+            if b != a and results[b]["score"]["point"] > 0
         }
         for a in features
     }
     return {
+        "task": task.name,
+        "metric": task.key,
         "results": results,
         "ratios": ratios,
         "residues": {
@@ -119,3 +163,13 @@ def q3_table(
         "resamples": resamples,
         "grid": list(grid) if grid else list(probes.DEFAULT_C_GRID),
     }
+
+
+def q3_table(
+    features: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+    train_labels: Sequence[str],
+    test_labels: Sequence[str],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`residue_table` for secondary structure (Q3)."""
+    return residue_table(features, train_labels, test_labels, SECONDARY_STRUCTURE, **kwargs)

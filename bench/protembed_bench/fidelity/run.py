@@ -7,8 +7,9 @@
 Per-protein tasks are probed twice: on the rows with the reference student's vectors (the full sets
 once student_vectors.py has finished: what users get), and on the rows whose teacher vectors are
 cached, for the retention ratios (all rows when the teacher job finished; otherwise its stratified
-prefix). The report gives the row counts of both. Per residue: the
-secondary-structure test chains (held out of distillation) with every feature set side by side.
+prefix). The report gives the row counts of both. Per residue, two label sets: the secondary-structure
+test chains (held out of distillation) and FLIP's ligand-binding test chains, every feature set side by
+side.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,19 @@ import numpy as np
 
 from protembed_bench import probes
 from protembed_bench.fidelity.proteins import probe_task
-from protembed_bench.fidelity.residues import q3_table, window_onehot
+from protembed_bench.fidelity.residues import (
+    SECONDARY_STRUCTURE,
+    TASKS,
+    ResidueTask,
+    residue_table,
+    window_onehot,
+)
 from protembed_bench.fidelity.sets import (
+    BINDING_FILE,
     LENGTH_BOUND,
-    load_chains,
+    Chains,
     load_protein_sets,
+    residue_chains,
     sequence_key,
 )
 from protembed_bench.fidelity.student_vectors import ServedStudent, served_overlap
@@ -82,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--skip-residues",
         action="store_true",
         help="keep the per-residue table of the report already at --out (dated) instead of recomputing it",
+    )
+    p.add_argument(
+        "--binding-file",
+        type=Path,
+        default=BINDING_FILE,
+        help="the ligand-binding chains (default: FLIP bind, from_publication split, shipped here)",
     )
     p.add_argument("--out", type=Path, default=Path("reports/fidelity"))
     args = p.parse_args(argv)
@@ -217,56 +232,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["subset"][task] = res
 
     if not args.skip_residues:
-        chains = load_chains(args.data_dir, args.train_chains, args.seed)
-        say(f"residues: {len(chains.train)} train / {len(chains.test)} test chains")
-        rfeats: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-        for name, s in students.items():
-            rfeats[f"{name}:residues"] = (
-                s.embed(chains.train, ["residues"])["residues"],
-                s.embed(chains.test, ["residues"])["residues"],
+        report["residue_tasks"] = {}
+        tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
+        for rtask, chains in tasks.items():
+            say(f"residues: {rtask.name}: {len(chains.train)} train / {len(chains.test)} test chains")
+            table = residue_task_table(
+                rtask, chains, students, args.cache_dir, grid=args.residue_grid, seed=args.seed, log=say
             )
-        tres: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-        for t in TEACHERS:
-            path = args.cache_dir / "residues" / f"{t}.h5"
-            tr = cached_vectors(path, chains.train, residues=True)
-            te = cached_vectors(path, chains.test, residues=True)
-            if not all(sequence_key(s) in tr for s in chains.train) or not all(
-                sequence_key(s) in te for s in chains.test
-            ):
-                say(f"residues: {t}'s residue states are not all cached; left out")
-                continue
-            tres[t] = (
-                [tr[sequence_key(s)] for s in chains.train],
-                [te[sequence_key(s)] for s in chains.test],
-            )
-            rfeats[f"teacher:{t}"] = tres[t]
-        if len(tres) == len(TEACHERS):
-            rfeats["teachers:both"] = tuple(  # type: ignore[assignment]
-                [np.concatenate(parts, axis=1) for parts in zip(*(tres[t][k] for t in TEACHERS), strict=True)]
-                for k in range(2)
-            )
-        win = ([window_onehot(s) for s in chains.train], [window_onehot(s) for s in chains.test])
-        rfeats["window_onehot"] = win
-        first = next(iter(students))
-        rfeats[f"{first}:residues+window"] = tuple(  # type: ignore[assignment]
-            [
-                np.concatenate([a.astype(np.float32), b], axis=1)
-                for a, b in zip(rfeats[f"{first}:residues"][k], win[k], strict=True)
-            ]
-            for k in range(2)
-        )
-        # narrowest first: the 1,900-wide probes take the longest, the log shows the others before them
-        rfeats = dict(sorted(rfeats.items(), key=lambda kv: kv[1][0][0].shape[1]))
-        report["residues"] = {
-            **q3_table(
-                rfeats, chains.train_y, chains.test_y, grid=args.residue_grid, seed=args.seed, log=say
-            ),
-            "date": report["date"],
-        }
-    elif "residues" in previous:
+            report["residue_tasks"][rtask.name] = {**table, "date": report["date"]}
+    elif "residue_tasks" in previous:
         # The per-residue part is independent of the per-protein one and may have been measured
         # earlier (its teacher states are ready long before the per-protein ones): keep it, dated.
-        report["residues"] = {"date": previous["date"], **previous["residues"]}
+        report["residue_tasks"] = previous["residue_tasks"]
     report["wall_s"] = round(time.perf_counter() - t_start, 1)
     report["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +251,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(render(report))
     say(f"wrote {args.out.with_suffix('.md')}")
     return 0
+
+
+def residue_task_table(
+    task: ResidueTask,
+    chains: Chains,
+    students: dict[str, ServedStudent],
+    cache_dir: Path,
+    *,
+    grid: Sequence[float] | None,
+    seed: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One per-residue task's table: each student's per-residue output as served, each teacher's
+    cached residue states (left out unless every chain is cached), both teachers together, the one-hot
+    window, and the first student with the window beside it."""
+    rfeats: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for name, s in students.items():
+        rfeats[f"{name}:residues"] = (
+            s.embed(chains.train, ["residues"])["residues"],
+            s.embed(chains.test, ["residues"])["residues"],
+        )
+    tres: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for t in TEACHERS:
+        path = cache_dir / "residues" / f"{t}.h5"
+        tr = cached_vectors(path, chains.train, residues=True)
+        te = cached_vectors(path, chains.test, residues=True)
+        if not all(sequence_key(s) in tr for s in chains.train) or not all(
+            sequence_key(s) in te for s in chains.test
+        ):
+            log(f"residues: {task.name}: {t}'s residue states are not all cached; left out")
+            continue
+        tres[t] = ([tr[sequence_key(s)] for s in chains.train], [te[sequence_key(s)] for s in chains.test])
+        rfeats[f"teacher:{t}"] = tres[t]
+    if len(tres) == len(TEACHERS):
+        rfeats["teachers:both"] = tuple(  # type: ignore[assignment]
+            [np.concatenate(parts, axis=1) for parts in zip(*(tres[t][k] for t in TEACHERS), strict=True)]
+            for k in range(2)
+        )
+    win = ([window_onehot(s) for s in chains.train], [window_onehot(s) for s in chains.test])
+    rfeats["window_onehot"] = win
+    first = next(iter(students))
+    rfeats[f"{first}:residues+window"] = tuple(  # type: ignore[assignment]
+        [
+            np.concatenate([a.astype(np.float32), b], axis=1)
+            for a, b in zip(rfeats[f"{first}:residues"][k], win[k], strict=True)
+        ]
+        for k in range(2)
+    )
+    # narrowest first: the 1,900-wide probes take the longest, the log shows the others before them
+    rfeats = dict(sorted(rfeats.items(), key=lambda kv: kv[1][0][0].shape[1]))
+    return residue_table(rfeats, chains.train_y, chains.test_y, task, grid=grid, seed=seed, log=log)
 
 
 def _iv(d: dict[str, float]) -> str:
@@ -344,25 +372,33 @@ def render(report: dict[str, Any]) -> str:
                     for m in r["metrics"]:
                         lines.append(f"| {task} | {name} | {m} | {_iv(res[m])} |")
         lines.append("")
-    if "residues" in report:
-        r = report["residues"]
+    for r in report.get("residue_tasks", {}).values():
+        task = TASKS[r["task"]]
+        held = (
+            "held out of distillation by its >= 50% identity filter"
+            if task is SECONDARY_STRUCTURE
+            else "in the distillation corpus, labels never seen: see fidelity/data/README.md"
+        )
         lines += [
-            "## Per residue: secondary structure (Q3) on held-out chains",
+            f"## Per residue: {task.title}",
             "",
-            f"{r['chains']['test']} test chains ({r['residues']['test']} residues; held out of distillation "
-            f"by its >= 50% identity filter), probe fitted on {r['residues']['train_used']} residues of "
-            f"{r['chains']['train']} training chains; intervals from a bootstrap over test chains "
-            f"(measured {r.get('date', report['date'])}; C grid {r.get('grid')}).",
+            f"{r['chains']['test']} test chains ({r['residues']['test']} residues; {held}), probe fitted on "
+            f"{r['residues']['train_used']} residues of {r['chains']['train']} training chains; intervals "
+            f"from a bootstrap over test chains (measured {r.get('date', report['date'])}; C grid "
+            f"{r.get('grid')}).",
             "",
-            "| features | dim | Q3 | vs best teacher | vs window one-hot |",
+            f"| features | dim | {task.key} | vs best teacher | vs window one-hot |",
             "|---|---|---|---|---|",
         ]
         teachers = [n for n in r["results"] if n.startswith("teacher:")]
-        best = max(teachers, key=lambda n: r["results"][n]["q3"]["point"]) if teachers else None
+        best = max(teachers, key=lambda n: r["results"][n]["score"]["point"]) if teachers else None
         for name, res in r["results"].items():
-            vb = _iv(r["ratios"][name][best]) if best and name != best else "—"
-            vw = _iv(r["ratios"][name]["window_onehot"]) if name != "window_onehot" else "—"
-            lines.append(f"| {name} | {res['dim']} | {_iv(res['q3'])} | {vb} | {vw} |")
+            # a ratio to a score that is not positive (an MCC can be 0) is undefined and not in the table
+            vb, vw = (r["ratios"][name].get(ref) if ref else None for ref in (best, "window_onehot"))
+            lines.append(
+                f"| {name} | {res['dim']} | {_iv(res['score'])} | {_iv(vb) if vb else '—'} | "
+                f"{_iv(vw) if vw else '—'} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

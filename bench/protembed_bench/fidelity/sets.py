@@ -12,7 +12,9 @@ and split: where the teachers cannot finish the full sets, the cached prefix is 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import io
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,19 +23,25 @@ from pathlib import Path
 
 from protembed.errors import InvalidSequenceError
 from protembed.tokenizer import normalize
+from protembed_bench.fidelity.residues import BINDING, SECONDARY_STRUCTURE, ResidueTask
 
 __all__ = [
     "LENGTH_BOUND",
     "PROTEIN_TASKS",
     "Chains",
     "ProteinSet",
+    "load_binding_chains",
     "load_chains",
     "load_protein_sets",
+    "residue_chains",
     "sequence_key",
     "teacher_order",
 ]
 
 LENGTH_BOUND = 1000  # residues; the issue's bound ("sequences up to 1,000 residues")
+# FLIP's bind set, `from_publication` split (bindEmbed21's train and test proteins), as one TSV: id,
+# sequence, binding (one 3-bit ligand code per residue), set, validation. See data/README.md.
+BINDING_FILE = Path(__file__).parent / "data" / "flip_bind.tsv.gz"
 
 # set name -> (folder, label column, rows labelled with these values are left out)
 PROTEIN_TASKS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -66,7 +74,7 @@ class ProteinSet:
 
 @dataclass(frozen=True)
 class Chains:
-    """Secondary-structure chains: bounded sequences and one DSSP-3 letter per residue."""
+    """Labelled chains of a per-residue task: bounded sequences and one label letter per residue."""
 
     train: list[str]
     train_y: list[str]
@@ -77,7 +85,10 @@ class Chains:
 def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"evaluation file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as fh:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    with io.StringIO(raw.decode("utf-8"), newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
         missing = [c for c in ("sequence", *columns) if c not in (reader.fieldnames or [])]
         if missing:
@@ -128,6 +139,37 @@ def load_chains(data_dir: Path, train_chains: int, seed: int, bound: int = LENGT
         [r["sequence"][:bound] for r in test],
         [r["dssp3"][:bound] for r in test],
     )
+
+
+def load_binding_chains(path: Path = BINDING_FILE, bound: int = LENGTH_BOUND) -> Chains:
+    """Every chain of the binding set: its train rows (validation ones included: the probe picks its
+    strength by cross-validation) and its test rows, each cut to ``bound`` residues."""
+    rows = _read_rows(path, ["binding", "set"])
+    for r in rows:
+        if len(r["binding"]) != len(r["sequence"]):
+            raise ValueError(
+                f"{path}: chain {r.get('id', '?')}: {len(r['binding'])} labels for "
+                f"{len(r['sequence'])} residues"
+            )
+    train = [r for r in rows if r["set"] == "train"]
+    test = [r for r in rows if r["set"] == "test"]
+    return Chains(
+        [r["sequence"][:bound] for r in train],
+        [r["binding"][:bound] for r in train],
+        [r["sequence"][:bound] for r in test],
+        [r["binding"][:bound] for r in test],
+    )
+
+
+def residue_chains(
+    data_dir: Path, train_chains: int, seed: int, binding_file: Path = BINDING_FILE
+) -> dict[ResidueTask, Chains]:
+    """Every per-residue task's chains: secondary structure (``train_chains`` seeded training chains,
+    every test chain) and ligand binding (every chain)."""
+    return {
+        SECONDARY_STRUCTURE: load_chains(data_dir, train_chains, seed),
+        BINDING: load_binding_chains(binding_file),
+    }
 
 
 def _rank(seed: int, text: str) -> str:

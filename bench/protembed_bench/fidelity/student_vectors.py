@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import datetime as dt
     import json
 
-    from protembed_bench.fidelity.sets import load_chains, load_protein_sets, teacher_order
+    from protembed_bench.fidelity.sets import BINDING_FILE, load_protein_sets, residue_chains, teacher_order
 
     p = argparse.ArgumentParser(prog="python -m protembed_bench.fidelity.student_vectors")
     p.add_argument("--model", type=Path, default=Path("models/protembed-student-v1"))
@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/protembed/fidelity/student").expanduser())
     p.add_argument("--train-chains", type=int, default=300)
+    p.add_argument("--binding-file", type=Path, default=BINDING_FILE, help="the ligand-binding chains")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
@@ -174,9 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cache": str(student.cache_dir),
         }
     )
-    chains = load_chains(args.data_dir, args.train_chains, args.seed)
+    tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
     t0 = time.perf_counter()
-    student.embed(chains.test + chains.train, ["residues"])
+    student.embed([s for ch in tasks.values() for s in ch.test + ch.train], ["residues"])
     log({"stage": "chains", "seconds": round(time.perf_counter() - t0, 1)})
     sets = load_protein_sets(args.data_dir)
     seqs = [getattr(sets[s], split)[i] for s, split, i in teacher_order(sets, args.seed)]

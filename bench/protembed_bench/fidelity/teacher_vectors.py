@@ -1,7 +1,7 @@
 """The teachers' vectors for the fidelity evaluation, computed once into resumable HDF5 caches.
 
 Two caches per teacher under ``cache_dir`` (the distillation cache format, keyed by sequence hash):
-``residues/<teacher>.h5`` holds per-residue states of the secondary-structure chains, and
+``residues/<teacher>.h5`` holds per-residue states of the per-residue tasks' chains, and
 ``proteins/<teacher>.h5`` per-protein vectors of the per-protein sets in :func:`sets.teacher_order`.
 The chains come first (small and the per-residue question needs them); then the proteins a chunk at a
 time, every teacher per chunk, so whatever is cached when the time runs out is a stratified subset that
@@ -22,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from protembed_bench.fidelity.sets import load_chains, load_protein_sets, sequence_key, teacher_order
+from protembed_bench.fidelity.sets import (
+    BINDING_FILE,
+    load_protein_sets,
+    residue_chains,
+    sequence_key,
+    teacher_order,
+)
 
 __all__ = ["TEACHERS", "cached_vectors", "main"]
 
@@ -74,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--train-chains", type=int, default=300)
+    p.add_argument("--binding-file", type=Path, default=BINDING_FILE, help="the ligand-binding chains")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk", type=int, default=96, help="sequences per round of every teacher")
     p.add_argument("--batch-tokens", type=int, default=8192)
@@ -95,9 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(rec: dict[str, object]) -> None:
         print(json.dumps({"t": dt.datetime.now(dt.UTC).strftime("%H:%M:%S"), **rec}), flush=True)
 
-    chains = load_chains(args.data_dir, args.train_chains, args.seed)
+    tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
+    chain_seqs = [s for ch in tasks.values() for s in ch.test + ch.train]
     for name, teacher in teachers.items():
-        items = _items(chains.test + chains.train)
+        items = _items(chain_seqs)
         with EmbeddingStore(args.cache_dir / "residues" / f"{name}.h5") as store:
             stats = embed_into(
                 teacher,
