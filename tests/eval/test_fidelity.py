@@ -383,6 +383,16 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     assert again["full"]["deepsol"]["date"] == report["date"]
     assert again["residue_tasks"] == report["residue_tasks"]
     assert again["residue_tasks"]["binding"]["date"] == report["date"]
+    # a machine without the teachers' protein vectors keeps the retention tables it cannot recompute
+    for t in TEACHERS:
+        (cache / "proteins" / f"{t}.h5").unlink()
+    assert run.main([*args, "--skip-full", "--skip-retention", "--skip-residues", "--out", str(out)]) == 0
+    kept = json.loads(out.with_suffix(".json").read_text())
+    assert {t: r["results"] for t, r in kept["subset"].items()} == {
+        t: r["results"] for t, r in again["subset"].items()
+    }
+    assert {r["date"] for r in kept["subset"].values()} == {again["date"]}
+    assert f"Measured {again['date']}." in out.with_suffix(".md").read_text()
 
 
 def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:

@@ -88,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the student-rows tables of the report already at --out (dated) instead of recomputing",
     )
     p.add_argument(
+        "--skip-retention",
+        action="store_true",
+        help="keep the retention tables of the report already at --out (dated) instead of recomputing them",
+    )
+    p.add_argument(
         "--skip-residues",
         action="store_true",
         help="keep the per-residue table of the report already at --out (dated) instead of recomputing it",
@@ -179,8 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.skip_full:  # measured earlier on more student rows than this run would wait for: keep, dated
         report["full"] = {t: {"date": previous["date"], **r} for t, r in previous.get("full", {}).items()}
 
+    if args.skip_retention:  # the teacher caches of an earlier run, e.g. on another machine: keep, dated
+        report["subset"] = {t: {"date": previous["date"], **r} for t, r in previous.get("subset", {}).items()}
     # Retention: rows with both teachers' vectors cached.
-    for task, data in sets.items():
+    for task, data in [] if args.skip_retention else sets.items():
         split_rows: dict[str, list[int]] = {}
         tvecs: dict[str, dict[str, np.ndarray]] = {}
         for split in ("train", "test"):
@@ -348,8 +355,11 @@ def render(report: dict[str, Any]) -> str:
                     lines.append(f"| {task} | {name} | {m} | {_iv(res[m])} | {span} |")
         lines.append("")
     if report["subset"]:
+        measured = sorted({r.get("date", report["date"]) for r in report["subset"].values()})
         lines += [
             "## Retention (student / best teacher, paired)",
+            "",
+            f"Measured {', '.join(measured)}.",
             "",
             "| set | rows train / test (of all) | model | metric | score | best teacher | teacher score "
             "| retention |",
