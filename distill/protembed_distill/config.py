@@ -76,6 +76,20 @@ class DataConfig(_Strict):
     seed: int = 7
 
 
+class ResidueAdapterConfig(_Strict):
+    """The per-residue head behind the ``residues`` output (see ``student.model.ResidueAdapter``)."""
+
+    width: int = Field(default=256, gt=0)  # the ``residues`` output's width
+    kernel: int = Field(default=9, gt=0)  # residues each convolution sees (odd: centred on the residue)
+    embed: int = Field(default=32, gt=0)  # width of the adapter's own residue-identity embedding
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> ResidueAdapterConfig:
+        if self.kernel % 2 == 0:
+            raise ValueError(f"residue_adapter.kernel ({self.kernel}) must be odd, to centre on the residue")
+        return self
+
+
 class StudentConfig(_Strict):
     layers: int = PositiveInt
     d_model: int = PositiveInt
@@ -89,6 +103,9 @@ class StudentConfig(_Strict):
     # mean of d_model states followed by a linear head can only reach a d_model-rank slice of that, while
     # a mean of wider nonlinear features can follow it. Its output is the student's own embedding.
     pool_dim: int = Field(default=0, ge=0)
+    # A per-residue head for the ``residues`` output, trained after the trunk with the trunk frozen
+    # (``protembed_distill.train.residue_adapter``); None: ``residues`` are the trunk's final states.
+    residue_adapter: ResidueAdapterConfig | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self) -> StudentConfig:

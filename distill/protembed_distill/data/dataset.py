@@ -15,6 +15,7 @@ Order of operations and why:
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import json
 import shutil
@@ -120,7 +121,9 @@ def read_eval_sequences(specs: Sequence[EvalSetConfig]) -> list[tuple[str, str]]
     out: list[tuple[str, str]] = []
     for spec in specs:
         for file in _eval_files(spec):
-            with file.open(newline="", encoding="utf-8") as fh:
+            # gzipped TSVs too (the ligand-binding chains ship as flip_bind.tsv.gz)
+            opener = gzip.open if file.suffix == ".gz" else open
+            with opener(file, "rt", newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh, delimiter="\t")
                 cols = reader.fieldnames or []
                 if "sequence" not in cols:

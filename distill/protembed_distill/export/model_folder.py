@@ -26,6 +26,7 @@ from protembed_distill.export.variants import (
     quantize_int8,
     variant_quality,
 )
+from protembed_distill.student.model import Student
 from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 
 __all__ = ["export_checkpoint"]
@@ -34,6 +35,21 @@ MAX_BYTES = 30 * 1024 * 1024
 # A sequence's vectors alone and in any padded batch: fp32's own spread is ~2e-6; the cache stores one.
 BATCH_DEPENDENCE_LIMIT = 1e-4
 _ORDER = ("student",)  # then teacher_<name>..., then residue_states
+
+
+def residue_adapter_card(model: Student) -> dict[str, Any]:
+    """The card's architecture entry for the per-residue head, when the student has one."""
+    cfg = model.cfg.residue_adapter
+    if cfg is None:
+        return {}
+    return {
+        "residue_adapter": {
+            **cfg.model_dump(),
+            "kind": "two masked 1-D convolutions (the second residual) over the final states and a "
+            "residue embedding, then LayerNorm; trained with the trunk frozen to predict both teachers' "
+            "residue states",
+        }
+    }
 
 
 def _licence_summary(meta: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -181,7 +197,7 @@ def export_checkpoint(
         {
             "name": "residues",
             "onnx_output": "residue_states",
-            "dim": d,
+            "dim": model.residue_dim,
             "level": "per_residue",
             "space": "student",
         }
@@ -224,6 +240,7 @@ def export_checkpoint(
             + (f" of a {scfg['pool_dim']}-wide GELU projection" if scfg.get("pool_dim") else ""),
             "parameters": model.parameter_count(),
             "opset": OPSET,
+            **residue_adapter_card(model),
         },
         "teachers": [
             {
@@ -245,5 +262,3 @@ def export_checkpoint(
     # provider and variant against them at warm-up. They rewrite the card, so return it as it now is.
     attach_pytorch_reference(out, model)
     return json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
-
-

@@ -20,7 +20,8 @@ import torch
 from protembed import tokenizer
 from protembed.artifact import read_model_card
 from protembed.reference import Difference, attach_reference, reference_sequences
-from protembed_distill.config import StudentConfig
+from protembed_distill.config import ResidueAdapterConfig, StudentConfig
+from protembed_distill.export.onnx import output_names
 from protembed_distill.student.model import Student
 from protembed_distill.student.onnx_weights import onnx_state_dict
 
@@ -33,7 +34,8 @@ def pytorch_outputs(model: Student, sequences: list[str]) -> dict[str, list[np.n
     for seq in sequences:
         ids = torch.as_tensor(tokenizer.encode(tokenizer.normalize(seq)), dtype=torch.long)[None, :]
         values = model(ids, torch.ones_like(ids))
-        for name, value in values.items():
+        for name in output_names(model):  # what the ONNX graph exports (not the training-only outputs)
+            value = values[name]
             out.setdefault(name, []).append(value[0].float().numpy())
     return out
 
@@ -55,6 +57,11 @@ def student_from_folder(folder: Path) -> Student:
         ffn=arch["ffn"],
         positions=arch.get("positions", "sinusoidal"),
         pool_dim=arch.get("pool_dim", 0),
+        residue_adapter=(
+            ResidueAdapterConfig(**{k: v for k, v in arch["residue_adapter"].items() if k != "kind"})
+            if "residue_adapter" in arch
+            else None
+        ),
         max_length=card.max_length,
         dropout=0.0,
     )

@@ -7,7 +7,9 @@ shape (or -1), so the same graph serves any [batch, length].
 
 Outputs (names shared with the ONNX contract): ``student`` [B, e] masked mean of the final
 layer-normed residue states (e = d), or of a wider GELU projection of them when ``pool_dim`` is set
-(e = pool_dim), ``residue_states`` [B, L, d], and ``teacher_<name>`` [B, dim_t], one
+(e = pool_dim), ``residue_states`` [B, L, r] (the per-residue output: the final states, r = d, or
+the :class:`ResidueAdapter`'s features when there is one, r = its width), ``trunk_states`` [B, L, d]
+(always the final states; training only, not exported), and ``teacher_<name>`` [B, dim_t], one
 linear head per teacher. During training the heads predict *standardized* teacher vectors; export
 folds mean/std into them (:meth:`Student.fold_standardization`) so the ONNX model answers in each
 teacher's original units.
@@ -22,9 +24,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from protembed.tokenizer import PAD_ID, VOCAB_SIZE
-from protembed_distill.config import StudentConfig
+from protembed_distill.config import ResidueAdapterConfig, StudentConfig
 
-__all__ = ["Student", "masked_mean"]
+__all__ = ["ResidueAdapter", "Student", "masked_mean"]
 
 # Additive mask value: large enough that exp() underflows to exactly 0, small enough for float16.
 _MASK_VALUE = -1.0e4
@@ -97,6 +99,42 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
+class ResidueAdapter(nn.Module):
+    """Per-residue features from the trunk's final states: two 1-D convolutions over those states and a
+    residue-identity embedding, the second residual, then LayerNorm.
+
+    Why: the trunk's states are shaped by the per-protein objectives (they are mean-pooled), and a
+    linear probe of secondary structure on them scored below the teachers' residue states and below a
+    one-hot window of the sequence. The teachers' residue states carry local sequence context (NEAR is a
+    residue CNN); convolutions give the student that inductive bias cheaply, on top of the trunk's
+    global context. Trained with the trunk frozen to predict both teachers' residue states, so the
+    per-protein outputs do not change at all.
+
+    Padding: inputs are zeroed at padded positions before each convolution, so a real residue near the
+    end sees zeros past it, exactly as the convolution's own zero padding gives the same sequence alone
+    (the vectors do not depend on batch-mates).
+    """
+
+    def __init__(self, d_model: int, cfg: ResidueAdapterConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB_SIZE, cfg.embed, padding_idx=PAD_ID)
+        pad = cfg.kernel // 2
+        self.conv1 = nn.Conv1d(d_model + cfg.embed, cfg.width, cfg.kernel, padding=pad)
+        self.conv2 = nn.Conv1d(cfg.width, cfg.width, cfg.kernel, padding=pad)
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, states: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        # In the adapter's own precision: the fp16 export keeps it float32 (``convert_fp16``), since a
+        # float16 convolution's result moves by a rounding step with the padded length.
+        dtype = self.conv1.weight.dtype
+        keep = attention_mask.to(dtype).unsqueeze(1)  # [B, 1, L]
+        x = torch.cat([states.to(dtype), self.embed(input_ids).to(dtype)], dim=-1).transpose(1, 2) * keep
+        h = F.gelu(self.conv1(x)) * keep
+        h = h + F.gelu(self.conv2(h))
+        out: Tensor = self.norm(h.transpose(1, 2))
+        return out
+
+
 class Student(nn.Module):
     def __init__(
         self,
@@ -121,6 +159,9 @@ class Student(nn.Module):
         )
         e = self.embedding_dim
         self.heads = nn.ModuleDict({name: nn.Linear(e, dim) for name, dim in teacher_dims.items()})
+        self.residue_adapter: ResidueAdapter | None = (
+            ResidueAdapter(d, cfg.residue_adapter) if cfg.residue_adapter is not None else None
+        )
         # Training-only projections to per-residue teacher spaces; not exported.
         self.residue_heads = nn.ModuleDict({n: nn.Linear(d, dim) for n, dim in (residue_dims or {}).items()})
 
@@ -128,6 +169,11 @@ class Student(nn.Module):
     def embedding_dim(self) -> int:
         """Width of the ``student`` output (the student's own per-protein embedding)."""
         return self.cfg.pool_dim or self.cfg.d_model
+
+    @property
+    def residue_dim(self) -> int:
+        """Width of the ``residue_states`` output (the served ``residues``)."""
+        return self.cfg.residue_adapter.width if self.cfg.residue_adapter is not None else self.cfg.d_model
 
     @property
     def teacher_names(self) -> list[str]:
@@ -154,7 +200,12 @@ class Student(nn.Module):
         states = self.encode(input_ids, attention_mask)
         features = states if self.pool_proj is None else self.pool_proj(states)
         pooled = masked_mean(features, attention_mask)
-        out = {"student": pooled, "residue_states": states}
+        residues = (
+            states
+            if self.residue_adapter is None
+            else self.residue_adapter(states, input_ids, attention_mask)
+        )
+        out = {"student": pooled, "residue_states": residues, "trunk_states": states}
         for name, head in self.heads.items():
             out[f"teacher_{name}"] = head(pooled)
         return out

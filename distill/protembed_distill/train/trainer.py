@@ -134,7 +134,7 @@ def evaluate(
             tgt = residue_targets(
                 data, targets.residue_spans[n], batch, ids.shape[1], loaded.residue_standardizers[n], device
             )
-            pr = model.residue_predictions(out["residue_states"])[n].float()
+            pr = model.residue_predictions(out["trunk_states"])[n].float()
             c = torch.nn.functional.cosine_similarity(pr, tgt, dim=-1)
             res_cos[n].append(float((c * mask).sum() / mask.sum()) * float(mask.sum()))
         order.extend(batch)
@@ -319,7 +319,7 @@ class Trainer:
             parts.update({f"{t.name}.{k}": v for k, v in p.items()})
             if t.name in b.residue_targets:
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
-                    rp = self.model.residue_predictions(out["residue_states"])[t.name]
+                    rp = self.model.residue_predictions(out["trunk_states"])[t.name]
                 lr_ = residue_loss(rp, b.residue_targets[t.name], b.mask, cfg.loss)
                 loss = loss + cfg.loss.per_residue * t.weight / self.wsum * lr_
                 parts[f"{t.name}.residue"] = float(lr_.detach())

@@ -1,0 +1,131 @@
+"""The per-residue head (ResidueAdapter): batch independence in PyTorch and in every exported variant,
+per-protein outputs untouched, weights readable back from the ONNX file, and its trainer (learns,
+checkpoints, resumes)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from protembed import tokenizer
+from protembed_distill.config import ResidueAdapterConfig, StudentConfig
+from protembed_distill.export.onnx import export_onnx, onnx_outputs, parity
+from protembed_distill.export.variants import batch_dependence, convert_fp16, quantize_int8, variant_quality
+from protembed_distill.student.model import Student
+from protembed_distill.student.onnx_weights import onnx_state_dict
+from protembed_distill.train.residue_adapter import AdapterTrainer
+
+torch.set_num_threads(1)
+ADAPTER = ResidueAdapterConfig(width=24, kernel=5, embed=8)
+
+
+def _sequences(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    aa = tokenizer.STANDARD_RESIDUES
+    return ["".join(rng.choice(aa) for _ in range(rng.choice([3, 9, 40, 120]))) for _ in range(n)]
+
+
+def _students() -> tuple[Student, Student]:
+    """The same trunk without and with an adapter (random adapter weights)."""
+    torch.manual_seed(0)
+    cfg = StudentConfig(layers=2, d_model=32, heads=4, ffn=64, pool_dim=48, dropout=0.0, max_length=200)
+    plain = Student(cfg, {"t": 5}).eval()
+    with_adapter = Student(cfg.model_copy(update={"residue_adapter": ADAPTER}), {"t": 5}).eval()
+    missing, unexpected = with_adapter.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("residue_adapter.") for k in missing)
+    return plain, with_adapter
+
+
+@pytest.fixture(scope="module")
+def students() -> tuple[Student, Student]:
+    return _students()
+
+
+def test_adapter_changes_only_the_residue_output(students: tuple[Student, Student]) -> None:
+    plain, adapted = students
+    enc = tokenizer.batch_encode(_sequences(6, seed=1))
+    ids, mask = torch.from_numpy(enc.input_ids).long(), torch.from_numpy(enc.attention_mask)
+    with torch.no_grad():
+        a, b = plain(ids, mask), adapted(ids, mask)
+    for name in ("student", "teacher_t", "trunk_states"):
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert b["residue_states"].shape == (*ids.shape, ADAPTER.width) and adapted.residue_dim == ADAPTER.width
+    assert a["residue_states"].shape[-1] == plain.residue_dim == 32
+
+
+def test_adapter_gives_a_sequence_the_same_features_alone_and_padded(
+    students: tuple[Student, Student],
+) -> None:
+    """Masked before each convolution: residues near the end see zeros past it, as alone. Without the
+    mask, the padded positions' trunk states would leak into the last kernel // 2 residues."""
+    _, adapted = students
+    seqs = _sequences(8, seed=3)
+    enc = tokenizer.batch_encode(seqs)
+    ids, mask = torch.from_numpy(enc.input_ids).long(), torch.from_numpy(enc.attention_mask)
+    with torch.no_grad():
+        batch = adapted(ids, mask)["residue_states"]
+        for r, s in enumerate(seqs):
+            one = torch.from_numpy(tokenizer.encode(s)).long()[None]
+            alone = adapted(one, torch.ones_like(one))["residue_states"][0]
+            torch.testing.assert_close(batch[r, : len(s)], alone, rtol=0, atol=2e-5)
+
+
+def test_exported_variants_with_an_adapter_are_batch_independent_and_readable(
+    students: tuple[Student, Student], tmp_path: Path
+) -> None:
+    _, adapted = students
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(adapted, fp32)
+    assert parity(adapted, fp32) < 1e-4
+    seqs = _sequences(16, seed=4)
+    int8, fp16 = tmp_path / "model.int8.onnx", tmp_path / "model.fp16.onnx"
+    quantize_int8(fp32, int8, _sequences(24, seed=5))
+    convert_fp16(adapted, fp16)  # the adapter stays float32 inside the fp16 file
+    for path in (fp32, int8, fp16):
+        assert batch_dependence(path, seqs) <= 1e-4, path.name
+    ref = onnx_outputs(fp32, seqs)
+    assert ref["residue_states"][0].shape[1] == ADAPTER.width
+    for path in (int8, fp16):
+        cos = variant_quality(ref, onnx_outputs(path, seqs))["cosine_to_fp32"]["residue_states"]
+        assert cos["min"] > 0.99, (path.name, cos)
+    # the weights come back out of the file (how student_from_folder rebuilds the PyTorch model)
+    state = onnx_state_dict(fp32)
+    for name, value in adapted.state_dict().items():
+        if name.startswith("residue_adapter."):
+            np.testing.assert_array_equal(state[name].numpy(), value.numpy(), err_msg=name)
+
+
+def test_trainer_learns_teacher_states_checkpoints_and_resumes(tmp_path: Path) -> None:
+    """Targets a fixed function of the local sequence (as a residue CNN's states are): the validation
+    loss falls, each epoch is checkpointed, and a new trainer resumes at the saved epoch and step."""
+    plain, _ = _students()
+    rng = np.random.default_rng(0)
+    proj = rng.normal(size=(tokenizer.VOCAB_SIZE * 3, 6)).astype(np.float32)
+
+    def targets(seqs: list[str]) -> dict[str, list[np.ndarray]]:
+        out = []
+        for s in seqs:
+            ids = np.concatenate([[0], tokenizer.encode(s), [0]])
+            onehot = np.eye(tokenizer.VOCAB_SIZE, dtype=np.float32)[ids]
+            window = np.concatenate([onehot[:-2], onehot[1:-1], onehot[2:]], axis=1)
+            out.append(np.tanh(window @ proj).astype(np.float16))
+        return {"near": out}
+
+    train, val = _sequences(40, seed=6), _sequences(8, seed=7)
+    run = tmp_path / "run"
+    run.mkdir()
+    trainer = AdapterTrainer(plain, ADAPTER, {"near": 6}, run, lr=1e-2, epochs=6, batch_tokens=256)
+    trainer.fit(train, targets(train), val, targets(val))
+    losses = [h["val_loss"] for h in trainer.history]
+    assert losses[-1] < 0.6 * losses[0] and losses[-1] < 0.5, losses  # unit-variance targets: 1 = no fit
+    assert trainer.history[-1]["val_residue_cosine"]["near"] > 0.7
+    again = AdapterTrainer(plain, ADAPTER, {"near": 6}, run, lr=1e-2, epochs=7, batch_tokens=256)
+    assert again.resume() and (again.epoch, again.step) == (6, trainer.step)
+    for name, value in trainer.adapter.state_dict().items():
+        torch.testing.assert_close(again.adapter.state_dict()[name], value)
+    again.fit(train, targets(train), val, targets(val))  # one more epoch, not seven
+    assert [h["epoch"] for h in again.history] == [1, 2, 3, 4, 5, 6, 7]
