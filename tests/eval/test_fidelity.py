@@ -392,7 +392,7 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
         t: r["results"] for t, r in again["subset"].items()
     }
     assert {r["date"] for r in kept["subset"].values()} == {again["date"]}
-    assert f"Measured {again['date']}." in out.with_suffix(".md").read_text()
+    assert f"Measured {again['date']} on student = " in out.with_suffix(".md").read_text()
 
 
 def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:

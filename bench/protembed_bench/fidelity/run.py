@@ -182,10 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_path = args.out.with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     if args.skip_full:  # measured earlier on more student rows than this run would wait for: keep, dated
-        report["full"] = {t: {"date": previous["date"], **r} for t, r in previous.get("full", {}).items()}
+        report["full"] = {t: {**_kept(previous), **r} for t, r in previous.get("full", {}).items()}
 
     if args.skip_retention:  # the teacher caches of an earlier run, e.g. on another machine: keep, dated
-        report["subset"] = {t: {"date": previous["date"], **r} for t, r in previous.get("subset", {}).items()}
+        report["subset"] = {t: {**_kept(previous), **r} for t, r in previous.get("subset", {}).items()}
     # Retention: rows with both teachers' vectors cached.
     for task, data in [] if args.skip_retention else sets.items():
         split_rows: dict[str, list[int]] = {}
@@ -311,6 +311,25 @@ def residue_task_table(
     return residue_table(rfeats, chains.train_y, chains.test_y, task, grid=grid, seed=seed, log=log)
 
 
+def _kept(previous: dict[str, Any]) -> dict[str, Any]:
+    """What a table kept from an earlier report carries: when, and on which model files, it was measured
+    (a later run may serve another model version)."""
+    return {"date": previous["date"], "measured_on": _model_names(previous.get("models", {}))}
+
+
+def _model_names(models: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{n} = {m['version']} {m['variant']} (sha256 {m['sha256'][:12]})" for n, m in models.items()
+    )
+
+
+def _measured(tables: dict[str, Any], report: dict[str, Any]) -> str:
+    """'Measured <dates> on <models>' of the tables of one section (kept ones say their own)."""
+    dates = sorted({r.get("date", report["date"]) for r in tables.values()})
+    models = sorted({r.get("measured_on") or _model_names(report["models"]) for r in tables.values()})
+    return f"Measured {', '.join(dates)} on {' / '.join(models)}"
+
+
 def _iv(d: dict[str, float]) -> str:
     return f"{d['point']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
@@ -337,12 +356,11 @@ def render(report: dict[str, Any]) -> str:
         "",
     ]
     if report["full"]:
-        dates = sorted({r.get("date", report["date"]) for r in report["full"].values()})
         grid = next(iter(report["full"].values()))["grid"]
         lines += [
             "## The student as served, on every row it has vectors for (teacher vectors cost hours of CPU)",
             "",
-            f"Measured {', '.join(dates)}; C grid {grid}.",
+            f"{_measured(report['full'], report)}; C grid {grid}.",
             "",
             "| set | model | metric | score | rows train / test (of all) |",
             "|---|---|---|---|---|",
@@ -355,11 +373,10 @@ def render(report: dict[str, Any]) -> str:
                     lines.append(f"| {task} | {name} | {m} | {_iv(res[m])} | {span} |")
         lines.append("")
     if report["subset"]:
-        measured = sorted({r.get("date", report["date"]) for r in report["subset"].values()})
         lines += [
             "## Retention (student / best teacher, paired)",
             "",
-            f"Measured {', '.join(measured)}.",
+            f"{_measured(report['subset'], report)}.",
             "",
             "| set | rows train / test (of all) | model | metric | score | best teacher | teacher score "
             "| retention |",

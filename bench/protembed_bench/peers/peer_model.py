@@ -45,13 +45,17 @@ class PeerModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # As protembed runs it: the graph cut to the per-protein output, without the per-residue head
+        # (ONNX Runtime runs every node whatever a call fetches; a wrapper that ran the whole graph would
+        # pay for an output it throws away).
+        import onnx
+        from onnx.utils import Extractor
+
+        graph = onnx.load(str(folder / files[variant]))
+        pruned = Extractor(graph).extract_model([i.name for i in graph.graph.input], [self.output])
         self.session = ort.InferenceSession(
-            str(folder / files[variant]), options, providers=["CPUExecutionProvider"]
+            pruned.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
-        # As protembed runs it: only the nodes the per-protein output needs, not the per-residue head
-        # (a wrapper that ran the whole graph would pay for an output it throws away).
-        self.run_options = ort.RunOptions()
-        self.run_options.only_execute_path_to_fetches = True
         stats = os.environ.get(STATS_ENV)
         self._stats = open(stats, "a", buffering=1) if stats else None  # noqa: SIM115 (lives with the model)
 
@@ -69,8 +73,7 @@ class PeerModel:
         """[batch, dim] float32 vectors of the model's default (per-protein) output."""
         ids, mask = self.encode(sequences)
         t0 = time.perf_counter()
-        feeds = dict(zip(self.input_names, (ids, mask), strict=True))
-        (out,) = self.session.run([self.output], feeds, self.run_options)
+        (out,) = self.session.run([self.output], dict(zip(self.input_names, (ids, mask), strict=True)))
         if self._stats is not None:
             self._stats.write(f"{len(ids)} {int(mask.sum())} {ids.size} {time.perf_counter() - t0:.6f}\n")
         return np.asarray(out, dtype=np.float32)

@@ -187,6 +187,12 @@ class AdapterTrainer:
             tmp,
         )
         tmp.replace(self.checkpoint)  # a kill mid-write leaves the previous checkpoint
+        # each epoch's weights too (a few MB), for the learning curve of probe scores against residues seen
+        (self.run / "epochs").mkdir(exist_ok=True)
+        torch.save(
+            {"adapter": self.adapter.state_dict(), "config": self.cfg.model_dump(), "epoch": self.epoch},
+            self.run / "epochs" / f"{self.epoch}.pt",
+        )
 
     def resume(self) -> bool:
         if not self.checkpoint.is_file():
