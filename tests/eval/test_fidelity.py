@@ -162,6 +162,30 @@ def test_binding_table_scores_mcc_per_chain_bootstrap_not_accuracy() -> None:
         residue_table({"sees": (sees(train_lab), sees(test_lab))}, ["09", *train_lab[1:]], test_lab, BINDING)
 
 
+def test_binding_probe_weighs_the_rare_class() -> None:
+    """A weak signal for a rare class: an unweighted probe predicts "not binding" everywhere (MCC 0),
+    the class-balanced one the binding task uses finds it."""
+    from dataclasses import replace
+
+    from protembed_bench.fidelity.residues import BINDING, residue_table
+
+    rng = np.random.default_rng(8)
+    train_lab = ["".join(rng.choice(list("0000000000000004"), 100)) for _ in range(60)]
+    test_lab = ["".join(rng.choice(list("0000000000000004"), 100)) for _ in range(40)]
+
+    def weak(labels: list[str]) -> list[np.ndarray]:
+        return [
+            np.array([[float(c != "0")] for c in lab]) + 1.2 * rng.normal(size=(len(lab), 1))
+            for lab in labels
+        ]
+
+    feats = {"weak": (weak(train_lab), weak(test_lab))}
+    plain = residue_table(feats, train_lab, test_lab, replace(BINDING, balanced=False), resamples=50)
+    balanced = residue_table(feats, train_lab, test_lab, BINDING, resamples=50)
+    assert plain["results"]["weak"]["score"]["point"] < 0.1
+    assert balanced["results"]["weak"]["score"]["point"] > 0.12
+
+
 def test_shipped_binding_set_loads_with_one_label_per_residue() -> None:
     from protembed_bench.fidelity.sets import load_binding_chains
 
@@ -373,7 +397,10 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     assert report["residue_tasks"]["binding"]["chains"] == {"train": 12, "test": 8}
     md = out.with_suffix(".md").read_text()
     assert "| deepsol | student | accuracy |" in md and "window_onehot" in md
-    assert "## Per residue: ligand binding (MCC, binding vs not)" in md and "| features | dim | MCC |" in md
+    assert (
+        "## Per residue: ligand binding (MCC, binding vs not; class-balanced probe)" in md
+        and "| features | dim | MCC |" in md
+    )
     # a later retention-only run keeps the tables it did not recompute, with their dates
     args = ["--model", f"student={tiny_model_dir}:int8", "--data-dir", str(data), "--cache-dir", str(cache)]
     assert run.main([*args, "--skip-full", "--skip-residues", "--out", str(out)]) == 0
@@ -393,6 +420,12 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     }
     assert {r["date"] for r in kept["subset"].values()} == {again["date"]}
     assert f"Measured {again['date']} on student = " in out.with_suffix(".md").read_text()
+    # one per-residue task again: the other keeps its table and date
+    only = ["--skip-full", "--skip-retention", "--residue-tasks", "binding", "--binding-file", str(binding)]
+    assert run.main([*args, *only, "--out", str(out)]) == 0
+    part = json.loads(out.with_suffix(".json").read_text())
+    assert part["residue_tasks"]["secondary_structure"] == report["residue_tasks"]["secondary_structure"]
+    assert part["residue_tasks"]["binding"]["date"] == part["date"] != report["date"]
 
 
 def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:

@@ -44,6 +44,10 @@ class ResidueTask:
     metric: str  # a probes classification metric ("accuracy" or "mcc")
     key: str  # what the score is called in tables (Q3, MCC)
     classes: Mapping[str, int]
+    # Weigh classes inversely to their frequency in the probe: binding residues are ~10%, and an
+    # unweighted probe predicted "not binding" nearly everywhere (MCC 0.00-0.04 for every feature set,
+    # measured), which compares nothing.
+    balanced: bool = False
 
     def encode(self, chains: Sequence[str]) -> np.ndarray:
         try:
@@ -59,7 +63,12 @@ SECONDARY_STRUCTURE = ResidueTask(
 )
 # FLIP bind labels are 3-bit codes (small molecule, nucleic acid, metal): 0 = no ligand, 1-7 = some.
 BINDING = ResidueTask(
-    "binding", "ligand binding (MCC, binding vs not)", "mcc", "MCC", {str(i): int(i > 0) for i in range(8)}
+    "binding",
+    "ligand binding (MCC, binding vs not; class-balanced probe)",
+    "mcc",
+    "MCC",
+    {str(i): int(i > 0) for i in range(8)},
+    balanced=True,
 )
 TASKS = {t.name: t for t in (SECONDARY_STRUCTURE, BINDING)}
 
@@ -121,6 +130,7 @@ def residue_table(
             grid=grid,
             folds=folds,
             seed=seed,
+            balanced=task.balanced,
         )
         # One confusion matrix per test chain; a resample of chains sums its chains' matrices, so any
         # metric of a confusion matrix (accuracy, MCC) gets a chain-level interval.

@@ -98,6 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the per-residue table of the report already at --out (dated) instead of recomputing it",
     )
     p.add_argument(
+        "--residue-tasks",
+        nargs="+",
+        choices=list(TASKS),
+        default=list(TASKS),
+        help="per-residue tasks to measure (default: all); the others keep the report's tables",
+    )
+    p.add_argument(
         "--binding-file",
         type=Path,
         default=BINDING_FILE,
@@ -239,9 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["subset"][task] = res
 
     if not args.skip_residues:
-        report["residue_tasks"] = {}
+        # the tasks not asked for keep their tables from the report at --out, with their own dates
+        kept = previous.get("residue_tasks", {})
+        report["residue_tasks"] = {t: kept[t] for t in TASKS if t in kept and t not in args.residue_tasks}
         tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
-        for rtask, chains in tasks.items():
+        for rtask, chains in ((t, c) for t, c in tasks.items() if t.name in args.residue_tasks):
             say(f"residues: {rtask.name}: {len(chains.train)} train / {len(chains.test)} test chains")
             table = residue_task_table(
                 rtask, chains, students, args.cache_dir, grid=args.residue_grid, seed=args.seed, log=say

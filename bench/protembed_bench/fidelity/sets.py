@@ -122,42 +122,36 @@ def load_chains(data_dir: Path, train_chains: int, seed: int, bound: int = LENGT
     The test chains are held out of distillation (its data filter removes corpus sequences at >= 50%
     identity to them); the training chains are corpus sequences, used only to fit the probe.
     """
-    path = data_dir / "eval" / "secondary_structure" / "sampled.tsv"
-    rows = _read_rows(path, ["dssp3", "set"])
-    for r in rows:
-        if len(r["dssp3"]) != len(r["sequence"]):
-            raise ValueError(
-                f"{path}: chain {r.get('id', '?')}: {len(r['dssp3'])} labels for "
-                f"{len(r['sequence'])} residues"
-            )
+    rows = _labelled_rows(data_dir / "eval" / "secondary_structure" / "sampled.tsv", "dssp3")
     train = sorted((r for r in rows if r["set"] == "train"), key=lambda r: _rank(seed, r["sequence"]))
-    train = train[:train_chains]
-    test = [r for r in rows if r["set"] == "test"]
-    return Chains(
-        [r["sequence"][:bound] for r in train],
-        [r["dssp3"][:bound] for r in train],
-        [r["sequence"][:bound] for r in test],
-        [r["dssp3"][:bound] for r in test],
-    )
+    return _chains(train[:train_chains], [r for r in rows if r["set"] == "test"], "dssp3", bound)
 
 
 def load_binding_chains(path: Path = BINDING_FILE, bound: int = LENGTH_BOUND) -> Chains:
     """Every chain of the binding set: its train rows (validation ones included: the probe picks its
     strength by cross-validation) and its test rows, each cut to ``bound`` residues."""
-    rows = _read_rows(path, ["binding", "set"])
+    rows = _labelled_rows(path, "binding")
+    train, test = ([r for r in rows if r["set"] == split] for split in ("train", "test"))
+    return _chains(train, test, "binding", bound)
+
+
+def _labelled_rows(path: Path, label: str) -> list[dict[str, str]]:
+    """Rows of a per-residue set, each with one ``label`` letter per residue (checked)."""
+    rows = _read_rows(path, [label, "set"])
     for r in rows:
-        if len(r["binding"]) != len(r["sequence"]):
+        if len(r[label]) != len(r["sequence"]):
             raise ValueError(
-                f"{path}: chain {r.get('id', '?')}: {len(r['binding'])} labels for "
-                f"{len(r['sequence'])} residues"
+                f"{path}: chain {r.get('id', '?')}: {len(r[label])} labels for {len(r['sequence'])} residues"
             )
-    train = [r for r in rows if r["set"] == "train"]
-    test = [r for r in rows if r["set"] == "test"]
+    return rows
+
+
+def _chains(train: list[dict[str, str]], test: list[dict[str, str]], label: str, bound: int) -> Chains:
     return Chains(
         [r["sequence"][:bound] for r in train],
-        [r["binding"][:bound] for r in train],
+        [r[label][:bound] for r in train],
         [r["sequence"][:bound] for r in test],
-        [r["binding"][:bound] for r in test],
+        [r[label][:bound] for r in test],
     )
 
 
