@@ -358,7 +358,7 @@ class StudentRunner:
         from protembed.artifact import read_model_card
         from protembed_distill.config import StudentConfig
         from protembed_distill.student.model import Student
-        from protembed_distill.student.onnx_weights import onnx_state_dict
+        from protembed_distill.student.onnx_weights import onnx_state_dict, without_residue_head
 
         card = read_model_card(model_dir)
         arch = card.architecture
@@ -379,7 +379,7 @@ class StudentRunner:
         )
         if cfg.positions != "sinusoidal":
             raise ValueError(f"{model_dir}: learned positions end at {self.window}; 'whole' needs sinusoidal")
-        state = onnx_state_dict(self.onnx_path)
+        state = without_residue_head(onnx_state_dict(self.onnx_path))  # per-protein pooling only
         dims = {
             k.split(".")[1]: int(v.shape[0])
             for k, v in state.items()
@@ -547,8 +547,12 @@ def paired_against(
 ) -> dict[str, float]:
     """Per-sequence difference in cos_std (averaged over teachers) of ``method`` minus ``reference``."""
     diffs = np.array(
-        [np.mean([r["scores"][method][t]["cos_std"] - r["scores"][reference][t]["cos_std"] for t in teachers])
-         for r in records]
+        [
+            np.mean(
+                [r["scores"][method][t]["cos_std"] - r["scores"][reference][t]["cos_std"] for t in teachers]
+            )
+            for r in records
+        ]
     )
     ci = 1.96 * float(diffs.std(ddof=1)) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
     return {"mean": float(diffs.mean()), "ci95": ci, "better": float((diffs > 0).mean())}
@@ -765,6 +769,7 @@ def conclude(result: dict[str, Any]) -> list[str]:
     same_pool = {o: score[f"chunk:{today_pool}@{o}"] for o in result["overlaps"]}
     cost = result["window_cost"]
     bins = [bin_label(b) for b in range(len(BINS))]
+
     def at(m: str, t: str, lab: str) -> float:
         return float(summary[m][t]["cos_std"][lab]["mean"])
 
@@ -1020,8 +1025,6 @@ def rewrite_from_json(out: Path, model: Path) -> int:
     plot(result["summary"], result["teachers"], best, result["overlaps"], out.with_suffix(".png"))
     write_report(result, out)
     return 0
-
-
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from protembed_distill.student.onnx_weights import (
     ARCHITECTURE_KEYS,
     load_model_folder_weights,
     onnx_state_dict,
+    without_residue_head,
 )
 
 torch.set_num_threads(1)
@@ -56,8 +57,11 @@ def test_the_bundled_model_round_trips_into_pytorch() -> None:
     )
     with torch.no_grad():
         out = model(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask))
+    # A student built from the run's config has no per-residue head (it is trained after the trunk, on
+    # the trunk it sits on, so a continuation does not carry it): its residue output is the trunk's states.
+    head = "residue_adapter" in read_model_card(folder).architecture
     for name in names:
-        if name in out:
+        if name in out and not (head and name == "residue_states"):
             assert np.abs(out[name].numpy() - ref[name]).max() <= 1e-4, name
 
     with pytest.raises(ValueError, match=r"different student: layers"):
@@ -85,7 +89,7 @@ def test_the_smaller_files_alone_seed_nearly_the_same_weights(
     model = Student(cfg, dims)
     load_model_folder_weights(model, alone, cfg.model_dump(mode="json"), dims)
     got = model.state_dict()
-    for name, want in fp32.items():  # fp16 rounding, or 8-bit quantization of the matrices
+    for name, want in without_residue_head(fp32).items():  # fp16 rounding, or 8-bit quantization
         assert (got[name] - want).abs().max() <= rel_tol * want.abs().max() + 1e-6, name
 
 

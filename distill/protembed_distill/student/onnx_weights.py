@@ -107,6 +107,13 @@ def onnx_state_dict(onnx_path: Path) -> dict[str, torch.Tensor]:
     return {name: torch.tensor(arr, dtype=torch.float32) for name, arr in state.items()}
 
 
+def without_residue_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` less the per-residue head's weights (``residue_adapter.*``): for a student built without
+    one, e.g. a trunk continuation (the head is trained after the trunk, on the trunk it sits on, so it
+    does not carry over) or a study of the per-protein outputs."""
+    return {k: v for k, v in state.items() if not k.startswith("residue_adapter.")}
+
+
 def load_model_folder_weights(
     model: torch.nn.Module, folder: Path, student: dict[str, Any], teacher_dims: dict[str, int]
 ) -> None:
@@ -131,6 +138,8 @@ def load_model_folder_weights(
     if not files:
         raise ValueError(f"{folder}: none of the fp32, fp16 and int8 files that model.json lists is there")
     state = onnx_state_dict(folder / files[0].file)
+    if getattr(model, "residue_adapter", None) is None:
+        state = without_residue_head(state)
     heads = {
         k.split(".")[1]: int(v.shape[0])
         for k, v in state.items()
