@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "metric": metric,
             "train": len(data.train.sequences),
             "test": len(data.test.sequences),
-            "scores": {
-                fs: r.metrics[metric].to_dict() for fs, r in outcome.results.items()
-            },
+            "scores": {fs: r.metrics[metric].to_dict() for fs, r in outcome.results.items()},
         }
     report = {
         "command": "python -m protembed_bench.variant_probes " + " ".join(argv or sys.argv[1:]),

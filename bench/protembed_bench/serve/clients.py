@@ -33,7 +33,6 @@ def run_client(coro: Awaitable[T]) -> T:
 Call = Callable[[str], Awaitable[bool]]  # send one sequence; True if it was answered from the cache
 
 
-
 class RawHttpClient:
     """A minimal HTTP/1.1 keep-alive client (asyncio streams), one connection per request in flight.
 
