@@ -129,3 +129,25 @@ def test_trainer_learns_teacher_states_checkpoints_and_resumes(tmp_path: Path) -
         torch.testing.assert_close(again.adapter.state_dict()[name], value)
     again.fit(train, targets(train), val, targets(val))  # one more epoch, not seven
     assert [h["epoch"] for h in again.history] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_head_is_retrained_on_the_trunk_of_a_model_that_has_one() -> None:
+    """The shipped model has a head: training takes its trunk alone (same per-protein outputs), and the
+    trunk's fingerprint, kept in the checkpoint, ties an exported head to the trunk it was trained on."""
+    from protembed.settings import default_model_dir
+    from protembed_distill.export.reference_vectors import student_from_folder
+    from protembed_distill.train.residue_adapter import trunk_fingerprint, trunk_of
+
+    folder = default_model_dir()
+    full = student_from_folder(folder)
+    trunk = trunk_of(folder)
+    assert full.residue_adapter is not None and trunk.residue_adapter is None
+    ids = torch.from_numpy(tokenizer.encode("MKTAYIAKQRQISFVKSHFSRQ")).long()[None]
+    with torch.no_grad():
+        a, b = full(ids, torch.ones_like(ids)), trunk(ids, torch.ones_like(ids))
+    torch.testing.assert_close(a["student"], b["student"], rtol=0, atol=0)
+    torch.testing.assert_close(a["trunk_states"], b["residue_states"], rtol=0, atol=0)
+    assert trunk_fingerprint(trunk) == trunk_fingerprint(full)  # the head is not part of it
+    with torch.no_grad():
+        trunk.norm.weight.add_(1e-3)
+    assert trunk_fingerprint(trunk) != trunk_fingerprint(full)

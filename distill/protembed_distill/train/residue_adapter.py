@@ -183,6 +183,7 @@ class AdapterTrainer:
                 "history": self.history,
                 "config": self.cfg.model_dump(),
                 "stats": self.stats,
+                "trunk": trunk_fingerprint(self.trunk),
             },
             tmp,
         )
@@ -326,6 +327,34 @@ class AdapterTrainer:
         }
 
 
+def trunk_of(folder: Path) -> Student:
+    """The model folder's student without its per-residue head (if it has one): what a head is trained
+    on. A head is retrained from scratch, not continued: it is cheap, and its width may change."""
+    from protembed_distill.export.reference_vectors import student_from_folder
+    from protembed_distill.student.onnx_weights import without_residue_head
+
+    model = student_from_folder(folder)
+    if model.residue_adapter is None:
+        return model
+    heads = {n: int(model.heads[n].weight.shape[0]) for n in model.teacher_names}  # type: ignore[index]
+    trunk = Student(model.cfg.model_copy(update={"residue_adapter": None}), heads)
+    trunk.load_state_dict(without_residue_head(model.state_dict()))
+    return trunk.eval()
+
+
+def trunk_fingerprint(model: Student) -> str:
+    """sha256 of the trunk's and teacher heads' weights: a head is exported only onto the trunk it was
+    trained on (the trunk's states are its input)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        if not name.startswith(("residue_adapter.", "residue_heads.")):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().numpy().astype(np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def export_into(
     folder: Path, checkpoint: Path, version: str, corpus: Path, eval_dirs: Sequence[Path], threads: int
 ) -> dict[str, Any]:
@@ -334,13 +363,12 @@ def export_into(
     independence and reference vectors rebuilt from that fp32 file (``rebuild_variants``)."""
     from protembed_distill.export.onnx import export_onnx, parity
     from protembed_distill.export.rebuild_variants import rebuild
-    from protembed_distill.export.reference_vectors import student_from_folder
 
     ck = torch.load(checkpoint, weights_only=False)
     cfg = ResidueAdapterConfig(**ck["config"])
-    trunk = student_from_folder(folder)
-    if trunk.residue_adapter is not None:
-        raise ValueError(f"{folder} already has a residue adapter; export into the model it was trained on")
+    trunk = trunk_of(folder)  # a head already there is replaced
+    if ck.get("trunk") not in (None, trunk_fingerprint(trunk)):
+        raise ValueError(f"{checkpoint} was trained on another trunk than {folder}'s; train on this model")
     heads = {n: int(trunk.heads[n].weight.shape[0]) for n in trunk.teacher_names}  # type: ignore[index]
     model = Student(trunk.cfg.model_copy(update={"residue_adapter": cfg}), heads)
     missing, unexpected = model.load_state_dict(trunk.state_dict(), strict=False)
@@ -433,11 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "targets" in stages:
         fill_targets(run, seqs, batch_tokens=8192, threads=args.threads)
     if "train" in stages:
-        from protembed_distill.export.reference_vectors import student_from_folder
-
-        trunk = student_from_folder(args.model)
-        if trunk.residue_adapter is not None:
-            raise ValueError(f"{args.model} already has a residue adapter; train on a model without one")
+        trunk = trunk_of(args.model)
         targets = read_targets(run, seqs)
         dims = {n: int(v[0].shape[1]) for n, v in targets.items()}
         tr = {n: v[n_val:] for n, v in targets.items()}
