@@ -30,11 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from protembed import tokenizer
     from protembed_distill.config import ResidueAdapterConfig
-    from protembed_distill.export.reference_vectors import student_from_folder
     from protembed_distill.student.model import ResidueAdapter
+    from protembed_distill.train.residue_adapter import trunk_of
 
     p = argparse.ArgumentParser(prog="python -m protembed_bench.tools.adapter_q3_curve")
-    p.add_argument("--model", type=Path, required=True, help="the model folder the head was trained on")
+    p.add_argument(
+        "--model", type=Path, required=True, help="the model folder whose trunk the head was trained on"
+    )
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--epochs", type=int, nargs="+", required=True)
     p.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
@@ -43,9 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    trunk = student_from_folder(args.model)
-    if trunk.residue_adapter is not None:
-        raise ValueError(f"{args.model} has a residue head already: pass the model it was trained on")
+    trunk = trunk_of(args.model)  # a head the folder has already is left out
     bound = trunk.cfg.max_length
     chains = load_chains(args.data_dir, args.train_chains, 0, bound=bound)
     with torch.no_grad():
