@@ -73,6 +73,8 @@ class OnnxModel:
     active_providers: list[str] = field(default_factory=list)
     # The same graph without its per-residue outputs, for batches that ask for none (see per_protein_graph)
     per_protein_session: object = None
+    # The card's per-residue ONNX outputs: a batch asking for one of them needs the whole graph
+    per_residue_outputs: frozenset[str] = frozenset()
 
     @classmethod
     def open(
@@ -125,11 +127,12 @@ class OnnxModel:
             log.warning("requested %s but ONNX Runtime is using %s", choice.providers[0], active[0])
         log.info("model %s (%s) on %s", loaded.onnx_path, loaded.variant, active)
         per_protein = [o.onnx_output for o in loaded.card.outputs if o.level == "per_protein"]
+        per_residue = frozenset(o.onnx_output for o in loaded.card.outputs if o.level == "per_residue")
         pruned = None
-        if len(per_protein) < len(loaded.card.outputs):
+        if per_residue:
             graph = per_protein_graph(loaded.onnx_path, per_protein)
             pruned = ort.InferenceSession(graph, opts, providers=providers)
-        return cls(loaded, session, choice, active, pruned)
+        return cls(loaded, session, choice, active, pruned, per_residue)
 
     # --- what the card says ------------------------------------------------------------------------
     @property
@@ -151,9 +154,8 @@ class OnnxModel:
     # --- running -----------------------------------------------------------------------------------
     def run(self, batch: tokenizer.EncodedBatch, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """The named ONNX outputs for one padded batch (float32, batch first, padding included)."""
-        per_residue = {o.onnx_output for o in self.card.outputs if o.level == "per_residue"}
         session = self.session
-        if self.per_protein_session is not None and not per_residue.intersection(outputs):
+        if self.per_protein_session is not None and self.per_residue_outputs.isdisjoint(outputs):
             session = self.per_protein_session
         values = session.run(  # type: ignore[attr-defined]
             list(outputs), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}

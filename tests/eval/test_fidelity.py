@@ -126,6 +126,13 @@ def test_q3_table_refuses_misaligned_features_and_unknown_labels() -> None:
         q3_table({"f": (ok, ok)}, ["CEX", "HHE"], lab)
 
 
+def _binding_signal(labels: list[str], noise: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per chain, one feature per residue: 1 where it binds, 0 where not, plus Gaussian ``noise``."""
+    return [
+        np.array([[float(c != "0")] for c in lab]) + noise * rng.normal(size=(len(lab), 1)) for lab in labels
+    ]
+
+
 def test_binding_table_scores_mcc_per_chain_bootstrap_not_accuracy() -> None:
     """Binding is rare: a feature blind to it scores MCC 0 although its accuracy is ~0.9, and a feature
     that sees it scores MCC near 1, with an interval from resampled chains."""
@@ -136,10 +143,7 @@ def test_binding_table_scores_mcc_per_chain_bootstrap_not_accuracy() -> None:
     test_lab = ["".join(rng.choice(list("000000000134"), 50)) for _ in range(30)]
 
     def sees(labels: list[str]) -> list[np.ndarray]:
-        return [
-            np.array([[float(c != "0")] for c in lab]) + 0.3 * rng.normal(size=(len(lab), 1))
-            for lab in labels
-        ]
+        return _binding_signal(labels, 0.3, rng)
 
     table = residue_table(
         {
@@ -174,10 +178,7 @@ def test_binding_probe_weighs_the_rare_class() -> None:
     test_lab = ["".join(rng.choice(list("0000000000000004"), 100)) for _ in range(40)]
 
     def weak(labels: list[str]) -> list[np.ndarray]:
-        return [
-            np.array([[float(c != "0")] for c in lab]) + 1.2 * rng.normal(size=(len(lab), 1))
-            for lab in labels
-        ]
+        return _binding_signal(labels, 1.2, rng)
 
     feats = {"weak": (weak(train_lab), weak(test_lab))}
     plain = residue_table(feats, train_lab, test_lab, replace(BINDING, balanced=False), resamples=50)

@@ -30,17 +30,28 @@ from protembed_distill.export.reference_vectors import attach_pytorch_reference,
 from protembed_distill.export.variants import batch_dependence, convert_fp16, quantize_int8, variant_quality
 
 
+def eval_dir_sequences(eval_dirs: Sequence[Path]) -> list[str]:
+    """Every sequence of every evaluation TSV in ``eval_dirs``."""
+    return [s for _, s in read_eval_sequences([EvalSetConfig(path=d) for d in eval_dirs])]
+
+
 def held_out_sequences(
-    corpus: Path, eval_dirs: Sequence[Path], n: int, crop: int, identity: float, coverage: float, seed: int
+    corpus: Path,
+    evals: Sequence[str],
+    n: int,
+    crop: int,
+    identity: float,
+    coverage: float,
+    seed: int,
+    threads: int = 2,
 ) -> list[str]:
-    """``n`` corpus sequences (seeded order, cropped) with no evaluation-set hit at ``identity``."""
+    """``n`` distinct corpus sequences (seeded order, cropped) with no hit in ``evals`` at ``identity``."""
     records = read_corpus(corpus)
     order = np.random.default_rng(seed).permutation(len(records))
-    evals = [s for _, s in read_eval_sequences([EvalSetConfig(path=d) for d in eval_dirs])]
     picked: list[str] = []
     for start in range(0, len(order), 2 * n):  # twice what is needed: some have hits
         chunk = list(dict.fromkeys(records[i].sequence[:crop] for i in order[start : start + 2 * n]))
-        hits = find_eval_overlap(chunk, evals, identity=identity, coverage=coverage, threads=2)
+        hits = find_eval_overlap(chunk, evals, identity=identity, coverage=coverage, threads=threads)
         picked += [s for i, s in enumerate(chunk) if i not in hits and s not in picked]
         if len(picked) >= n:
             return picked[:n]
@@ -65,7 +76,7 @@ def rebuild(
     data = card.get("training_data", {})
     pool = held_out_sequences(
         corpus,
-        eval_dirs,
+        eval_dir_sequences(eval_dirs),
         quality_sequences + calibration_sequences,
         parsed.max_length,
         float(data.get("identity_threshold", 0.5)),

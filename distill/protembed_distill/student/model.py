@@ -179,6 +179,11 @@ class Student(nn.Module):
     def teacher_names(self) -> list[str]:
         return list(self.heads.keys())
 
+    @property
+    def teacher_dims(self) -> dict[str, int]:
+        """Each teacher head's output width (what ``Student(cfg, teacher_dims)`` was built with)."""
+        return {name: int(head.weight.shape[0]) for name, head in self.heads.items()}  # type: ignore[index]
+
     def positions(self, n: int) -> Tensor:
         if self.pos is not None:
             return self.pos.weight[:n]

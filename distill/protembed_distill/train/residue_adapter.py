@@ -38,17 +38,12 @@ from torch import nn
 
 from protembed import tokenizer
 from protembed.artifact import CARD_FILE, read_model_card, write_model_card
+from protembed.packing import Budget, pack
 from protembed_distill.config import EvalSetConfig, ResidueAdapterConfig
-from protembed_distill.data.dataset import (
-    Item,
-    find_eval_overlap,
-    read_corpus,
-    read_eval_sequences,
-    sequence_key,
-)
+from protembed_distill.data.dataset import Item, read_eval_sequences, sequence_key
 from protembed_distill.student.model import ResidueAdapter, Student
 
-__all__ = ["AdapterTrainer", "main", "select_sequences"]
+__all__ = ["AdapterTrainer", "export_into", "main", "trunk_fingerprint", "trunk_of"]
 
 TEACHERS = ("near", "unirep1900")
 # The per-residue evaluation's second label set (protembed_bench.fidelity): its test chains are held out.
@@ -59,34 +54,6 @@ BINDING_TSV = (
 
 def log(rec: dict[str, Any]) -> None:
     print(json.dumps({"t": dt.datetime.now(dt.UTC).strftime("%H:%M:%S"), **rec}), flush=True)
-
-
-def select_sequences(
-    corpus: Path,
-    evals: Sequence[str],
-    n: int,
-    crop: int,
-    *,
-    identity: float,
-    coverage: float,
-    seed: int,
-    threads: int = 1,
-) -> list[str]:
-    """``n`` distinct corpus sequences (seeded order, cropped to ``crop``) without a hit in ``evals``."""
-    records = read_corpus(corpus)
-    order = np.random.default_rng(seed).permutation(len(records))
-    picked: dict[str, None] = {}
-    for start in range(0, len(order), 2 * n):  # twice what is needed: some have hits
-        chunk = list(dict.fromkeys(records[i].sequence[:crop] for i in order[start : start + 2 * n]))
-        hits = find_eval_overlap(chunk, evals, identity=identity, coverage=coverage, threads=threads)
-        for i, s in enumerate(chunk):
-            if i not in hits and len(picked) < n:
-                picked.setdefault(s)
-        if len(picked) >= n:
-            break
-    if len(picked) < n:
-        raise ValueError(f"{corpus}: only {len(picked)} sequences without an evaluation hit; {n} needed")
-    return list(picked)
 
 
 def _items(seqs: Sequence[str]) -> list[Item]:
@@ -215,17 +182,10 @@ class AdapterTrainer:
         return out
 
     def _batches(self, lengths: Sequence[int], rng: np.random.Generator) -> list[list[int]]:
-        """Sequences of similar length up to ``batch_tokens`` padded tokens, batches in random order."""
+        """Sequences of similar length up to ``batch_tokens`` padded tokens (ties in length in random
+        order, so equal lengths meet differently each epoch), batches in random order."""
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], rng.random()))
-        batches: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            if cur and (len(cur) + 1) * lengths[i] > self.batch_tokens:
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            batches.append(cur)
+        batches = list(pack(order, Budget(tokens=self.batch_tokens), lengths.__getitem__))
         rng.shuffle(batches)
         return batches
 
@@ -336,8 +296,7 @@ def trunk_of(folder: Path) -> Student:
     model = student_from_folder(folder)
     if model.residue_adapter is None:
         return model
-    heads = {n: int(model.heads[n].weight.shape[0]) for n in model.teacher_names}  # type: ignore[index]
-    trunk = Student(model.cfg.model_copy(update={"residue_adapter": None}), heads)
+    trunk = Student(model.cfg.model_copy(update={"residue_adapter": None}), model.teacher_dims)
     trunk.load_state_dict(without_residue_head(model.state_dict()))
     return trunk.eval()
 
@@ -369,8 +328,7 @@ def export_into(
     trunk = trunk_of(folder)  # a head already there is replaced
     if ck.get("trunk") not in (None, trunk_fingerprint(trunk)):
         raise ValueError(f"{checkpoint} was trained on another trunk than {folder}'s; train on this model")
-    heads = {n: int(trunk.heads[n].weight.shape[0]) for n in trunk.teacher_names}  # type: ignore[index]
-    model = Student(trunk.cfg.model_copy(update={"residue_adapter": cfg}), heads)
+    model = Student(trunk.cfg.model_copy(update={"residue_adapter": cfg}), trunk.teacher_dims)
     missing, unexpected = model.load_state_dict(trunk.state_dict(), strict=False)
     if unexpected or any(not k.startswith("residue_adapter.") for k in missing):
         raise ValueError(f"trunk weights do not fit (missing {missing}, unexpected {unexpected})")
@@ -438,12 +396,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     card = read_model_card(args.model)
     eval_dirs = sorted(d for d in args.eval_dir.iterdir() if d.is_dir())
     if "select" in stages and not chosen.is_file():
+        from protembed_distill.export.rebuild_variants import held_out_sequences
+
         specs = [EvalSetConfig(path=d) for d in eval_dirs]
         specs += [EvalSetConfig(path=f, where={"set": "test"}) for f in args.held_out]
         evals = [s for _, s in read_eval_sequences(specs)]
         data = json.loads((args.model / CARD_FILE).read_text(encoding="utf-8")).get("training_data", {})
         n = args.sequences + max(1, args.sequences // 20)
-        seqs = select_sequences(
+        seqs = held_out_sequences(
             args.corpus,
             evals,
             n,
