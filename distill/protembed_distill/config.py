@@ -82,11 +82,16 @@ class ResidueAdapterConfig(_Strict):
     width: int = Field(default=256, gt=0)  # the ``residues`` output's width
     kernel: int = Field(default=9, gt=0)  # residues each convolution sees (odd: centred on the residue)
     embed: int = Field(default=32, gt=0)  # width of the adapter's own residue-identity embedding
+    # One residual convolution per entry, with that dilation: [1] is the 1.3.0 head (two convolutions
+    # in all); [1, 2, 4] reaches +-32 residues with kernel 9 at the cost of two more convolutions.
+    residual_dilations: list[int] = Field(default_factory=lambda: [1], min_length=1)
 
     @model_validator(mode="after")
     def _odd_kernel(self) -> ResidueAdapterConfig:
         if self.kernel % 2 == 0:
             raise ValueError(f"residue_adapter.kernel ({self.kernel}) must be odd, to centre on the residue")
+        if any(d < 1 for d in self.residual_dilations):
+            raise ValueError(f"residue_adapter.residual_dilations {self.residual_dilations} must be >= 1")
         return self
 
 

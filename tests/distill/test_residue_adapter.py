@@ -151,3 +151,61 @@ def test_a_head_is_retrained_on_the_trunk_of_a_model_that_has_one() -> None:
     with torch.no_grad():
         trunk.norm.weight.add_(1e-3)
     assert trunk_fingerprint(trunk) != trunk_fingerprint(full)
+
+
+def test_export_stage_needs_only_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept head (distill/heads/*.pt copied into an empty run folder) ships with ``--stage export``
+    alone: the run's sequence list belongs to the training stages, and a kept head has none."""
+    from protembed.settings import default_model_dir
+    from protembed_distill.train import residue_adapter
+
+    calls: list[tuple[Path, Path, str]] = []
+    monkeypatch.setattr(
+        residue_adapter,
+        "export_into",
+        lambda folder, ck, version, corpus, evals, threads: calls.append((folder, ck, version))
+        or {"version": version, "files": []},
+    )
+    run = tmp_path / "kept"
+    run.mkdir()
+    evals = tmp_path / "eval"
+    (evals / "set").mkdir(parents=True)
+    model = default_model_dir()
+    argv = ["--stage", "export", "--run", str(run), "--model", str(model), "--eval-dir", str(evals)]
+    assert residue_adapter.main([*argv, "--version", "9.9.9"]) == 0
+    assert calls == [(model, run / "adapter.pt", "9.9.9")]
+    assert not (run / "sequences.txt").exists()
+
+
+def test_a_dilated_head_is_batch_independent_in_pytorch_and_onnx(tmp_path: Path) -> None:
+    """Residual convolutions past the first (dilated here) must also see zeros at padding: without the
+    mask between them, the second one's output at padded positions would leak into the third's input."""
+    plain, _ = _students()
+    cfg = ADAPTER.model_copy(update={"residual_dilations": [1, 2, 4]})
+    deep = Student(plain.cfg.model_copy(update={"residue_adapter": cfg}), {"t": 5})
+    deep.load_state_dict(plain.state_dict(), strict=False)
+    deep.eval()
+    adapter = deep.residue_adapter
+    assert adapter is not None and [n for n, _ in adapter.named_children() if n.startswith("conv")] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "conv4",
+    ]
+    seqs = _sequences(8, seed=8)
+    enc = tokenizer.batch_encode(seqs)
+    ids, mask = torch.from_numpy(enc.input_ids).long(), torch.from_numpy(enc.attention_mask)
+    with torch.no_grad():
+        batch = deep(ids, mask)["residue_states"]
+        for r, s in enumerate(seqs):
+            one = torch.from_numpy(tokenizer.encode(s)).long()[None]
+            alone = deep(one, torch.ones_like(one))["residue_states"][0]
+            torch.testing.assert_close(batch[r, : len(s)], alone, rtol=0, atol=2e-5)
+    fp32 = tmp_path / "deep.onnx"
+    export_onnx(deep, fp32)
+    assert parity(deep, fp32) < 1e-4
+    assert batch_dependence(fp32, _sequences(16, seed=9)) <= 1e-4
+    state = onnx_state_dict(fp32)
+    np.testing.assert_array_equal(
+        state["residue_adapter.conv4.weight"].numpy(), adapter.conv4.weight.detach().numpy()
+    )

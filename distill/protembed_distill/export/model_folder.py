@@ -45,9 +45,9 @@ def residue_adapter_card(model: Student) -> dict[str, Any]:
     return {
         "residue_adapter": {
             **cfg.model_dump(),
-            "kind": "two masked 1-D convolutions (the second residual) over the final states and a "
-            "residue embedding, then LayerNorm; trained with the trunk frozen to predict both teachers' "
-            "residue states",
+            "kind": f"{1 + len(cfg.residual_dilations)} masked 1-D convolutions (all but the first "
+            "residual) over the final states and a residue embedding, then LayerNorm; trained with the "
+            "trunk frozen to predict both teachers' residue states",
         }
     }
 

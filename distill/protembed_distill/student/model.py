@@ -100,8 +100,9 @@ class Block(nn.Module):
 
 
 class ResidueAdapter(nn.Module):
-    """Per-residue features from the trunk's final states: two 1-D convolutions over those states and a
-    residue-identity embedding, the second residual, then LayerNorm.
+    """Per-residue features from the trunk's final states: a 1-D convolution over those states and a
+    residue-identity embedding, then residual convolutions (one per ``residual_dilations`` entry, two
+    convolutions in all by default), then LayerNorm.
 
     Why: the trunk's states are shaped by the per-protein objectives (they are mean-pooled), and a
     linear probe of secondary structure on them scored below the teachers' residue states and below a
@@ -120,7 +121,12 @@ class ResidueAdapter(nn.Module):
         self.embed = nn.Embedding(VOCAB_SIZE, cfg.embed, padding_idx=PAD_ID)
         pad = cfg.kernel // 2
         self.conv1 = nn.Conv1d(d_model + cfg.embed, cfg.width, cfg.kernel, padding=pad)
-        self.conv2 = nn.Conv1d(cfg.width, cfg.width, cfg.kernel, padding=pad)
+        # conv2, conv3, ...: attribute names, not a ModuleList, so a default head's weights keep the
+        # names model 1.3.0 shipped with (its file is read back by name).
+        self.residual_names = [f"conv{i + 2}" for i in range(len(cfg.residual_dilations))]
+        for name, dilation in zip(self.residual_names, cfg.residual_dilations, strict=True):
+            conv = nn.Conv1d(cfg.width, cfg.width, cfg.kernel, padding=pad * dilation, dilation=dilation)
+            self.add_module(name, conv)
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, states: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -130,7 +136,10 @@ class ResidueAdapter(nn.Module):
         keep = attention_mask.to(dtype).unsqueeze(1)  # [B, 1, L]
         x = torch.cat([states.to(dtype), self.embed(input_ids).to(dtype)], dim=-1).transpose(1, 2) * keep
         h = F.gelu(self.conv1(x)) * keep
-        h = h + F.gelu(self.conv2(h))
+        for i, name in enumerate(self.residual_names):
+            if i:  # the next convolution must see zeros at padding (the last one's output is not read)
+                h = h * keep
+            h = h + F.gelu(getattr(self, name)(h))
         out: Tensor = self.norm(h.transpose(1, 2))
         return out
 

@@ -381,6 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--kernel", type=int, default=9)
+    p.add_argument(
+        "--dilations",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="one residual convolution per value, with that dilation (default: the 1.3.0 head's one)",
+    )
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--version", help="the model's new version (export; part of the cache key)")
     p.add_argument("--seed", type=int, default=0)
@@ -415,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         chosen.write_text("\n".join(seqs) + "\n", encoding="ascii")
         log({"stage": "select", "sequences": len(seqs), "residues": sum(map(len, seqs)), "evals": len(evals)})
-    seqs = chosen.read_text(encoding="ascii").split()
+    # Export needs only the checkpoint (a kept head ships from its .pt alone), not the run's sequences.
+    seqs = chosen.read_text(encoding="ascii").split() if {"targets", "train"} & set(stages) else []
     n_val = max(1, len(seqs) // 21)
     train_seqs, val_seqs = seqs[n_val:], seqs[:n_val]
     if "targets" in stages:
@@ -428,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         va = {n: v[:n_val] for n, v in targets.items()}
         trainer = AdapterTrainer(
             trunk,
-            ResidueAdapterConfig(width=args.width, kernel=args.kernel),
+            ResidueAdapterConfig(width=args.width, kernel=args.kernel, residual_dilations=args.dilations),
             dims,
             run,
             lr=args.lr,
