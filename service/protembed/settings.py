@@ -211,8 +211,10 @@ class Settings(BaseSettings):
         description="Residues shared by neighbouring windows when long_sequences=chunk (64: as close to the "
         "teachers' whole-sequence vectors as 128 or 256, for less compute; reports/long_sequences.md).",
     )
+    # 128 MiB: the longest sequence accepted (max_sequence_length) must get its per-residue answer as
+    # base64 over REST; at 40,000 residues and model 1.4.0's 384 values a residue that is 82 MB.
     max_response_bytes: int = Field(
-        default=64 * 2**20,
+        default=128 * 2**20,
         gt=0,
         description="Largest answer a request may ask for, estimated before any work is done (per-residue "
         "output of many long sequences is the large case): 413 naming the limit beyond. Over REST a float "
