@@ -63,14 +63,17 @@ def test_adapter_gives_a_sequence_the_same_features_alone_and_padded(
     """Masked before each convolution: residues near the end see zeros past it, as alone. Without the
     mask, the padded positions' trunk states would leak into the last kernel // 2 residues."""
     _, adapted = students
-    seqs = _sequences(8, seed=3)
+    _assert_alone_equals_padded(adapted, _sequences(8, seed=3))
+
+
+def _assert_alone_equals_padded(model: Student, seqs: list[str]) -> None:
     enc = tokenizer.batch_encode(seqs)
     ids, mask = torch.from_numpy(enc.input_ids).long(), torch.from_numpy(enc.attention_mask)
     with torch.no_grad():
-        batch = adapted(ids, mask)["residue_states"]
+        batch = model(ids, mask)["residue_states"]
         for r, s in enumerate(seqs):
             one = torch.from_numpy(tokenizer.encode(s)).long()[None]
-            alone = adapted(one, torch.ones_like(one))["residue_states"][0]
+            alone = model(one, torch.ones_like(one))["residue_states"][0]
             torch.testing.assert_close(batch[r, : len(s)], alone, rtol=0, atol=2e-5)
 
 
@@ -163,8 +166,9 @@ def test_export_stage_needs_only_the_checkpoint(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(
         residue_adapter,
         "export_into",
-        lambda folder, ck, version, corpus, evals, threads: calls.append((folder, ck, version))
-        or {"version": version, "files": []},
+        lambda folder, ck, version, corpus, evals, threads: (
+            calls.append((folder, ck, version)) or {"version": version, "files": []}
+        ),
     )
     run = tmp_path / "kept"
     run.mkdir()
@@ -192,15 +196,7 @@ def test_a_dilated_head_is_batch_independent_in_pytorch_and_onnx(tmp_path: Path)
         "conv3",
         "conv4",
     ]
-    seqs = _sequences(8, seed=8)
-    enc = tokenizer.batch_encode(seqs)
-    ids, mask = torch.from_numpy(enc.input_ids).long(), torch.from_numpy(enc.attention_mask)
-    with torch.no_grad():
-        batch = deep(ids, mask)["residue_states"]
-        for r, s in enumerate(seqs):
-            one = torch.from_numpy(tokenizer.encode(s)).long()[None]
-            alone = deep(one, torch.ones_like(one))["residue_states"][0]
-            torch.testing.assert_close(batch[r, : len(s)], alone, rtol=0, atol=2e-5)
+    _assert_alone_equals_padded(deep, _sequences(8, seed=8))
     fp32 = tmp_path / "deep.onnx"
     export_onnx(deep, fp32)
     assert parity(deep, fp32) < 1e-4

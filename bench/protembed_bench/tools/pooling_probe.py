@@ -141,7 +141,8 @@ def cached_features(model: Features, seqs: Sequence[str], cache: Path) -> dict[s
             return stored
     out = model.run(seqs)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{f"r{i}": out[name] for i, name in enumerate(RULES)})
+    # keys r0, r1, ... never numpy's own keyword (allow_pickle) that mypy fears
+    np.savez(tmp, **{f"r{i}": out[name] for i, name in enumerate(RULES)})  # type: ignore[arg-type]
     tmp.replace(path)
     return out
 
