@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from protembed import tokenizer
 from protembed.artifact import load_model
 from protembed.settings import default_model_dir
 from protembed_bench.fidelity.student_vectors import ServedStudent
-from protembed_bench.tools.pooling_probe import POOL_FEATURES, RULES, Features
+from protembed_bench.tools.pooling_probe import POOL_FEATURES, RULES, Features, cached_features
 
 
 def _seq(n: int, seed: int) -> str:
@@ -44,3 +45,21 @@ def test_rules_on_the_served_windows(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         got["mean + ends32(pool)"][1, width : 2 * width], features[0, :32].mean(0), atol=1e-5
     )
+
+
+def test_features_are_cached_per_file_and_rule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = Features(default_model_dir(), "int8", threads=1)
+    seqs = [_seq(30, 3), _seq(45, 4)]
+    first = cached_features(model, seqs, tmp_path)
+
+    def no_model_time(self: Features, seqs: list[str]) -> dict[str, np.ndarray]:
+        raise AssertionError("a cached split ran the model again")
+
+    monkeypatch.setattr(Features, "run", no_model_time)
+    again = cached_features(model, seqs, tmp_path)
+    for rule in RULES:
+        np.testing.assert_array_equal(again[rule], first[rule], err_msg=rule)
+    # a rule the file has no entry for (one added since) makes the split run again, never a stale read
+    monkeypatch.setitem(RULES, "mean + a new rule", lambda s, f, t, r: s)
+    with pytest.raises(AssertionError, match="ran the model again"):
+        cached_features(model, seqs, tmp_path)

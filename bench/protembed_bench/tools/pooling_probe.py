@@ -35,9 +35,8 @@ from protembed_bench.fidelity.sets import load_protein_sets, sequence_key
 from protembed_bench.fidelity.student_vectors import served_overlap
 
 POOL_FEATURES = "/model/pool_proj/pool_proj.1/Mul_1_output_0"  # GELU(Linear(states)), [B, L, 768]
-GRID = (1e-3, 1e-2, 1e-1, 1.0)  # the per-protein fidelity probe's grid
 TRUNK_STATES = "/model/norm/LayerNormalization_output_0"  # final layer-normed states, [B, L, 192]
-
+GRID = (1e-3, 1e-2, 1e-1, 1.0)  # the per-protein fidelity probe's grid
 
 KEEP = 64  # rows of the 768-wide pooling features kept at each end (the whole [L, 768] would not fit)
 
@@ -130,19 +129,24 @@ class Features:
         return {name: np.stack(v) for name, v in result.items()}
 
 
+def _entry(rule: str) -> str:
+    """The cache file's entry for a rule: by its name, so adding or reordering rules reads no stale
+    entry (hex digits, never numpy's own keyword, allow_pickle)."""
+    return "r" + sequence_key(rule)[:16]
+
+
 def cached_features(model: Features, seqs: Sequence[str], cache: Path) -> dict[str, np.ndarray]:
     """``model.run`` once per (file, set split): a rerun of the probes costs no model time."""
     key = sequence_key("\n".join(seqs))[:16]
     path = cache / f"{model.sha256[:12]}-{key}.npz"
     if path.is_file():
         with np.load(path) as data:
-            stored = {name: data[f"r{i}"] for i, name in enumerate(RULES) if f"r{i}" in data.files}
+            stored = {name: data[_entry(name)] for name in RULES if _entry(name) in data.files}
         if len(stored) == len(RULES):
             return stored
     out = model.run(seqs)
     tmp = path.with_suffix(".tmp.npz")
-    # keys r0, r1, ... never numpy's own keyword (allow_pickle) that mypy fears
-    np.savez(tmp, **{f"r{i}": out[name] for i, name in enumerate(RULES)})  # type: ignore[arg-type]
+    np.savez(tmp, **{_entry(name): out[name] for name in RULES})  # type: ignore[arg-type]
     tmp.replace(path)
     return out
 
