@@ -81,8 +81,9 @@ eval_pid=$!
 #    one alone gets the whole GPU). CONTINUE=1, on a machine still warm from a run (caches, run folders
 #    and teacher weights are still there), gives each candidate a second warm-restart cycle instead:
 #    a new run folder that starts from its lineage's best.pt (optim.init_from) with peak lr CONT_LR.
-#    FROM_MODEL=<model folder> (e.g. models/protembed-student-v1, carried with model.json and at least
-#    one of its .onnx files; model.int8.onnx is the one that fits the upload) starts candidates of the
+#    FROM_MODEL=<model folder> (.gpu/from-model from gpu_payload.sh: model.json and the int8 file cut
+#    to the per-protein graph, the one that fits the upload; any folder with model.json and one of its
+#    .onnx files works) starts candidates of the
 #    same architecture from that shipped model instead of from scratch, peak lr CONT_LR: training
 #    continues across sessions, which checkpoints cannot (they stay on the GPU box).
 # pool_dim stops at 768: at 1024 the artifact (fp32 + int8 + fp16) passes the 30 MiB limit on models/.

@@ -93,6 +93,35 @@ def test_the_smaller_files_alone_seed_nearly_the_same_weights(
         assert (got[name] - want).abs().max() <= rel_tol * want.abs().max() + 1e-6, name
 
 
+def test_the_continuation_upload_seeds_the_same_trunk_in_a_third_of_the_bytes(tmp_path: Path) -> None:
+    """FROM_MODEL's upload folder (the int8 file cut to the per-protein graph, tools/continuation_upload)
+    seeds exactly the weights the whole int8 file does, and fits what the device call leaves (~6.5 MB)."""
+    import shutil
+
+    from protembed_distill.tools.continuation_upload import continuation_folder
+
+    folder, cfg, dims = _bundled()
+    entry = read_model_card(folder).file("int8")
+    assert entry is not None
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    for name in ("model.json", entry.file):
+        shutil.copy(folder / name, whole / name)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "stale.onnx").write_bytes(b"an older model's file")
+    cut = continuation_folder(folder, tmp_path / "cut")
+    assert sorted(p.name for p in cut.parent.iterdir()) == sorted(["model.json", entry.file])
+    assert cut.stat().st_size < 6_000_000 and cut.stat().st_size < (whole / entry.file).stat().st_size
+    seeded = []
+    for source in (whole, cut.parent):
+        model = Student(cfg, dims)
+        load_model_folder_weights(model, source, cfg.model_dump(mode="json"), dims)
+        seeded.append(model.state_dict())
+    for name, value in seeded[0].items():
+        if not name.startswith("residue_heads."):  # training-only heads keep their random initialisation
+            torch.testing.assert_close(seeded[1][name], value, rtol=0, atol=0, msg=name)
+
+
 def test_a_foreign_graph_is_refused(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
