@@ -126,7 +126,7 @@ class OnnxModel:
         if active[0] != choice.providers[0]:
             log.warning("requested %s but ONNX Runtime is using %s", choice.providers[0], active[0])
         log.info("model %s (%s) on %s", loaded.onnx_path, loaded.variant, active)
-        per_protein = [o.onnx_output for o in loaded.card.outputs if o.level == "per_protein"]
+        per_protein = [o.onnx_output for o in loaded.card.per_protein_outputs()]
         per_residue = frozenset(o.onnx_output for o in loaded.card.outputs if o.level == "per_residue")
         pruned = None
         if per_residue:

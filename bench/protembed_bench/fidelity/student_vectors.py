@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from protembed.artifact import ModelCard, load_model, sha256_file
 from protembed.windows import Window, plan_windows, pool_windows
 from protembed_bench.fidelity.sets import sequence_key
 
-__all__ = ["ServedStudent", "served_overlap"]
+__all__ = ["ServedStudent", "served_overlap", "window_batches"]
 
 
 def served_overlap() -> int:
@@ -29,6 +29,29 @@ def served_overlap() -> int:
     from protembed.settings import Settings
 
     return int(Settings.model_fields["chunk_overlap"].default)
+
+
+def window_batches(
+    seqs: Sequence[str], plans: Sequence[Sequence[Window]], batch_tokens: int
+) -> Iterator[tuple[list[int], tokenizer.EncodedBatch]]:
+    """Every window of every sequence in length-sorted batches of at most ``batch_tokens`` padded
+    tokens: (the batch's piece indices, its encoded batch). Piece ``j`` is the ``j``-th (sequence,
+    window) pair in plan order, so a sequence's windows are consecutive pieces."""
+    pieces = [(i, w) for i, plan in enumerate(plans) for w in plan]
+    lengths = [w.end - w.start for _, w in pieces]
+    order = sorted(range(len(pieces)), key=lambda j: lengths[j])
+    batch: list[int] = []
+    for j in [*order, -1]:
+        if j >= 0 and (not batch or lengths[j] * (len(batch) + 1) <= batch_tokens):  # j is the longest
+            batch.append(j)
+            continue
+        yield (
+            batch,
+            tokenizer.batch_encode(
+                [seqs[pieces[b][0]][pieces[b][1].start : pieces[b][1].end] for b in batch]
+            ),
+        )
+        batch = [j] if j >= 0 else []
 
 
 class ServedStudent:
@@ -108,28 +131,15 @@ class ServedStudent:
     ) -> dict[str, dict[str, np.ndarray]]:
         limit = self.card.max_length
         plans: list[list[Window]] = [plan_windows(len(s), limit, self.overlap) for s in seqs]
-        pieces = [(i, w) for i, plan in enumerate(plans) for w in plan]
-        lengths = [w.end - w.start for _, w in pieces]
         names = list(onnx)
-        outs: dict[str, list[np.ndarray]] = {n: [np.empty(0)] * len(pieces) for n in names}
-        order = sorted(range(len(pieces)), key=lambda j: lengths[j])
-        batch: list[int] = []
-        for j in [*order, -1]:
-            if j >= 0 and (
-                not batch or lengths[j] * (len(batch) + 1) <= batch_tokens  # ascending: j is the longest
-            ):
-                batch.append(j)
-                continue
-            enc = tokenizer.batch_encode(
-                [seqs[pieces[b][0]][pieces[b][1].start : pieces[b][1].end] for b in batch]
-            )
+        outs: dict[str, list[np.ndarray]] = {n: [np.empty(0)] * sum(map(len, plans)) for n in names}
+        for batch, enc in window_batches(seqs, plans, batch_tokens):
             arrs = self.session.run(
                 [onnx[n] for n in names], {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}
             )
             for n, arr in zip(names, arrs, strict=True):
                 for row, b in enumerate(batch):
                     outs[n][b] = arr[row, : enc.lengths[row]] if arr.ndim == 3 else arr[row]
-            batch = [j] if j >= 0 else []
         result: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
         for n in names:
             start = 0

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from protembed import tokenizer
 from protembed.artifact import load_model, sha256_file
 from protembed.windows import Window, plan_windows, pool_windows
 from protembed_bench import probes
 from protembed_bench.fidelity.proteins import TASK_METRICS
 from protembed_bench.fidelity.sets import load_protein_sets, sequence_key
-from protembed_bench.fidelity.student_vectors import served_overlap
+from protembed_bench.fidelity.student_vectors import served_overlap, window_batches
 
 POOL_FEATURES = "/model/pool_proj/pool_proj.1/Mul_1_output_0"  # GELU(Linear(states)), [B, L, 768]
 TRUNK_STATES = "/model/norm/LayerNormalization_output_0"  # final layer-normed states, [B, L, 192]
@@ -89,18 +88,8 @@ class Features:
     def run(self, seqs: Sequence[str], batch_tokens: int = 16384) -> dict[str, np.ndarray]:
         """rule name -> [n, dim] for ``seqs``."""
         plans: list[list[Window]] = [plan_windows(len(s), self.card.max_length, self.overlap) for s in seqs]
-        pieces = [(i, w) for i, plan in enumerate(plans) for w in plan]
-        lengths = [w.end - w.start for _, w in pieces]
-        outs: list[tuple[np.ndarray, Ends, np.ndarray, np.ndarray]] = [None] * len(pieces)  # type: ignore[list-item]
-        order = sorted(range(len(pieces)), key=lambda j: lengths[j])
-        batch: list[int] = []
-        for j in [*order, -1]:
-            if j >= 0 and (not batch or lengths[j] * (len(batch) + 1) <= batch_tokens):
-                batch.append(j)
-                continue
-            enc = tokenizer.batch_encode(
-                [seqs[pieces[b][0]][pieces[b][1].start : pieces[b][1].end] for b in batch]
-            )
+        outs: list[tuple[np.ndarray, Ends, np.ndarray, np.ndarray]] = [None] * sum(map(len, plans))  # type: ignore[list-item]
+        for batch, enc in window_batches(seqs, plans, batch_tokens):
             s, f, t, r = self.session.run(
                 [self.student, POOL_FEATURES, TRUNK_STATES, self.residues],
                 {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask},
@@ -114,7 +103,6 @@ class Features:
                     t[row, :n].astype(np.float16),
                     r[row, :n].astype(np.float16),
                 )
-            batch = [j] if j >= 0 else []
         result: dict[str, list[np.ndarray]] = {name: [] for name in RULES}
         start = 0
         for plan in plans:
