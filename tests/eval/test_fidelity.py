@@ -45,6 +45,24 @@ def test_teacher_order_prefixes_are_stratified_and_cover_every_row() -> None:
     assert max(k for k, row in enumerate(order) if row[0] == "u") < 40
 
 
+def test_teacher_job_covers_the_sets_it_is_given_first_one_whole_set_at_a_time() -> None:
+    from protembed_bench.fidelity.teacher_vectors import protein_order
+
+    rng = np.random.default_rng(2)
+
+    def pset(name: str, n: int) -> ProteinSet:
+        ys = ["a", "b"] * (n // 2)
+        return ProteinSet(name, name, "y", [_seq(rng, 12) for _ in ys], ys, [_seq(rng, 12) for _ in ys], ys)
+
+    sets = {"t": pset("t", 40), "u": pset("u", 20), "v": pset("v", 10)}
+    rows = {n: set(s.train + s.test) for n, s in sets.items()}
+    first = protein_order(sets, ["u", "t"], 0)
+    assert set(first[:40]) == rows["u"] and set(first[40:]) == rows["t"]  # u whole before t; v not asked
+    assert sorted(protein_order(sets, None, 0)) == sorted(rows["t"] | rows["u"] | rows["v"])
+    with pytest.raises(SystemExit, match=r"unknown set.*w; known: t, u, v"):
+        protein_order(sets, ["w"], 0)
+
+
 def test_served_student_pools_long_sequences_as_the_server_and_caches(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -240,14 +258,10 @@ def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
 
 
-def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Sets on disk (within the tiny model's context: the server's overlap exceeds it), teacher caches as
-    the teacher job writes them (for part of the rows), the tiny
-    model as the student: the report has the student rows, the retention subset's counts and the
-    per-residue table with every feature set."""
-    import json
-
-    from protembed_bench.fidelity import run
+def _fidelity_fixture(tmp_path: Path, prefix: int) -> tuple[Path, Path, Path]:
+    """Sets on disk (within the tiny model's context: the server's overlap exceeds it), the per-residue
+    chains, and teacher caches as the teacher job writes them, for the first ``prefix`` sequences of
+    its order. Returns (data dir, binding file, cache dir)."""
     from protembed_bench.fidelity.sets import (
         load_binding_chains,
         load_chains,
@@ -307,7 +321,7 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     cache = tmp_path / "cache"
     sets = load_protein_sets(data)
     order = teacher_order(sets)
-    seqs = [getattr(sets[s], split)[i] for s, split, i in order][:700]  # a prefix, as a stopped job leaves
+    seqs = [getattr(sets[s], split)[i] for s, split, i in order][:prefix]  # a prefix, as a stopped job leaves
     ch = load_chains(data, 14, 0)
     bind = load_binding_chains(binding)
     dims = {"unirep1900": 12, "near": 5}
@@ -338,6 +352,18 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
                 [brng.normal(size=(len(s), dims[t])).astype(np.float32) for s in unique],
                 [len(s) for s in unique],
             )
+    return data, binding, cache
+
+
+def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Teacher caches for part of the rows, the tiny model as the student: the report has the student
+    rows, the retention subset's counts and the per-residue table with every feature set."""
+    import json
+
+    from protembed_bench.fidelity import run
+    from protembed_bench.fidelity.teacher_vectors import TEACHERS
+
+    data, binding, cache = _fidelity_fixture(tmp_path, 700)
     from protembed_bench.fidelity import student_vectors
 
     assert (
@@ -462,3 +488,53 @@ def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:
             alone = model.encode(ids, torch.ones_like(ids))[0].numpy()
         assert got.shape == (len(s), 8)
         np.testing.assert_allclose(got, alone, atol=1e-5)
+
+
+def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A retention run on every row keeps the teachers' test predictions; a run on a machine without the
+    teachers' vectors scores the student against them with the same numbers, and only while the rows,
+    labels and probe settings are the ones they were measured on."""
+    import json
+
+    from protembed_bench.fidelity import run
+    from protembed_bench.fidelity.teacher_vectors import TEACHERS
+
+    data, _, cache = _fidelity_fixture(tmp_path, 10_000)  # every row
+    out = tmp_path / "report" / "fidelity"
+    args = [
+        *("--model", f"student={tiny_model_dir}:int8", "--data-dir", str(data), "--cache-dir", str(cache)),
+        *("--skip-full", "--skip-residues", "--out", str(out)),
+    ]
+    assert run.main(args) == 0
+    first = json.loads(out.with_suffix(".json").read_text())
+    sub = first["subset"]["deepsol"]
+    assert sub["rows"] == {"train": 150, "train_all": 150, "test": 120, "test_all": 120}
+    assert {t: len(p) for t, p in sub["predictions"].items()} == {f"teacher:{t}": 120 for t in TEACHERS}
+
+    for t in TEACHERS:
+        (cache / "proteins" / f"{t}.h5").unlink()
+    assert run.main(args) == 0
+    second = json.loads(out.with_suffix(".json").read_text())
+    assert set(second["subset"]) == set(first["subset"])
+    for task, r in second["subset"].items():
+        was = first["subset"][task]
+        assert r["rows"] == was["rows"] and r["rows_digest"] == was["rows_digest"]
+        assert r["retention"] == was["retention"]
+        assert r["predictions"] == was["predictions"]
+        for t in TEACHERS:
+            got, ref = r["results"][f"teacher:{t}"], was["results"][f"teacher:{t}"]
+            assert got["kept"] and all(got[m] == ref[m] for m in r["metrics"])
+        assert r["teachers_date"] == first["date"]
+    assert "their test predictions kept and reused" in out.with_suffix(".md").read_text()
+
+    # one label changed: other rows, another digest; that set gets no retention, the others keep theirs
+    test_tsv = data / "eval" / "deepsol" / "test.tsv"
+    lines = test_tsv.read_text().splitlines()
+    head = lines[1].split("\t")
+    lines[1] = "\t".join([*head[:-1], "1" if head[-1] == "0" else "0"])
+    test_tsv.write_text("\n".join(lines) + "\n")
+    assert run.main(args) == 0
+    third = json.loads(out.with_suffix(".json").read_text())
+    assert "deepsol" not in third["subset"] and "capsid" in third["subset"]

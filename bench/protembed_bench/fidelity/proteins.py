@@ -1,6 +1,10 @@
 """Per-protein retention: linear probes (StandardScaler + logistic regression, C by 3-fold CV on train)
 on each task, every model scored on the same test rows with one shared bootstrap, so the retention
-ratio student / best teacher gets a paired interval."""
+ratio student / best teacher gets a paired interval.
+
+The teachers' test predictions travel with the result (class codes, in ``predictions``): a teacher's
+probe depends only on its own vectors and the labels, so a later run can score a new student against
+them, paired on the same rows and resamples, without the hours of CPU the teachers' vectors cost."""
 
 from __future__ import annotations
 
@@ -29,18 +33,32 @@ def probe_task(
     test_y: Sequence[str],
     *,
     teachers: Sequence[str] = (),
+    kept: Mapping[str, Sequence[int]] | None = None,
     folds: int = 3,
     grid: Sequence[float] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Scores of every feature set (name -> (train matrix, test matrix)) and, for each non-teacher, its
-    retention against the best of ``teachers`` (names in ``features``) per metric, paired."""
+    retention against the best of ``teachers`` (names in ``features`` or ``kept``) per metric, paired.
+
+    ``kept``: name -> test predictions (class codes of this task's sorted classes) of an earlier run's
+    probe, scored here as they are."""
     metrics = TASK_METRICS[task]
     y_train, y_test, classes = probes.encode_labels(train_y, test_y)
     boot = probes.bootstrap_indices(len(y_test), resamples, seed)
     results: dict[str, Any] = {}
     preds: dict[str, np.ndarray] = {}
+    for name, codes in (kept or {}).items():
+        pred = np.asarray(codes, dtype=np.int64)
+        if pred.shape != y_test.shape or pred.min() < 0 or pred.max() >= len(classes):
+            raise ValueError(
+                f"{task}: kept predictions of {name!r} do not fit this test set "
+                f"({pred.shape[0]} codes for {len(y_test)} rows and {len(classes)} classes)"
+            )
+        preds[name] = pred
+        results[name] = {m: probes.bootstrap_interval(y_test, pred, m, boot).to_dict() for m in metrics}
+        results[name]["kept"] = True
     for name, (x_train, x_test) in features.items():
         res = probes.run_probe(
             x_train,
@@ -80,4 +98,5 @@ def probe_task(
         "grid": list(grid) if grid else list(probes.DEFAULT_C_GRID),
         "results": results,
         "retention": retention,
+        "predictions": {t: preds[t].tolist() for t in teachers},
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ from protembed_bench.fidelity.sets import (
     BINDING_FILE,
     LENGTH_BOUND,
     Chains,
+    ProteinSet,
     load_protein_sets,
     residue_chains,
     sequence_key,
@@ -193,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.skip_retention:  # the teacher caches of an earlier run, e.g. on another machine: keep, dated
         report["subset"] = {t: {**_kept(previous), **r} for t, r in previous.get("subset", {}).items()}
-    # Retention: rows with both teachers' vectors cached.
+    # Retention: rows with both teachers' vectors cached, or every row against the teachers' test
+    # predictions an earlier full-row run kept (same rows, labels and probe settings: same digest).
+    grid = list(args.grid or probes.DEFAULT_C_GRID)
     for task, data in [] if args.skip_retention else sets.items():
         split_rows: dict[str, list[int]] = {}
         tvecs: dict[str, dict[str, np.ndarray]] = {}
@@ -209,11 +213,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             for t in TEACHERS:
                 tvecs.setdefault(t, {}).update(got[t])
+        every = {"train": list(range(len(data.train))), "test": list(range(len(data.test)))}
+        before = previous.get("subset", {}).get(task, {})
+        reuse = (
+            split_rows != every
+            and bool(before.get("predictions"))
+            and before.get("rows_digest") == rows_digest(data, every, grid, args.seed)
+        )
+        if reuse:
+            split_rows = every
         n_tr, n_te = len(split_rows["train"]), len(split_rows["test"])
         if n_tr < 50 or n_te < 50:
             say(f"{task}: only {n_tr} train / {n_te} test rows have teacher vectors; no retention")
             continue
-        say(f"{task}: retention on {n_tr} of {len(data.train)} train / {n_te} of {len(data.test)} test")
+        say(
+            f"{task}: retention on {n_tr} of {len(data.train)} train / {n_te} of {len(data.test)} test"
+            + (
+                " against the teacher predictions kept from " + _teachers_date(before, previous)
+                if reuse
+                else ""
+            )
+        )
         seqs_tr = [data.train[i] for i in split_rows["train"]]
         seqs_te = [data.test[i] for i in split_rows["test"]]
         y_tr = [data.train_y[i] for i in split_rows["train"]]
@@ -227,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if h == "student":
                     continue
                 feats[f"{name}:head:{h}"] = (np.stack(a[h]), np.stack(b[h]))
-        for t in TEACHERS:
+        kept = before["predictions"] if reuse else {}
+        for t in [] if reuse else TEACHERS:
             feats[f"teacher:{t}"] = (
                 np.stack([tvecs[t][sequence_key(s)] for s in seqs_tr]),
                 np.stack([tvecs[t][sequence_key(s)] for s in seqs_te]),
@@ -238,11 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             feats,
             y_tr,
             y_te,
-            teachers=[f"teacher:{t}" for t in TEACHERS],
+            teachers=list(kept) if reuse else [f"teacher:{t}" for t in TEACHERS],
+            kept=kept,
             grid=args.grid,
             seed=args.seed,
         )
         res["rows"] = {"train": n_tr, "train_all": len(data.train), "test": n_te, "test_all": len(data.test)}
+        res["rows_digest"] = rows_digest(data, split_rows, grid, args.seed)
+        res["teachers_date"] = _teachers_date(before, previous) if reuse else report["date"]
         report["subset"][task] = res
 
     if not args.skip_residues:
@@ -320,6 +344,23 @@ def residue_task_table(
     return residue_table(rfeats, chains.train_y, chains.test_y, task, grid=grid, seed=seed, log=log)
 
 
+def rows_digest(data: ProteinSet, rows: dict[str, list[int]], grid: Sequence[float], seed: int) -> str:
+    """What a teacher probe's test predictions depend on besides the teacher: the rows (sequences and
+    labels of both splits, in order) and the probe's settings. Kept predictions are reused only under
+    the same digest."""
+    h = hashlib.sha256(json.dumps({"grid": [float(c) for c in grid], "seed": seed}).encode())
+    for split in ("train", "test"):
+        seqs, ys = getattr(data, split), getattr(data, f"{split}_y")
+        for i in rows[split]:
+            h.update(f"{split}\t{sequence_key(seqs[i])}\t{ys[i]}\n".encode())
+    return h.hexdigest()
+
+
+def _teachers_date(table: dict[str, Any], report: dict[str, Any]) -> str:
+    """When a retention table's teacher predictions were measured (kept ones carry their first date)."""
+    return str(table.get("teachers_date") or table.get("date") or report["date"])
+
+
 def _kept(previous: dict[str, Any]) -> dict[str, Any]:
     """What a table kept from an earlier report carries: when, and on which model files, it was measured
     (a later run may serve another model version)."""
@@ -385,7 +426,18 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "## Retention (student / best teacher, paired)",
             "",
-            f"{_measured(report['subset'], report)}.",
+            f"{_measured(report['subset'], report)}. "
+            + "Teachers' probes measured "
+            + "; ".join(
+                f"{task} {_teachers_date(r, report)}"
+                + (
+                    " (their test predictions kept and reused; the teachers' vectors not recomputed)"
+                    if any(v.get("kept") for v in r["results"].values())
+                    else ""
+                )
+                for task, r in report["subset"].items()
+            )
+            + ".",
             "",
             "| set | rows train / test (of all) | model | metric | score | best teacher | teacher score "
             "| retention |",

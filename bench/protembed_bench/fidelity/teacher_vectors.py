@@ -24,13 +24,14 @@ import numpy as np
 
 from protembed_bench.fidelity.sets import (
     BINDING_FILE,
+    ProteinSet,
     load_protein_sets,
     residue_chains,
     sequence_key,
     teacher_order,
 )
 
-__all__ = ["TEACHERS", "cached_vectors", "main"]
+__all__ = ["TEACHERS", "cached_vectors", "main", "protein_order"]
 
 TEACHERS = ("unirep1900", "near")
 DEFAULT_CACHE = Path("~/.cache/protembed/fidelity").expanduser()
@@ -66,6 +67,21 @@ def cached_vectors(path: Path, seqs: Sequence[str], residues: bool = False) -> d
         }
 
 
+def protein_order(sets: dict[str, ProteinSet], priority: Sequence[str] | None, seed: int) -> list[str]:
+    """The per-protein sequences in the order the job embeds them: the sets named in ``priority`` one
+    after another (each a stratified interleaving of its splits, so a set is whole before the next
+    starts), or every set interleaved when ``priority`` is None."""
+    unknown = sorted(set(priority or ()) - set(sets))
+    if unknown:
+        raise SystemExit(f"--sets: unknown set(s) {', '.join(unknown)}; known: {', '.join(sets)}")
+    groups = [list(sets)] if priority is None else [[name] for name in priority]
+    seqs: list[str] = []
+    for group in groups:
+        order = teacher_order({n: sets[n] for n in group}, seed)
+        seqs.extend(getattr(sets[n], split)[i] for n, split, i in order)
+    return list(dict.fromkeys(seqs))
+
+
 def _deadline(text: str | None) -> float:
     if not text:
         return float("inf")
@@ -86,6 +102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--until", help="HH:MM UTC: start no chunk after this time")
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        default=None,
+        help="per-protein sets to cover, in this order of priority (default: all, interleaved); a later "
+        "run without it resumes with the rest",
+    )
+    p.add_argument(
+        "--no-chains",
+        action="store_true",
+        help="skip the per-residue chains' states (the per-residue tables need them; retention does not)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -103,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"t": dt.datetime.now(dt.UTC).strftime("%H:%M:%S"), **rec}), flush=True)
 
     tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
-    chain_seqs = [s for ch in tasks.values() for s in ch.test + ch.train]
-    for name, teacher in teachers.items():
+    chain_seqs = [] if args.no_chains else [s for ch in tasks.values() for s in ch.test + ch.train]
+    for name, teacher in teachers.items() if chain_seqs else ():
         items = _items(chain_seqs)
         with EmbeddingStore(args.cache_dir / "residues" / f"{name}.h5") as store:
             stats = embed_into(
@@ -119,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log({"stage": "chains", "teacher": name, **stats})
 
     sets = load_protein_sets(args.data_dir)
-    order = teacher_order(sets, args.seed)
-    seqs = [getattr(sets[s], split)[i] for s, split, i in order]
+    seqs = protein_order(sets, args.sets, args.seed)
     done_rows = 0
     for start in range(0, len(seqs), args.chunk):
         if time.time() > end:
