@@ -184,3 +184,21 @@ def test_export_refuses_a_variant_whose_vectors_depend_on_batch_mates(
         export_checkpoint(checkpoint, tmp_path / "m", fp16=False)
     card = export_checkpoint(checkpoint, tmp_path / "ok", fp16=False, int8=False)
     assert card["files"][0]["metrics"]["batch_dependence_max_abs_diff"] <= 1e-5
+
+
+def test_model_files_over_the_size_limit_are_refused_naming_the_folder(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One rule for every path that writes a model folder (a fresh export here; rebuild_variants calls
+    the same check): the folder's files must fit MAX_BYTES."""
+    from protembed_distill.export import model_folder
+    from protembed_distill.export.onnx import ExportError
+
+    card = export_checkpoint(checkpoint, tmp_path / "ok", fp16=False)
+    size = sum((tmp_path / "ok" / f["file"]).stat().st_size for f in card["files"])
+    model_folder.check_model_files(tmp_path / "ok", card["files"])  # within the real limit
+    monkeypatch.setattr(model_folder, "MAX_BYTES", size - 1)
+    with pytest.raises(ExportError, match=r"/ok: model files are .* MiB, over the 0 MiB limit"):
+        model_folder.check_model_files(tmp_path / "ok", card["files"])
+    with pytest.raises(ExportError, match=r"/big: model files are .* over the"):
+        export_checkpoint(checkpoint, tmp_path / "big", fp16=False)

@@ -24,8 +24,8 @@ import numpy as np
 from protembed.artifact import CARD_FILE, read_model_card, write_model_card
 from protembed_distill.config import EvalSetConfig
 from protembed_distill.data.dataset import find_eval_overlap, read_corpus, read_eval_sequences
-from protembed_distill.export.model_folder import BATCH_DEPENDENCE_LIMIT
-from protembed_distill.export.onnx import ExportError, onnx_outputs, parity
+from protembed_distill.export.model_folder import check_model_files
+from protembed_distill.export.onnx import onnx_outputs, parity
 from protembed_distill.export.reference_vectors import attach_pytorch_reference, student_from_folder
 from protembed_distill.export.variants import batch_dependence, convert_fp16, quantize_int8, variant_quality
 
@@ -116,10 +116,8 @@ def rebuild(
             "parity_max_abs_diff": parity(model, path),
             "metrics": metrics,
         }
-    worst = {v: e["metrics"]["batch_dependence_max_abs_diff"] for v, e in entries.items()}
-    if max(worst.values()) > BATCH_DEPENDENCE_LIMIT:
-        raise ExportError(f"{folder}: vectors depend on batch-mates past {BATCH_DEPENDENCE_LIMIT:g}: {worst}")
     card["files"] = [entries[v] for v in ("fp32", "int8", "fp16") if v in entries]
+    check_model_files(folder, card["files"])
     card["version"] = version
     write_model_card(folder, card)
     attach_pytorch_reference(folder, model)
