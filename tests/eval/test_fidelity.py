@@ -253,6 +253,22 @@ def test_probe_task_retention_is_paired_against_the_best_teacher() -> None:
     assert "teacher:weak" not in r["retention"]
 
 
+def test_cosine_table_scores_each_row_against_its_own_teacher_vector() -> None:
+    from protembed_bench.fidelity.proteins import cosine_table
+
+    rng = np.random.default_rng(5)
+    teacher = rng.normal(size=(200, 8))
+    noisy = teacher + 0.5 * rng.normal(size=teacher.shape)
+    t = cosine_table(
+        {"same": (2.0 * teacher, teacher), "noisy": (noisy, teacher), "shuffled": (teacher[::-1], teacher)}
+    )
+    assert t["same"]["mean"]["point"] == pytest.approx(1.0) and t["same"]["share_at_least_0.90"] == 1.0
+    assert 0.6 < t["noisy"]["mean"]["low"] < t["noisy"]["mean"]["point"] < t["noisy"]["mean"]["high"] < 0.99
+    assert abs(t["shuffled"]["mean"]["point"]) < 0.15 and t["shuffled"]["share_at_least_0.90"] < 0.05
+    with pytest.raises(ValueError, match="bad: predicted"):
+        cosine_table({"bad": (teacher[:, :4], teacher)})
+
+
 def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
@@ -490,9 +506,7 @@ def test_checkpoint_states_match_one_sequence_at_a_time(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, alone, atol=1e-5)
 
 
-def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(tmp_path: Path) -> None:
     """A retention run on every row keeps the teachers' test predictions; a run on a machine without the
     teachers' vectors scores the student against them with the same numbers, and only while the rows,
     labels and probe settings are the ones they were measured on."""
@@ -500,8 +514,16 @@ def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(
 
     from protembed_bench.fidelity import run
     from protembed_bench.fidelity.teacher_vectors import TEACHERS
+    from tiny_model import build_tiny_model
 
     data, _, cache = _fidelity_fixture(tmp_path, 10_000)  # every row
+    # heads named and sized as the fixture's teachers, so the heads' cosines to them are measured
+    tiny_model_dir = build_tiny_model(
+        tmp_path / "heads",
+        teachers={"unirep1900": 12, "near": 5},
+        max_length=64,  # the session fixture's window
+        extra_variant="int8",
+    )
     out = tmp_path / "report" / "fidelity"
     args = [
         *("--model", f"student={tiny_model_dir}:int8", "--data-dir", str(data), "--cache-dir", str(cache)),
@@ -512,6 +534,7 @@ def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(
     sub = first["subset"]["deepsol"]
     assert sub["rows"] == {"train": 150, "train_all": 150, "test": 120, "test_all": 120}
     assert {t: len(p) for t, p in sub["predictions"].items()} == {f"teacher:{t}": 120 for t in TEACHERS}
+    assert {n: c["rows"] for n, c in sub["cosine"].items()} == {f"student:head:{t}": 270 for t in TEACHERS}
 
     for t in TEACHERS:
         (cache / "proteins" / f"{t}.h5").unlink()
@@ -522,7 +545,7 @@ def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(
         was = first["subset"][task]
         assert r["rows"] == was["rows"] and r["rows_digest"] == was["rows_digest"]
         assert r["retention"] == was["retention"]
-        assert r["predictions"] == was["predictions"]
+        assert r["predictions"] == was["predictions"] and r["cosine"] == was["cosine"]
         for t in TEACHERS:
             got, ref = r["results"][f"teacher:{t}"], was["results"][f"teacher:{t}"]
             assert got["kept"] and all(got[m] == ref[m] for m in r["metrics"])

@@ -15,7 +15,7 @@ import numpy as np
 
 from protembed_bench import probes
 
-__all__ = ["TASK_METRICS", "probe_task"]
+__all__ = ["TASK_METRICS", "cosine_table", "probe_task"]
 
 # The first metric picks C and the best teacher; capsid also reports MCC (its classes are unbalanced).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -100,3 +100,27 @@ def probe_task(
         "retention": retention,
         "predictions": {t: preds[t].tolist() for t in teachers},
     }
+
+
+def cosine_table(
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], *, resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """How close a student's teacher heads come to the teachers' own vectors, row by row: name ->
+    (predicted [N, D], teacher [N, D]) in the teacher's units. Per name: the mean cosine with a bootstrap
+    interval over rows, the 5th percentile and the share of rows at 0.90 or more (the issue's bar)."""
+    out: dict[str, Any] = {}
+    for name, (pred, target) in pairs.items():
+        if pred.shape != target.shape:
+            raise ValueError(f"{name}: predicted {pred.shape} vs teacher {target.shape}")
+        a = pred.astype(np.float64)
+        b = target.astype(np.float64)
+        cos = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        boot = probes.bootstrap_indices(len(cos), resamples, seed)
+        mean = probes.percentile_interval(float(cos.mean()), cos[boot].mean(axis=1))
+        out[name] = {
+            "rows": len(cos),
+            "mean": mean.to_dict(),
+            "p05": float(np.percentile(cos, 5)),
+            "share_at_least_0.90": float((cos >= 0.90).mean()),
+        }
+    return out
