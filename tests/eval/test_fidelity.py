@@ -259,14 +259,22 @@ def test_cosine_table_scores_each_row_against_its_own_teacher_vector() -> None:
     rng = np.random.default_rng(5)
     teacher = rng.normal(size=(200, 8))
     noisy = teacher + 0.5 * rng.normal(size=teacher.shape)
+    lengths = [100] * 50 + [400] * 100 + [900] * 50
     t = cosine_table(
-        {"same": (2.0 * teacher, teacher), "noisy": (noisy, teacher), "shuffled": (teacher[::-1], teacher)}
+        {"same": (2.0 * teacher, teacher), "noisy": (noisy, teacher), "shuffled": (teacher[::-1], teacher)},
+        lengths,
     )
+    assert {b: v["rows"] for b, v in t["noisy"]["by_length"].items()} == {
+        "1-256": 50,
+        "257-512": 100,
+        ">512": 50,
+    }
+    assert t["same"]["by_length"][">512"]["mean"] == pytest.approx(1.0)
     assert t["same"]["mean"]["point"] == pytest.approx(1.0) and t["same"]["share_at_least_0.90"] == 1.0
     assert 0.6 < t["noisy"]["mean"]["low"] < t["noisy"]["mean"]["point"] < t["noisy"]["mean"]["high"] < 0.99
     assert abs(t["shuffled"]["mean"]["point"]) < 0.15 and t["shuffled"]["share_at_least_0.90"] < 0.05
     with pytest.raises(ValueError, match="bad: predicted"):
-        cosine_table({"bad": (teacher[:, :4], teacher)})
+        cosine_table({"bad": (teacher[:, :4], teacher)}, lengths)
 
 
 def _write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -8,6 +8,7 @@ them, paired on the same rows and resamples, without the hours of CPU the teache
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -102,16 +103,32 @@ def probe_task(
     }
 
 
+# Length bins of the cosine table: the student's window is 512; longer sequences are served as
+# overlapping windows pooled together, so their agreement is shown apart.
+LENGTH_BINS = (256, 512)
+
+
 def cosine_table(
-    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], *, resamples: int = 1000, seed: int = 0
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    lengths: Sequence[int],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """How close a student's teacher heads come to the teachers' own vectors, row by row: name ->
-    (predicted [N, D], teacher [N, D]) in the teacher's units. Per name: the mean cosine with a bootstrap
-    interval over rows, the 5th percentile and the share of rows at 0.90 or more (the issue's bar)."""
+    (predicted [N, D], teacher [N, D]) in the teacher's units, ``lengths`` the rows' residue counts. Per
+    name: the mean cosine with a bootstrap interval over rows, the 5th percentile, the share of rows at
+    0.90 or more (the issue's bar), and the mean within each length bin."""
+    length = np.asarray(lengths)
+    edges = [0, *LENGTH_BINS]
+    bins = {f"{lo + 1}-{hi}": (length > lo) & (length <= hi) for lo, hi in itertools.pairwise(edges)}
+    bins[f">{edges[-1]}"] = length > edges[-1]
     out: dict[str, Any] = {}
     for name, (pred, target) in pairs.items():
-        if pred.shape != target.shape:
-            raise ValueError(f"{name}: predicted {pred.shape} vs teacher {target.shape}")
+        if pred.shape != target.shape or len(length) != len(pred):
+            raise ValueError(
+                f"{name}: predicted {pred.shape} vs teacher {target.shape}, {len(length)} lengths"
+            )
         a = pred.astype(np.float64)
         b = target.astype(np.float64)
         cos = (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -122,5 +139,10 @@ def cosine_table(
             "mean": mean.to_dict(),
             "p05": float(np.percentile(cos, 5)),
             "share_at_least_0.90": float((cos >= 0.90).mean()),
+            "by_length": {
+                label: {"rows": int(m.sum()), "mean": float(cos[m].mean())}
+                for label, m in bins.items()
+                if m.any()
+            },
         }
     return out
