@@ -172,7 +172,6 @@ class BatchQueue:
         self.queued_tokens = 0
         self.queued_bulk_tokens = 0  # the part of queued_tokens only bulk requests wait for
         self.last_batch_bulk = False  # aging alternates: an aged bulk batch, then interactive again
-        self._budget = config.max_batch_tokens  # the batch being planned: smaller for bulk batches
         self.tokens_per_s = 0.0  # measured throughput, for Retry-After
         # Batch time ~ fixed + per_token x padded tokens, fitted over recent batches: exponentially
         # weighted sums of 1, x, y, x^2, xy (x = padded tokens, y = seconds).
@@ -208,7 +207,6 @@ class BatchQueue:
     def set_budget(self, max_batch_tokens: int) -> None:
         """Change the batch token budget (the engine settles it once the provider is known)."""
         self.config = replace(self.config, max_batch_tokens=max_batch_tokens)
-        self._budget = max_batch_tokens
 
     def seed_throughput(self, tokens_per_s: float) -> None:
         """A first throughput estimate (measured at warm-up), so a cold server's Retry-After says how
@@ -339,13 +337,20 @@ class BatchQueue:
         oldest = next(iter(self.pending.values()))
         return max(0.0, oldest.enqueued_at + self.max_wait_s - now)
 
-    def _fits(self, count: int, longest: int) -> bool:
-        """Size cap and token budget (padding counted); a single item always fits, however long."""
-        return count == 1 or (count <= self.max_batch_size and count * longest <= self._budget)
+    def budget(self, bulk: bool) -> int:
+        """The token budget of a batch being planned: a share of the full one for a batch only bulk
+        requests wait for, so an interactive arrival waits behind a smaller batch."""
+        if bulk:
+            return max(1, int(self.max_batch_tokens * self.config.bulk_batch_share))
+        return self.max_batch_tokens
 
-    def _is_full(self, count: int, longest: int) -> bool:
+    def _fits(self, count: int, longest: int, budget: int) -> bool:
+        """Size cap and token budget (padding counted); a single item always fits, however long."""
+        return count == 1 or (count <= self.max_batch_size and count * longest <= budget)
+
+    def _is_full(self, count: int, longest: int, budget: int) -> bool:
         """No further item, not even one as short as the rest, could join: waiting cannot help."""
-        return not self._fits(count + 1, longest)
+        return not self._fits(count + 1, longest, budget)
 
     def _candidates(self, now: float) -> list[Entry]:
         """The queued entries the next batch is drawn from, oldest first.
@@ -395,7 +400,7 @@ class BatchQueue:
         cutoff = now - AGED_SHARE * (now - oldest.enqueued_at)
         return [e for e in entries if e.enqueued_at <= cutoff]  # arrival order kept: oldest first
 
-    def _plan_fifo(self, entries: list[Entry]) -> list[Entry]:
+    def _plan_fifo(self, entries: list[Entry], budget: int) -> list[Entry]:
         """Arrival order from the oldest, until the next item would break the size cap or token budget.
 
         No padding bound: this is plain arrival-order batching, the baseline bucketing is measured against.
@@ -404,13 +409,13 @@ class BatchQueue:
         longest = 0
         for e in entries:
             width = max(longest, e.tokens)
-            if batch and not self._fits(len(batch) + 1, width):
+            if batch and not self._fits(len(batch) + 1, width, budget):
                 break
             batch.append(e)
             longest = width
         return batch
 
-    def _plan_bucketed(self, entries: list[Entry], due: bool) -> list[Entry]:
+    def _plan_bucketed(self, entries: list[Entry], due: bool, budget: int) -> list[Entry]:
         """The fullest run of queued items adjacent in length order whose padding share stays <=
         ``max_padding_ratio`` within the size cap and token budget; when the oldest item is due, only
         runs that include it (so odd lengths cannot starve).
@@ -431,7 +436,7 @@ class BatchQueue:
         # the bound as "real >= keep x padded"; a relative epsilon so a run exactly at the bound counts
         # as within it despite float rounding
         keep = (1.0 - self.max_padding_ratio) * (1.0 - 1e-12)
-        max_size, max_tokens = self.max_batch_size, self._budget
+        max_size, max_tokens = self.max_batch_size, budget
         seed = order.index(0) if due else -1
         best = (0.0, 0, 0, -1)  # (fill, real tokens, l, r)
         for r in range(max(seed, 0), len(toks)):  # hot loop at large queues: kept inline
@@ -474,18 +479,15 @@ class BatchQueue:
         if not self.pending:
             return None
         entries = self._candidates(now)
-        bulk = bool(self.queued_bulk_tokens) and all(e.bulk_tokens for e in entries)
-        self._budget = self.max_batch_tokens
-        if bulk:
-            self._budget = max(1, int(self.max_batch_tokens * self.config.bulk_batch_share))
+        budget = self.budget(bool(self.queued_bulk_tokens) and all(e.bulk_tokens for e in entries))
         due = entries[0].enqueued_at + self.max_wait_s <= now
         if self.policy == "fifo":
-            batch = self._plan_fifo(entries)
+            batch = self._plan_fifo(entries, budget)
         else:
-            batch = self._plan_bucketed(self._aged(entries, now) if due else entries, due)
+            batch = self._plan_bucketed(self._aged(entries, now) if due else entries, due, budget)
         longest = max(e.tokens for e in batch)
         idle = not self.running
-        if not (idle or due or force or self._is_full(len(batch), longest)):
+        if not (idle or due or force or self._is_full(len(batch), longest, budget)):
             return None
         self.last_batch_bulk = all(e.bulk_tokens for e in batch)
         for e in batch:

@@ -92,7 +92,7 @@ def test_bucketed_plan_is_the_best_run(
     for i, n in enumerate(lens):
         q.add(f"{i}:" + "A" * n, waiter())
     entries = list(q.pending.values())
-    plan = q._plan_bucketed(entries, due)
+    plan = q._plan_bucketed(entries, due, q.budget(bulk=False))
     toks = [e.tokens for e in plan]
     longest = max(toks)
     cap = max(1, min(size, tokens // longest))
