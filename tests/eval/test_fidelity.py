@@ -251,6 +251,38 @@ def test_probe_task_retention_is_paired_against_the_best_teacher() -> None:
     )
     assert ret["accuracy"]["low"] <= ret["accuracy"]["point"] <= ret["accuracy"]["high"]
     assert "teacher:weak" not in r["retention"]
+    assert "vs_reference" not in r  # one model: nothing to compare it with
+    # kept predictions of one class only: the teacher's MCC is 0, so there is no MCC ratio to it
+    flat = probe_task(
+        "capsid",
+        {"student": feats["student"]},
+        y_train,
+        y_test,
+        teachers=["teacher:flat"],
+        kept={"teacher:flat": [0] * len(y_test)},
+        resamples=50,
+    )
+    assert flat["results"]["teacher:flat"]["mcc"]["point"] == 0.0
+    assert set(flat["retention"]["student"]) == {"accuracy"}
+
+    feats["student:new"] = (signal(y_train, 2.0), signal(y_test, 2.0))
+    both = probe_task(
+        "capsid",
+        feats,
+        y_train,
+        y_test,
+        teachers=["teacher:strong", "teacher:weak"],
+        reference="student",
+        candidates=["student:new"],
+        resamples=200,
+    )
+    new = both["vs_reference"]["ratios"]["student:new"]["accuracy"]
+    res = both["results"]
+    assert both["vs_reference"]["reference"] == "student"
+    assert new["point"] == pytest.approx(
+        res["student:new"]["accuracy"]["point"] / res["student"]["accuracy"]["point"]
+    )
+    assert new["high"] < 1.0  # the noisier model is worse, and the paired interval says so
 
 
 def test_cosine_table_scores_each_row_against_its_own_teacher_vector() -> None:
@@ -559,6 +591,14 @@ def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(tmp_pat
             assert got["kept"] and all(got[m] == ref[m] for m in r["metrics"])
         assert r["teachers_date"] == first["date"]
     assert "their test predictions kept and reused" in out.with_suffix(".md").read_text()
+    # a second model is scored against the first as well (the same file here: a ratio of exactly 1)
+    assert run.main([*args, "--model", f"again={tiny_model_dir}:int8"]) == 0
+    pair = json.loads(out.with_suffix(".json").read_text())["subset"]["capsid"]["vs_reference"]
+    assert pair["reference"] == "student"
+    assert pair["ratios"]["again"]["accuracy"]["point"] == 1.0  # (mcc only where the first's is > 0)
+    assert (
+        "| capsid | again | student | accuracy | 1.000 [1.000, 1.000] |" in out.with_suffix(".md").read_text()
+    )
 
     # one label changed: other rows, another digest; that set gets no retention, the others keep theirs
     test_tsv = data / "eval" / "deepsol" / "test.tsv"

@@ -35,6 +35,8 @@ def probe_task(
     *,
     teachers: Sequence[str] = (),
     kept: Mapping[str, Sequence[int]] | None = None,
+    reference: str | None = None,
+    candidates: Sequence[str] = (),
     folds: int = 3,
     grid: Sequence[float] | None = None,
     resamples: int = 1000,
@@ -44,7 +46,8 @@ def probe_task(
     retention against the best of ``teachers`` (names in ``features`` or ``kept``) per metric, paired.
 
     ``kept``: name -> test predictions (class codes of this task's sorted classes) of an earlier run's
-    probe, scored here as they are."""
+    probe, scored here as they are. ``candidates`` are also scored against ``reference`` (a new model
+    against the bundled one: the rule "no worse on any set"), paired the same way."""
     metrics = TASK_METRICS[task]
     y_train, y_test, classes = probes.encode_labels(train_y, test_y)
     boot = probes.bootstrap_indices(len(y_test), resamples, seed)
@@ -85,11 +88,22 @@ def probe_task(
         if not teachers:
             break
         best = max(teachers, key=lambda t: results[t][m]["point"])
+        if results[best][m]["point"] <= 0:
+            continue  # a ratio to an MCC at or below chance is undefined: no row rather than a crash
         for name in features:
             if name in teachers:
                 continue
             r = probes.paired_ratio_interval(y_test, preds[name], preds[best], m, boot)
             retention.setdefault(name, {})[m] = {"vs": best, **r.to_dict()}
+    vs_reference = {
+        name: {
+            m: probes.paired_ratio_interval(y_test, preds[name], preds[reference], m, boot).to_dict()
+            for m in metrics
+            if results[reference][m]["point"] > 0
+        }
+        for name in candidates
+        if reference is not None
+    }
     return {
         "task": task,
         "classes": classes,
@@ -100,6 +114,7 @@ def probe_task(
         "results": results,
         "retention": retention,
         "predictions": {t: preds[t].tolist() for t in teachers},
+        **({"vs_reference": {"reference": reference, "ratios": vs_reference}} if vs_reference else {}),
     }
 
 

@@ -261,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             y_te,
             teachers=list(kept) if reuse else [f"teacher:{t}" for t in TEACHERS],
             kept=kept,
+            reference=next(iter(students)),
+            candidates=list(students)[1:],
             grid=args.grid,
             seed=args.seed,
         )
@@ -486,6 +488,22 @@ def render(report: dict[str, Any]) -> str:
                 "| set | rows | head | mean cosine | 5th pct | share >= 0.90 | mean by length (rows) |",
                 "|---|---|---|---|---|---|---|",
                 *cos_rows,
+                "",
+            ]
+        ref_rows = [
+            f"| {task} | {name} | {r['vs_reference']['reference']} | {m} | {_iv(ratio)} |"
+            for task, r in report["subset"].items()
+            for name, by_metric in r.get("vs_reference", {}).get("ratios", {}).items()
+            for m, ratio in by_metric.items()
+        ]
+        if ref_rows:
+            lines += [
+                "Each further model against the first (paired; a new default ships only when no worse "
+                "on any set):",
+                "",
+                "| set | model | against | metric | ratio |",
+                "|---|---|---|---|---|",
+                *ref_rows,
                 "",
             ]
         lines += ["Teachers on the same rows:", "", "| set | teacher | metric | score |", "|---|---|---|---|"]
