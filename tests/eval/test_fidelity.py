@@ -588,9 +588,22 @@ def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(tmp_pat
         assert r["predictions"] == was["predictions"] and r["cosine"] == was["cosine"]
         for t in TEACHERS:
             got, ref = r["results"][f"teacher:{t}"], was["results"][f"teacher:{t}"]
-            assert got["kept"] and all(got[m] == ref[m] for m in r["metrics"])
+            assert got == {**ref, "kept": True}  # scores, C and width as measured
         assert r["teachers_date"] == first["date"]
     assert "their test predictions kept and reused" in out.with_suffix(".md").read_text()
+    # one set again: the others keep their tables, dated
+    assert run.main([*args, "--sets", "capsid"]) == 0
+    some = json.loads(out.with_suffix(".json").read_text())["subset"]
+    assert (
+        some["deepsol"]["date"] == second["date"]
+        and some["deepsol"]["results"] == second["subset"]["deepsol"]["results"]
+    )
+    assert (
+        "date" not in some["capsid"]
+        and some["capsid"]["retention"] == second["subset"]["capsid"]["retention"]
+    )
+    with pytest.raises(SystemExit):
+        run.main([*args, "--sets", "nosuchset"])
     # a second model is scored against the first as well (the same file here: a ratio of exactly 1)
     assert run.main([*args, "--model", f"again={tiny_model_dir}:int8"]) == 0
     pair = json.loads(out.with_suffix(".json").read_text())["subset"]["capsid"]["vs_reference"]

@@ -112,6 +112,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=BINDING_FILE,
         help="the ligand-binding chains (default: FLIP bind, from_publication split, shipped here)",
     )
+    p.add_argument(
+        "--sets",
+        nargs="+",
+        default=None,
+        help="per-protein sets to measure (default: all); the others keep the report's tables, dated",
+    )
     p.add_argument("--out", type=Path, default=Path("reports/fidelity"))
     args = p.parse_args(argv)
     models = args.model or [("student", Path("models/protembed-student-v1"), "int8")]
@@ -121,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: ServedStudent(folder, variant, args.cache_dir / "student") for name, folder, variant in models
     }
     sets = load_protein_sets(args.data_dir)
+    unknown = sorted(set(args.sets or ()) - set(sets))
+    if unknown:
+        p.error(f"--sets: unknown set(s) {', '.join(unknown)}; known: {', '.join(sets)}")
+    chosen = args.sets or list(sets)
+    previous_path = args.out.with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
 
     def say(msg: str) -> None:
         print(f"[fidelity {dt.datetime.now(dt.UTC):%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
@@ -160,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for task, data in sets.items():
         if args.skip_full:
             break
+        if task not in chosen:  # not asked for: the report's table stays, dated
+            if task in previous.get("full", {}):
+                report["full"][task] = {**_kept(previous), **previous["full"][task]}
+            continue
         rows = {
             split: [i for i, s in enumerate(getattr(data, split)) if sequence_key(s) in ref_keys]
             for split in ("train", "test")
@@ -188,8 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         report["full"][task] = res
 
-    previous_path = args.out.with_suffix(".json")
-    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     if args.skip_full:  # measured earlier on more student rows than this run would wait for: keep, dated
         report["full"] = {t: {**_kept(previous), **r} for t, r in previous.get("full", {}).items()}
 
@@ -199,6 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # predictions an earlier full-row run kept (same rows, labels and probe settings: same digest).
     grid = list(args.grid or probes.DEFAULT_C_GRID)
     for task, data in [] if args.skip_retention else sets.items():
+        if task not in chosen:
+            if task in previous.get("subset", {}):
+                report["subset"][task] = {**_kept(previous), **previous["subset"][task]}
+            continue
         split_rows: dict[str, list[int]] = {}
         tvecs: dict[str, dict[str, np.ndarray]] = {}
         for split in ("train", "test"):
@@ -266,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid=args.grid,
             seed=args.seed,
         )
+        for t in kept:  # the kept teachers' probe settings (C, width) stay beside their scores
+            res["results"][t] = {**before["results"].get(t, {}), **res["results"][t]}
         res["rows"] = {"train": n_tr, "train_all": len(data.train), "test": n_te, "test_all": len(data.test)}
         res["rows_digest"] = rows_digest(data, split_rows, grid, args.seed)
         if reuse:  # no teacher vectors here: the cosines of the run that had them stay, with its date
