@@ -49,7 +49,7 @@ from protembed_bench.fidelity.student_vectors import ServedStudent, served_overl
 from protembed_bench.fidelity.teacher_vectors import DEFAULT_CACHE, TEACHERS, cached_vectors
 from protembed_distill.reports import cpu_model
 
-__all__ = ["main", "render"]
+__all__ = ["main", "render", "retention_table", "rows_digest"]
 
 
 def _model_arg(text: str) -> tuple[str, Path, str]:
@@ -211,101 +211,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["subset"] = {t: {**_kept(previous), **r} for t, r in previous.get("subset", {}).items()}
     # Retention: rows with both teachers' vectors cached, or every row against the teachers' test
     # predictions an earlier full-row run kept (same rows, labels and probe settings: same digest).
-    grid = list(args.grid or probes.DEFAULT_C_GRID)
     for task, data in [] if args.skip_retention else sets.items():
         if task not in chosen:
             if task in previous.get("subset", {}):
                 report["subset"][task] = {**_kept(previous), **previous["subset"][task]}
             continue
-        split_rows: dict[str, list[int]] = {}
-        tvecs: dict[str, dict[str, np.ndarray]] = {}
-        for split in ("train", "test"):
-            seqs = getattr(data, split)
-            try:
-                got = {t: cached_vectors(args.cache_dir / "proteins" / f"{t}.h5", seqs) for t in TEACHERS}
-            except OSError as exc:  # HDF5's lock: the teacher job is writing the file right now
-                say(f"{task}: teacher caches unreadable while the teacher job writes them ({exc})")
-                got = {t: {} for t in TEACHERS}
-            split_rows[split] = [
-                i for i, s in enumerate(seqs) if all(sequence_key(s) in got[t] for t in TEACHERS)
-            ]
-            for t in TEACHERS:
-                tvecs.setdefault(t, {}).update(got[t])
-        every = {"train": list(range(len(data.train))), "test": list(range(len(data.test)))}
-        before = previous.get("subset", {}).get(task, {})
-        reuse = (
-            split_rows != every
-            and bool(before.get("predictions"))
-            and before.get("rows_digest") == rows_digest(data, every, grid, args.seed)
-        )
-        if reuse:
-            split_rows = every
-        n_tr, n_te = len(split_rows["train"]), len(split_rows["test"])
-        if n_tr < 50 or n_te < 50:
-            say(f"{task}: only {n_tr} train / {n_te} test rows have teacher vectors; no retention")
-            continue
-        say(
-            f"{task}: retention on {n_tr} of {len(data.train)} train / {n_te} of {len(data.test)} test"
-            + (
-                " against the teacher predictions kept from " + _teachers_date(before, previous)
-                if reuse
-                else ""
-            )
-        )
-        seqs_tr = [data.train[i] for i in split_rows["train"]]
-        seqs_te = [data.test[i] for i in split_rows["test"]]
-        y_tr = [data.train_y[i] for i in split_rows["train"]]
-        y_te = [data.test_y[i] for i in split_rows["test"]]
-        feats = {}
-        for name, s in students.items():
-            heads = [o.name for o in s.card.outputs if o.level == "per_protein"]  # student + teacher heads
-            a, b = s.embed(seqs_tr, heads), s.embed(seqs_te, heads)
-            feats[name] = (np.stack(a["student"]), np.stack(b["student"]))
-            for h in heads:
-                if h == "student":
-                    continue
-                feats[f"{name}:head:{h}"] = (np.stack(a[h]), np.stack(b[h]))
-        kept = before["predictions"] if reuse else {}
-        for t in [] if reuse else TEACHERS:
-            feats[f"teacher:{t}"] = (
-                np.stack([tvecs[t][sequence_key(s)] for s in seqs_tr]),
-                np.stack([tvecs[t][sequence_key(s)] for s in seqs_te]),
-            )
-        feats["composition"] = (probes.composition_features(seqs_tr), probes.composition_features(seqs_te))
-        res = probe_task(
+        table = retention_table(
             task,
-            feats,
-            y_tr,
-            y_te,
-            teachers=list(kept) if reuse else [f"teacher:{t}" for t in TEACHERS],
-            kept=kept,
-            reference=next(iter(students)),
-            candidates=list(students)[1:],
+            data,
+            students,
+            args.cache_dir,
+            previous,
+            report["date"],
             grid=args.grid,
             seed=args.seed,
+            log=say,
         )
-        for t in kept:  # the kept teachers' probe settings (C, width) stay beside their scores
-            res["results"][t] = {**before["results"].get(t, {}), **res["results"][t]}
-        res["rows"] = {"train": n_tr, "train_all": len(data.train), "test": n_te, "test_all": len(data.test)}
-        res["rows_digest"] = rows_digest(data, split_rows, grid, args.seed)
-        if reuse:  # no teacher vectors here: the cosines of the run that had them stay, with its date
-            res["cosine"] = before.get("cosine", {})
-        else:  # every row: none of them was distilled on (the corpus filter), train and test alike
-            res["cosine"] = cosine_table(
-                {
-                    f"{name}:head:{t}": (
-                        np.concatenate(feats[f"{name}:head:{t}"]),
-                        np.concatenate(feats[f"teacher:{t}"]),
-                    )
-                    for name in students
-                    for t in TEACHERS
-                    if f"{name}:head:{t}" in feats
-                },
-                [min(len(s), LENGTH_BOUND) for s in seqs_tr + seqs_te],
-                seed=args.seed,
-            )
-        res["teachers_date"] = _teachers_date(before, previous) if reuse else report["date"]
-        report["subset"][task] = res
+        if table is not None:
+            report["subset"][task] = table
 
     if not args.skip_residues:
         # the tasks not asked for keep their tables from the report at --out, with their own dates
@@ -329,6 +252,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.with_suffix(".md").write_text(render(report))
     say(f"wrote {args.out.with_suffix('.md')}")
     return 0
+
+
+def retention_table(
+    task: str,
+    data: ProteinSet,
+    students: dict[str, ServedStudent],
+    cache_dir: Path,
+    previous: dict[str, Any],
+    date: str,
+    *,
+    grid: Sequence[float] | None,
+    seed: int,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """One set's retention table: every student (and its teacher heads) against the teachers, on the
+    rows whose teacher vectors are cached, or on every row against the teacher predictions ``previous``
+    (the report at --out) kept for the same digest; None when fewer than 50 rows a split are covered.
+    With the teachers' vectors it also measures the heads' cosine to them."""
+    split_rows: dict[str, list[int]] = {}
+    tvecs: dict[str, dict[str, np.ndarray]] = {}
+    for split in ("train", "test"):
+        seqs = getattr(data, split)
+        try:
+            got = {t: cached_vectors(cache_dir / "proteins" / f"{t}.h5", seqs) for t in TEACHERS}
+        except OSError as exc:  # HDF5's lock: the teacher job is writing the file right now
+            log(f"{task}: teacher caches unreadable while the teacher job writes them ({exc})")
+            got = {t: {} for t in TEACHERS}
+        split_rows[split] = [
+            i for i, s in enumerate(seqs) if all(sequence_key(s) in got[t] for t in TEACHERS)
+        ]
+        for t in TEACHERS:
+            tvecs.setdefault(t, {}).update(got[t])
+    every = {"train": list(range(len(data.train))), "test": list(range(len(data.test)))}
+    full_grid = list(grid or probes.DEFAULT_C_GRID)
+    before = previous.get("subset", {}).get(task, {})
+    reuse = (
+        split_rows != every
+        and bool(before.get("predictions"))
+        and before.get("rows_digest") == rows_digest(data, every, full_grid, seed)
+    )
+    if reuse:
+        split_rows = every
+    n_tr, n_te = len(split_rows["train"]), len(split_rows["test"])
+    if n_tr < 50 or n_te < 50:
+        log(f"{task}: only {n_tr} train / {n_te} test rows have teacher vectors; no retention")
+        return None
+    log(
+        f"{task}: retention on {n_tr} of {len(data.train)} train / {n_te} of {len(data.test)} test"
+        + (f" against the teacher predictions kept from {_teachers_date(before, previous)}" if reuse else "")
+    )
+    seqs_tr = [data.train[i] for i in split_rows["train"]]
+    seqs_te = [data.test[i] for i in split_rows["test"]]
+    y_tr = [data.train_y[i] for i in split_rows["train"]]
+    y_te = [data.test_y[i] for i in split_rows["test"]]
+    feats = {}
+    for name, s in students.items():
+        heads = [o.name for o in s.card.outputs if o.level == "per_protein"]  # student + teacher heads
+        a, b = s.embed(seqs_tr, heads), s.embed(seqs_te, heads)
+        feats[name] = (np.stack(a["student"]), np.stack(b["student"]))
+        for h in heads:
+            if h != "student":
+                feats[f"{name}:head:{h}"] = (np.stack(a[h]), np.stack(b[h]))
+    kept = before["predictions"] if reuse else {}
+    for t in [] if reuse else TEACHERS:
+        feats[f"teacher:{t}"] = (
+            np.stack([tvecs[t][sequence_key(s)] for s in seqs_tr]),
+            np.stack([tvecs[t][sequence_key(s)] for s in seqs_te]),
+        )
+    feats["composition"] = (probes.composition_features(seqs_tr), probes.composition_features(seqs_te))
+    res = probe_task(
+        task,
+        feats,
+        y_tr,
+        y_te,
+        teachers=list(kept) if reuse else [f"teacher:{t}" for t in TEACHERS],
+        kept=kept,
+        reference=next(iter(students)),
+        candidates=list(students)[1:],
+        grid=grid,
+        seed=seed,
+    )
+    for t in kept:  # the kept teachers' probe settings (C, width) stay beside their scores
+        res["results"][t] = {**before["results"].get(t, {}), **res["results"][t]}
+    res["rows"] = {"train": n_tr, "train_all": len(data.train), "test": n_te, "test_all": len(data.test)}
+    res["rows_digest"] = rows_digest(data, split_rows, full_grid, seed)
+    if reuse:  # no teacher vectors here: the cosines of the run that had them stay, with its date
+        res["cosine"] = before.get("cosine", {})
+    else:  # every row: none of them was distilled on (the corpus filter), train and test alike
+        res["cosine"] = cosine_table(
+            {
+                f"{name}:head:{t}": (
+                    np.concatenate(feats[f"{name}:head:{t}"]),
+                    np.concatenate(feats[f"teacher:{t}"]),
+                )
+                for name in students
+                for t in TEACHERS
+                if f"{name}:head:{t}" in feats
+            },
+            [min(len(s), LENGTH_BOUND) for s in seqs_tr + seqs_te],
+            seed=seed,
+        )
+    res["teachers_date"] = _teachers_date(before, previous) if reuse else date
+    return res
 
 
 def residue_task_table(
