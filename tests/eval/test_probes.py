@@ -154,3 +154,16 @@ def test_bad_input_is_named() -> None:
         )
     with pytest.raises(ValueError, match="boot_idx"):
         probes.run_probe(x, np.arange(5) % 2, x, np.arange(5) % 2, "classification", boot_idx=idx[:, :3])
+
+
+def test_cross_validation_in_worker_processes_makes_the_same_choice() -> None:
+    rng = np.random.default_rng(9)
+    xtr, xte = rng.normal(size=(240, 12)), rng.normal(size=(90, 12))
+    ytr = (xtr[:, 0] + xtr[:, 1] + rng.normal(size=240) > 0).astype(np.int64)
+    yte = (xte[:, 0] + xte[:, 1] > 0).astype(np.int64)
+    boot = probes.bootstrap_indices(len(yte), 50, 0)
+    one, two = (
+        probes.run_probe(xtr, ytr, xte, yte, "classification", boot_idx=boot, folds=3, jobs=j) for j in (1, 2)
+    )
+    assert one.regularisation == two.regularisation and one.cv_score == pytest.approx(two.cv_score)
+    assert np.array_equal(one.predictions, two.predictions)

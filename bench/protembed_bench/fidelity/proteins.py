@@ -41,6 +41,7 @@ def probe_task(
     grid: Sequence[float] | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Scores of every feature set (name -> (train matrix, test matrix)) and, for each non-teacher, its
     retention against the best of ``teachers`` (names in ``features`` or ``kept``) per metric, paired.
@@ -75,6 +76,7 @@ def probe_task(
             grid=grid,
             folds=folds,
             seed=seed,
+            jobs=jobs,
         )
         preds[name] = res.predictions
         results[name] = {
