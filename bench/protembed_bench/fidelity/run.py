@@ -7,7 +7,12 @@
 Per-protein tasks are probed twice: on the rows with the reference student's vectors (the full sets
 once student_vectors.py has finished: what users get), and on the rows whose teacher vectors are
 cached, for the retention ratios (all rows when the teacher job finished; otherwise its stratified
-prefix). The report gives the row counts of both. Per residue, two label sets: the secondary-structure
+prefix). The report gives the row counts of both. A retention table on every row keeps the teachers'
+test predictions; a later run on a machine without the teachers' vectors scores its models against
+them (same rows, labels and probe settings, checked by digest), so a new model is judged in minutes:
+
+    python -m protembed_bench.fidelity.run --model bundled=OLD:int8 --model student=NEW:int8 \
+        --skip-full --skip-residues --jobs 2 Per residue, two label sets: the secondary-structure
 test chains (held out of distillation) and FLIP's ligand-binding test chains, every feature set side by
 side.
 """
