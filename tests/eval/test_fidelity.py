@@ -251,6 +251,12 @@ def test_probe_task_retention_is_paired_against_the_best_teacher() -> None:
     )
     assert ret["accuracy"]["low"] <= ret["accuracy"]["point"] <= ret["accuracy"]["high"]
     assert "teacher:weak" not in r["retention"]
+    for name, res in r["results"].items():  # recall by class: the accuracy splits into its classes
+        recall = res["recall_by_class"]
+        shares = [y_test.count(c) / len(y_test) for c in recall]
+        assert sum(v * w for v, w in zip(recall.values(), shares, strict=True)) == pytest.approx(
+            res["accuracy"]["point"]
+        ), name
     assert "vs_reference" not in r  # one model: nothing to compare it with
     # kept predictions of one class only: the teacher's MCC is 0, so there is no MCC ratio to it
     flat = probe_task(
@@ -591,6 +597,7 @@ def test_retention_reuses_the_teachers_kept_predictions_on_the_same_rows(tmp_pat
             assert got == {**ref, "kept": True}  # scores, C and width as measured
         assert r["teachers_date"] == first["date"]
     assert "their test predictions kept and reused" in out.with_suffix(".md").read_text()
+    assert "| deepsol | 0 |" in out.with_suffix(".md").read_text()  # recall by class, kept teachers too
     # one set again: the others keep their tables, dated
     assert run.main([*args, "--sets", "capsid"]) == 0
     some = json.loads(out.with_suffix(".json").read_text())["subset"]

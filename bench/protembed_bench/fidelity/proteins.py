@@ -85,6 +85,10 @@ def probe_task(
             "C_at_grid_edge": res.regularisation_at_grid_edge,
             "dim": res.n_features,
         }
+    for name, pred in preds.items():  # where a model loses or gains: recall of each class
+        results[name]["recall_by_class"] = {
+            c: float((pred[y_test == k] == k).mean()) for k, c in enumerate(classes) if (y_test == k).any()
+        }
     retention: dict[str, Any] = {}
     for m in metrics:
         if not teachers:

@@ -567,6 +567,26 @@ def render(report: dict[str, Any]) -> str:
                 *ref_rows,
                 "",
             ]
+        recall_rows = []
+        for task, r in report["subset"].items():
+            first = next(iter(report["models"]), None)
+            vs = r["retention"].get(first, {}).get(r["metrics"][0], {}).get("vs")
+            if first is None or vs is None or "recall_by_class" not in r["results"].get(first, {}):
+                continue
+            ours, theirs = r["results"][first]["recall_by_class"], r["results"][vs]["recall_by_class"]
+            recall_rows += [
+                f"| {task} | {c} | {ours[c]:.3f} | {theirs[c]:.3f} | {ours[c] - theirs[c]:+.3f} |"
+                for c in ours
+            ]
+        if recall_rows:
+            lines += [
+                "Recall of each class, the first model against the best teacher (where the gap lies):",
+                "",
+                "| set | class | model | best teacher | difference |",
+                "|---|---|---|---|---|",
+                *recall_rows,
+                "",
+            ]
         lines += ["Teachers on the same rows:", "", "| set | teacher | metric | score |", "|---|---|---|---|"]
         for task, r in report["subset"].items():
             for name, res in r["results"].items():
