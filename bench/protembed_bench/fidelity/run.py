@@ -7,14 +7,16 @@
 Per-protein tasks are probed twice: on the rows with the reference student's vectors (the full sets
 once student_vectors.py has finished: what users get), and on the rows whose teacher vectors are
 cached, for the retention ratios (all rows when the teacher job finished; otherwise its stratified
-prefix). The report gives the row counts of both. A retention table on every row keeps the teachers'
-test predictions; a later run on a machine without the teachers' vectors scores its models against
-them (same rows, labels and probe settings, checked by digest), so a new model is judged in minutes:
-
-    python -m protembed_bench.fidelity.run --model bundled=OLD:int8 --model student=NEW:int8 \
-        --skip-full --skip-residues --jobs 2 Per residue, two label sets: the secondary-structure
+prefix). The report gives the row counts of both. Per residue, two label sets: the secondary-structure
 test chains (held out of distillation) and FLIP's ligand-binding test chains, every feature set side by
 side.
+
+A retention table on every row keeps the teachers' test predictions; a later run on a machine without
+the teachers' vectors scores its models against them (same rows, labels and probe settings, checked by
+digest), so a new model is judged in minutes:
+
+    python -m protembed_bench.fidelity.run --model bundled=OLD:int8 --model student=NEW:int8 \
+        --skip-full --skip-residues --jobs 2
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from protembed_bench.fidelity.sets import (
     load_protein_sets,
     residue_chains,
     sequence_key,
+    unknown_sets,
 )
 from protembed_bench.fidelity.student_vectors import ServedStudent, served_overlap
 from protembed_bench.fidelity.teacher_vectors import DEFAULT_CACHE, TEACHERS, cached_vectors
@@ -139,9 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: ServedStudent(folder, variant, args.cache_dir / "student") for name, folder, variant in models
     }
     sets = load_protein_sets(args.data_dir)
-    unknown = sorted(set(args.sets or ()) - set(sets))
-    if unknown:
-        p.error(f"--sets: unknown set(s) {', '.join(unknown)}; known: {', '.join(sets)}")
+    if problem := unknown_sets(sets, args.sets):
+        p.error(problem)
     chosen = args.sets or list(sets)
     previous_path = args.out.with_suffix(".json")
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
@@ -322,7 +324,7 @@ def retention_table(
     y_te = [data.test_y[i] for i in split_rows["test"]]
     feats = {}
     for name, s in students.items():
-        heads = [o.name for o in s.card.outputs if o.level == "per_protein"]  # student + teacher heads
+        heads = [o.name for o in s.card.per_protein_outputs()]  # student + teacher heads
         a, b = s.embed(seqs_tr, heads), s.embed(seqs_te, heads)
         feats[name] = (np.stack(a["student"]), np.stack(b["student"]))
         for h in heads:
@@ -568,8 +570,8 @@ def render(report: dict[str, Any]) -> str:
                 "",
             ]
         recall_rows = []
+        first = next(iter(report["models"]), None)
         for task, r in report["subset"].items():
-            first = next(iter(report["models"]), None)
             vs = r["retention"].get(first, {}).get(r["metrics"][0], {}).get("vs")
             if first is None or vs is None or "recall_by_class" not in r["results"].get(first, {}):
                 continue

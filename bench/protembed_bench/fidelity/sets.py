@@ -36,6 +36,7 @@ __all__ = [
     "residue_chains",
     "sequence_key",
     "teacher_order",
+    "unknown_sets",
 ]
 
 LENGTH_BOUND = 1000  # residues; the issue's bound ("sequences up to 1,000 residues")
@@ -179,6 +180,12 @@ def _stratified(seqs: Sequence[str], labels: Sequence[str], seed: int) -> list[i
     # fraction spreads every label evenly over the order.
     placed = [((j + 0.5) / len(idx), lab, i) for lab, idx in by_label.items() for j, i in enumerate(idx)]
     return [i for _, _, i in sorted(placed)]
+
+
+def unknown_sets(sets: dict[str, ProteinSet], names: Sequence[str] | None) -> str:
+    """The error for a ``--sets`` list naming sets that are not loaded ("" when all are known)."""
+    unknown = sorted(set(names or ()) - set(sets))
+    return f"--sets: unknown set(s) {', '.join(unknown)}; known: {', '.join(sets)}" if unknown else ""
 
 
 def teacher_order(sets: dict[str, ProteinSet], seed: int = 0) -> list[tuple[str, str, int]]:

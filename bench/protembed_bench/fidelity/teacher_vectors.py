@@ -29,6 +29,7 @@ from protembed_bench.fidelity.sets import (
     residue_chains,
     sequence_key,
     teacher_order,
+    unknown_sets,
 )
 
 __all__ = ["TEACHERS", "cached_vectors", "main", "protein_order"]
@@ -71,9 +72,8 @@ def protein_order(sets: dict[str, ProteinSet], priority: Sequence[str] | None, s
     """The per-protein sequences in the order the job embeds them: the sets named in ``priority`` one
     after another (each a stratified interleaving of its splits, so a set is whole before the next
     starts), or every set interleaved when ``priority`` is None."""
-    unknown = sorted(set(priority or ()) - set(sets))
-    if unknown:
-        raise SystemExit(f"--sets: unknown set(s) {', '.join(unknown)}; known: {', '.join(sets)}")
+    if problem := unknown_sets(sets, priority):
+        raise SystemExit(problem)
     groups = [list(sets)] if priority is None else [[name] for name in priority]
     seqs: list[str] = []
     for group in groups:
