@@ -17,6 +17,9 @@
 # training resumes from runs/cpu-cont/checkpoints/last.pt (time budget and schedule included).
 #   N=<train sequences> VAL_N=<prefix whose held-out part validates> DEADLINE=<unix time> \
 #     bash scripts/cpu_continuation.sh
+# On a CPU with bfloat16 matrix units (Intel AMX), the whole corpus fits a session
+# (reports/distill/cpu_amx.md): UniRep-1900 targets and the student's steps both in bfloat16, 2 threads:
+#   AMX=1 THREADS=2 TOP=0 N=100000 VAL_N=100000 ROOT=runs/cpu-amx DEADLINE=... bash scripts/cpu_continuation.sh
 # The time budget ends it cleanly (checkpointed, annealed); a kill loses at most 20 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +29,8 @@ n=${N:-3000}
 deadline=${DEADLINE:-$(($(date +%s) + 3600))}
 mkdir -p "$root"
 log() { echo "[cpu_continuation $(date -u +%H:%M:%S)] $*"; }
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PROTEMBED_THREADS=1
+threads=${THREADS:-1}
+export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads PROTEMBED_THREADS=$threads
 
 # The code runs from a snapshot of one commit (recorded in $root/src/COMMIT), so that edits to the
 # working tree during a run of hours (other work on distill/ and service/) cannot change it midway.
@@ -55,8 +59,9 @@ from pathlib import Path
 from protembed_distill.data.dataset import _rank, read_corpus
 
 records = sorted(read_corpus(Path(sys.argv[1])), key=lambda r: _rank(7, r.sequence))  # data.seed = 7
+top = int(sys.argv[3]) or len(records)  # TOP=0: all of them
 with open(sys.argv[2] + ".part", "w") as fh:
-    fh.writelines(f">{r.source}|{r.id}\n{r.sequence}\n" for r in records[: int(sys.argv[3])])
+    fh.writelines(f">{r.source}|{r.id}\n{r.sequence}\n" for r in records[:top])
 EOF
   mv "$corpus.part" "$corpus"
 fi
@@ -70,7 +75,18 @@ common=(--set "run.dir=$root" --set "data.corpus=$corpus" --set student.pool_dim
   --set "optim.lr=${LR:-2e-4}" --set optim.warmup_steps=20 --set optim.epochs=1000 --set optim.patience=0
   --set "optim.batch_tokens=${BATCH_TOKENS:-4096}" --set optim.checkpoint_every_steps=20
   --set optim.log_every_steps=20)
+if [ "${AMX:-0}" = 1 ]; then
+  # bfloat16 on the CPU's matrix units: UniRep-1900's recurrent products (its own cache file) and the
+  # student's autocast; large teacher batches so that each step's product fills the units. NEAR's
+  # per-residue alignment is off (the matched CPU arms showed it does not move the trunk:
+  # cpu_continuation.md), which also saves its per-residue cache (GBs for the whole corpus).
+  common+=(--set teachers.0.options.precision=bfloat16 --set teachers.0.options.max_batch_size=256
+    --set teachers.0.options.max_batch_tokens=131072 --set optim.cpu_amp=true
+    --set teachers.1.per_residue=false)
+fi
+# shellcheck disable=SC2206
+common+=(${EXTRA:-})
 log "train on $n sequences, validate on the held-out part of the first ${VAL_N:-4000}, until $(date -u -d @"$deadline" +%H:%M)"
 nice -n 10 python3 "$root/src/distill/protembed_distill/tools/continuation_curve.py" "$config" "${common[@]}" \
-  --train-sequences "$n" --val-sequences "${VAL_N:-4000}" --deadline "$deadline" --threads 1
+  --train-sequences "$n" --val-sequences "${VAL_N:-4000}" --deadline "$deadline" --threads "$threads"
 log "done"

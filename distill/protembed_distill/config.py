@@ -131,6 +131,10 @@ class OptimConfig(_Strict):
     checkpoint_every_steps: int = Field(default=0, ge=0)  # 0 = only at epoch ends
     log_every_steps: int = Field(default=20, gt=0)
     amp: bool = True  # bf16 autocast, used on CUDA only
+    # bf16 autocast on a CPU with bfloat16 matrix units (Intel AMX / AVX512-BF16; ignored, with a log
+    # line, elsewhere): 1.7x the float32 training rate of the bundled student on one such core
+    # (reports/distill/cpu_amx.md). Off by default: a CPU run's numbers would then depend on the CPU model.
+    cpu_amp: bool = False
     time_budget_s: float = Field(default=0, ge=0)  # stop cleanly (checkpointed) after this; 0 = none
     # Start from these weights (a best.pt / last.pt of the same student and teachers, or an exported
     # model folder such as models/protembed-student-v1) with a fresh optimizer and schedule: a second

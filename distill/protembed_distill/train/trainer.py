@@ -104,6 +104,22 @@ class _Logger:
             w.writerow(row)
 
 
+def use_bf16_autocast(cfg: DistillConfig, device: torch.device) -> bool:
+    """Whether to train under bf16 autocast: ``optim.amp`` on CUDA, ``optim.cpu_amp`` on a CPU whose
+    bfloat16 products run on matrix units (elsewhere PyTorch emulates them, slower than float32)."""
+    if device.type == "cuda":
+        return cfg.optim.amp
+    if device.type != "cpu" or not cfg.optim.cpu_amp:
+        return False
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        return True
+    print(
+        "optim.cpu_amp: this CPU has no bfloat16 matrix units (AMX, AVX512-BF16); training in float32",
+        file=sys.stderr,
+    )
+    return False
+
+
 def _device(cfg: DistillConfig, local_rank: int) -> torch.device:
     if cfg.run.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -221,7 +237,7 @@ class Trainer:
         self.state = TrainState()
         self.lengths = [len(i.sequence) for i in ds.train]
         self.wsum = sum(t.weight for t in cfg.teachers)
-        self.use_amp = cfg.optim.amp and place.device.type == "cuda"
+        self.use_amp = use_bf16_autocast(cfg, place.device)
         self.build()
 
     # --- setting up ---------------------------------------------------------------------------------
@@ -284,6 +300,7 @@ class Trainer:
                     "total_steps": self.total_steps,
                     "batches_per_epoch": self.per_epoch,
                     "device": str(self.place.device),
+                    "bf16_autocast": self.use_amp,
                     "world_size": self.place.world,
                     "threads": torch.get_num_threads(),
                 }
@@ -318,7 +335,7 @@ class Trainer:
             loss = loss + t.weight / self.wsum * lt
             parts.update({f"{t.name}.{k}": v for k, v in p.items()})
             if t.name in b.residue_targets:
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+                with torch.autocast(self.place.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
                     rp = self.model.residue_predictions(out["trunk_states"])[t.name]
                 lr_ = residue_loss(rp, b.residue_targets[t.name], b.mask, cfg.loss)
                 loss = loss + cfg.loss.per_residue * t.weight / self.wsum * lr_
@@ -329,7 +346,7 @@ class Trainer:
         """Forward, loss, backward, optimizer step; counts and logs it."""
         cfg, state = self.cfg, self.state
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp):
+        with torch.autocast(self.place.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             out = self.net(b.ids, b.mask)
         loss, parts = self.loss(out, b)
         self.set_lr()
