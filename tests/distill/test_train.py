@@ -194,3 +194,23 @@ def test_size_sweep_reports_quality_and_speed_per_size(tmp_path: Path) -> None:
         assert set(row["val_cosine"]) == {"fake_a", "fake_b"}
     md = (cfg.run.dir / "sweep" / "sweep.md").read_text()
     assert "L2-d32-h4-f64" in md and "ONNX CPU res/s" in md
+
+
+def test_cpu_amp_trains_in_bfloat16_where_the_cpu_has_matrix_units(tmp_path: Path) -> None:
+    from protembed_distill.train.trainer import use_bf16_autocast
+
+    cfg, ds = _setup(tmp_path, optim={"epochs": 6, "lr": 5e-3, "cpu_amp": True})
+    cpu = torch.device("cpu")
+    assert not use_bf16_autocast(
+        cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"cpu_amp": False})}), cpu
+    )
+    units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert use_bf16_autocast(cfg, cpu) is units  # elsewhere: float32, with a line on stderr
+    res = train(cfg, ds, echo=False)
+    log = [json.loads(line) for line in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    assert log[0]["bf16_autocast"] is units
+    steps = [r for r in log if r["kind"] == "step"]
+    assert all(r["loss"] == r["loss"] for r in steps)  # no NaN under bfloat16
+    assert sum(r["loss"] for r in steps[-3:]) < sum(r["loss"] for r in steps[:3])
+    # Weights and checkpoints stay float32: autocast only changes the products' inputs.
+    assert all(p.dtype == torch.float32 for p in load_checkpoint(res.best_checkpoint)["model"].values())

