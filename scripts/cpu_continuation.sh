@@ -46,8 +46,9 @@ if [ ! -s "$corpus" ]; then
   extra=/usr/share/doc/mmseqs2/example-data/DB.fasta.gz
   [ -f "$extra" ] || { log "$extra missing: apt-get install -y mmseqs2 mmseqs2-examples"; exit 2; }
   # '>tr|W0FSK4|W0FSK4_9FLAV ...' -> '>mmseqs_uniprot|W0FSK4' (the corpus' 'source|id' headers)
+  # UNIPROT=0: the original corpus alone (the matched arm of reports/distill/cpu_amx.md)
   { cat ../shared/data/corpus/corpus.fasta
-    zcat "$extra" | awk -F'|' '/^>/ {print ">mmseqs_uniprot|" $2; next} {print}'
+    [ "${UNIPROT:-1}" = 0 ] || zcat "$extra" | awk -F'|' '/^>/ {print ">mmseqs_uniprot|" $2; next} {print}'
   } >"$root/corpus-all.fasta"
   # Only the first TOP sequences in the data stage's own seeded rank: the subsets used here are rank
   # prefixes, and the eval-overlap search (MMseqs2, the slow step) then covers 6k sequences, not 56k.
