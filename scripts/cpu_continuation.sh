@@ -20,6 +20,7 @@
 # On a CPU with bfloat16 matrix units (Intel AMX), the whole corpus fits a session
 # (reports/distill/cpu_amx.md): UniRep-1900 targets and the student's steps both in bfloat16, 2 threads:
 #   AMX=1 THREADS=2 TOP=0 N=100000 VAL_N=100000 ROOT=runs/cpu-amx DEADLINE=... bash scripts/cpu_continuation.sh
+# (AMX=1 means bfloat16: AMD's avx512_bf16 runs it too, UniRep-1900 2.4x float32; cpu_mix.md.)
 # The time budget ends it cleanly (checkpointed, annealed); a kill loses at most 20 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,7 +86,13 @@ if [ "${AMX:-0}" = 1 ]; then
     --set teachers.0.options.max_batch_size=256
     --set teachers.0.options.max_batch_tokens=131072 --set optim.cpu_amp=true
     --set teachers.1.per_residue=false --set run.embed_batch_tokens=131072)
+  # oneDNN keeps one compiled bfloat16 kernel per batch shape; crops make hundreds of shapes, and an
+  # uncapped cache grew the training process to 13.7 GB in 45 minutes (cpu_amx.md).
+  export ONEDNN_PRIMITIVE_CACHE_CAPACITY=${ONEDNN_PRIMITIVE_CACHE_CAPACITY:-256}
 fi
+# UNIPROT_WEIGHT=0.5: each epoch draws a different half of the UniProt sequences, so the corpus's own
+# sources keep most of the steps (data.source_weights; reports/distill/cpu_mix.md).
+[ -z "${UNIPROT_WEIGHT:-}" ] || common+=(--set "data.source_weights.mmseqs_uniprot=$UNIPROT_WEIGHT")
 # shellcheck disable=SC2206
 common+=(${EXTRA:-})
 log "train on $n sequences, validate on the held-out part of the first ${VAL_N:-4000}, until $(date -u -d @"$deadline" +%H:%M)"

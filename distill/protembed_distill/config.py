@@ -73,7 +73,22 @@ class DataConfig(_Strict):
     max_length: int = Field(default=1024, gt=0)  # crop (N-terminal) applied before teachers and student
     validation_fraction: float = Field(default=0.05, gt=0, lt=1)
     sources: list[str] = Field(default_factory=list)  # keep only these header source tags; [] = all
+    # How often each training row is drawn per epoch, by its header source tag (unnamed sources: 1).
+    # 2 = twice every epoch; 0.5 = a different half every epoch, so that added data (UniProt, say) can
+    # join without diluting the corpus's own sources' share of the steps (reports/distill/cpu_mix.md).
+    # Validation is not weighted. Only training batches change; teacher targets are per sequence.
+    source_weights: dict[str, float] = Field(default_factory=dict)
     seed: int = 7
+
+    @field_validator("source_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(
+                f"weights must be > 0 (to leave a source out, use data.sources); not {', '.join(bad)}"
+            )
+        return v
 
 
 class ResidueAdapterConfig(_Strict):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
 
-from protembed_distill.config import DistillConfig
+from protembed_distill.config import ConfigError, DistillConfig
 from protembed_distill.data.dataset import prepare_dataset
 from protembed_distill.student.model import Student
 from protembed_distill.teacher_cache import build_caches
-from protembed_distill.train.batches import make_batches
+from protembed_distill.train.batches import epoch_plan, epoch_rows, make_batches
 from protembed_distill.train.checkpoint import load_checkpoint
 from protembed_distill.train.targets import load_targets
 from protembed_distill.train.trainer import evaluate, train
@@ -35,6 +35,44 @@ def test_make_batches_deterministic_within_budget() -> None:
     assert a != make_batches(lengths, 400, seed=1, epoch=1)
     assert sorted(i for b in a for i in b) == list(range(200))
     assert all(max(lengths[i] for i in b) * len(b) <= 400 for b in a)
+
+
+def test_source_weights_draw_rows_per_epoch() -> None:
+    sources = ["corpus"] * 300 + ["uniprot"] * 300
+    assert epoch_rows(sources, {}, seed=1, epoch=0) == list(range(600))
+    twice = epoch_rows(sources, {"corpus": 2.0}, seed=1, epoch=0)
+    assert sorted(twice) == sorted([*range(300), *range(300), *range(300, 600)])
+    halves = [epoch_rows(sources, {"uniprot": 0.5}, seed=1, epoch=e) for e in range(8)]
+    assert halves[0] == epoch_rows(sources, {"uniprot": 0.5}, seed=1, epoch=0)  # replayable on resume
+    for rows in halves:
+        assert [r for r in rows if r < 300] == list(range(300))  # unnamed sources: once each
+        assert 110 < sum(r >= 300 for r in rows) < 190  # about half of the weighted source
+    assert {r for r in halves[0] if r >= 300} != {r for r in halves[1] if r >= 300}  # another half
+    assert {r for rows in halves for r in rows} == set(range(600))  # every row, over epochs
+    lengths = [((i * 37) % 90) + 5 for i in range(600)]
+    assert epoch_plan(lengths, sources, {}, 400, seed=1, epoch=3) == make_batches(lengths, 400, 1, 3)
+    weighted = epoch_plan(lengths, sources, {"uniprot": 0.5}, 400, seed=1, epoch=3)
+    assert sorted(i for b in weighted for i in b) == sorted(epoch_rows(sources, {"uniprot": 0.5}, 1, 3))
+    assert all(max(lengths[i] for i in b) * len(b) <= 400 for b in weighted)
+
+
+def test_source_weights_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.source_weights: weights must be > 0 .*; not src"):
+        _setup(tmp_path / "a", n=20, data={"source_weights": {"src": 0.0}})
+    cfg, ds = _setup(tmp_path / "b", n=20, data={"source_weights": {"uniprot": 0.5}}, optim={"epochs": 1})
+    with pytest.raises(ValueError, match=r"data.source_weights: uniprot not among .*\(src\)"):
+        train(cfg, ds, echo=False)
+
+
+def test_source_weights_scale_the_epoch(tmp_path: Path) -> None:
+    """Weight 2 on the only source: each epoch trains on every sequence twice (twice the residues)."""
+    once = train(*_setup(tmp_path / "a", n=30, optim={"epochs": 1}), echo=False)
+    cfg, ds = _setup(tmp_path / "b", n=30, data={"source_weights": {"src": 2.0}}, optim={"epochs": 1})
+    twice = train(cfg, ds, echo=False)
+    residues = [load_checkpoint(r.last_checkpoint)["state"]["train_residues"] for r in (once, twice)]
+    assert residues[1] == 2 * residues[0] == 2 * sum(len(i.sequence) for i in ds.train)
+    log = [json.loads(x) for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    assert [r["train_residues"] for r in log if r["kind"] == "epoch"] == [residues[1]]
 
 
 def test_tiny_distillation_lowers_the_loss(tmp_path: Path) -> None:

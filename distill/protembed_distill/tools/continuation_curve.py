@@ -40,6 +40,7 @@ def curve_table(run_dir: Path) -> str:
         # whole epochs, except a budget-cut last one, whose count the checkpoint at that step holds
         cut = k == len(trained) - 1 and int(last["step"]) == int(r["step"])
         seen = int(last["train_residues"]) if cut else per_epoch * (k + 1)
+        seen = int(r.get("train_residues", seen))  # logged since weighted epochs (data.source_weights)
         rows.append((r["step"], seen, r["elapsed_s"], r))
     names = list(rows[0][3]["val_cosine"])
     head = "| step | residues seen | wall s | " + " | ".join(f"cos {n} | std cos {n}" for n in names) + " |"

@@ -5,7 +5,7 @@ run sees the same batches) and one step's tensors on the device.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +23,38 @@ def make_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: in
     (:func:`protembed.packing.pack_shuffled`), a pure function of (lengths, seed, epoch), so a resumed
     run replays exactly the batches it would have seen."""
     return pack_shuffled(lengths, Budget(batch_tokens), random.Random(seed * 100_003 + epoch))
+
+
+def epoch_rows(sources: Sequence[str], weights: Mapping[str, float], seed: int, epoch: int) -> list[int]:
+    """The training rows one epoch draws, by ``data.source_weights``: a row whose source weighs w is drawn
+    floor(w) times and once more with probability w - floor(w), so a fractional weight takes a different
+    subset every epoch and, over epochs, every row. A pure function of (sources, weights, seed, epoch),
+    like the batch plan, so a resumed run replays the same epoch; no weights: every row once, in order."""
+    if not weights:
+        return list(range(len(sources)))
+    rng = random.Random(seed * 100_003 + epoch + 1_000_000_007)  # not the batch plan's stream
+    rows: list[int] = []
+    for i, source in enumerate(sources):
+        w = weights.get(source, 1.0)
+        k = int(w)
+        k += rng.random() < w - k
+        rows.extend([i] * k)
+    return rows
+
+
+def epoch_plan(
+    lengths: Sequence[int],
+    sources: Sequence[str],
+    weights: Mapping[str, float],
+    batch_tokens: int,
+    seed: int,
+    epoch: int,
+) -> list[list[int]]:
+    """The epoch's batches as training-row indices: the rows :func:`epoch_rows` draws, packed by
+    :func:`make_batches` (without weights, exactly ``make_batches(lengths, ...)``)."""
+    rows = epoch_rows(sources, weights, seed, epoch)
+    plan = make_batches([lengths[i] for i in rows], batch_tokens, seed, epoch)
+    return [[rows[j] for j in batch] for batch in plan]
 
 
 def collate(items: Sequence[Item], idx: Sequence[int], device: torch.device) -> tuple[Tensor, Tensor]:

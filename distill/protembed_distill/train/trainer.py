@@ -28,7 +28,7 @@ from torch import Tensor
 from protembed_distill.config import DistillConfig
 from protembed_distill.data.dataset import Dataset, Item
 from protembed_distill.student.model import Student
-from protembed_distill.train.batches import Batch, collate, make_batches, prepare_batch
+from protembed_distill.train.batches import Batch, collate, epoch_plan, make_batches, prepare_batch
 from protembed_distill.train.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_save,
@@ -236,6 +236,13 @@ class Trainer:
         self.best_path = run_dir / "checkpoints" / "best.pt"
         self.state = TrainState()
         self.lengths = [len(i.sequence) for i in ds.train]
+        self.sources = [i.source for i in ds.train]
+        unknown = sorted(set(cfg.data.source_weights) - set(self.sources))
+        if unknown:
+            raise ValueError(
+                f"data.source_weights: {', '.join(unknown)} not among the training sequences' sources "
+                f"({', '.join(sorted(set(self.sources)))})"
+            )
         self.wsum = sum(t.weight for t in cfg.teachers)
         self.use_amp = use_bf16_autocast(cfg, place.device)
         self.build()
@@ -266,7 +273,7 @@ class Trainer:
             lr=cfg.optim.lr,
             betas=(0.9, 0.98),
         )
-        plan = make_batches(self.lengths, cfg.optim.batch_tokens, cfg.run.seed, 0)
+        plan = self.plan(0)
         self.per_epoch = len(plan) // place.world
         if self.per_epoch == 0:
             raise ValueError(f"fewer training batches ({len(plan)}) than processes ({place.world})")
@@ -380,9 +387,19 @@ class Trainer:
     # --- epochs -------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """This process's share of the epoch's batch plan (an equal count per rank: no DDP hang)."""
-        cfg, place = self.cfg, self.place
-        batches = make_batches(self.lengths, cfg.optim.batch_tokens, cfg.run.seed, epoch)
-        return batches[: self.per_epoch * place.world][place.rank :: place.world]
+        place = self.place
+        batches = self.plan(epoch)
+        # Weighted epochs differ a little in length: each rank takes the same count, never more than
+        # the first epoch's (the schedule's unit).
+        per_rank = min(self.per_epoch, len(batches) // place.world)
+        return batches[: per_rank * place.world][place.rank :: place.world]
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        """The whole epoch's batch plan (all ranks), ``data.source_weights`` applied."""
+        cfg = self.cfg
+        return epoch_plan(
+            self.lengths, self.sources, cfg.data.source_weights, cfg.optim.batch_tokens, cfg.run.seed, epoch
+        )
 
     def run_epoch(
         self, epoch: int, prefetch: ThreadPoolExecutor, stop_after_steps: int | None, t_start: float
@@ -433,6 +450,7 @@ class Trainer:
             "epoch": epoch,
             "step": state.step,
             "train_loss": totals.loss_sum / max(1, totals.steps),
+            "train_residues": state.train_residues,  # all epochs so far (weighted epochs vary in size)
             "train_residues_per_s": totals.residues / max(1e-9, time.perf_counter() - totals.start),
             "lr": self.opt.param_groups[0]["lr"],
             "elapsed_s": time.perf_counter() - t_start,
