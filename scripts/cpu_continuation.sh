@@ -80,8 +80,9 @@ common=(--set "run.dir=$root" --set "data.corpus=$corpus" --set student.pool_dim
 if [ "${AMX:-0}" = 1 ]; then
   # bfloat16 on the CPU's matrix units: UniRep-1900's recurrent products, NEAR's convolutions (each a
   # cache file of its own) and the student's autocast; large teacher batches so that each step's
-  # product fills the units (reports/distill/cpu_amx.md). NEAR's per-residue alignment is off (the matched CPU arms showed it does not move the trunk:
-  # cpu_continuation.md), which also saves its per-residue cache (GBs for the whole corpus).
+  # product fills the units (reports/distill/cpu_amx.md). NEAR's per-residue alignment is off (the
+  # matched CPU arms showed it does not move the trunk: cpu_continuation.md), which also saves its
+  # per-residue cache (GBs for the whole corpus).
   common+=(--set teachers.0.options.precision=bfloat16 --set teachers.1.options.precision=bfloat16
     --set teachers.0.options.max_batch_size=256
     --set teachers.0.options.max_batch_tokens=131072 --set optim.cpu_amp=true

