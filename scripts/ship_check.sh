@@ -8,6 +8,8 @@
 #   bash scripts/ship_check.sh RUN_DIR VERSION        e.g.  bash scripts/ship_check.sh runs/cpu-mix 1.5.0
 # Each step skips what is done or resumes (the head's targets and epochs are cached under ADAPTER_RUN),
 # so a killed check continues where it stopped. About 40 minutes on 2 cores.
+# HEAD=0 screens the per-protein vectors only (no per-residue head: ~20 minutes less); a candidate
+# screened so cannot ship until the full check has run on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -32,7 +34,9 @@ from protembed_distill.export.model_folder import export_checkpoint
 export_checkpoint(sys.argv[1], sys.argv[2], version=sys.argv[3], threads=int(sys.argv[4]))
 EOF
 fi
-if [ "$(card_version "$model")" != "$version" ]; then
+if [ "${HEAD:-1}" = 0 ]; then
+  log "HEAD=0: per-protein screen of the trunk alone ($(card_version "$model"))"
+elif [ "$(card_version "$model")" != "$version" ]; then
   for stage in select targets train; do
     log "per-residue head: $stage ($adapter)"
     python3 -m protembed_distill.train.residue_adapter --stage "$stage" --model "$model" --run "$adapter" \

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from protembed_distill.data.dataset import prepare_dataset
 from protembed_distill.student.model import Student
 from protembed_distill.teacher_cache import build_caches
 from protembed_distill.train.batches import epoch_plan, epoch_rows, make_batches
-from protembed_distill.train.checkpoint import load_checkpoint
+from protembed_distill.train.checkpoint import (
+    atomic_save,
+    blend_checkpoints,
+    load_checkpoint,
+    student_from_checkpoint,
+)
 from protembed_distill.train.targets import load_targets
 from protembed_distill.train.trainer import evaluate, train
 
@@ -155,6 +161,34 @@ def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path: P
     missing = variant("m", optim=warm.optim.model_copy(update={"init_from": tmp_path / "no.pt"}))
     with pytest.raises(ValueError, match=r"optim\.init_from: .*no\.pt is neither a checkpoint"):
         train(missing, ds, echo=False)
+
+
+def test_blend_checkpoints_interpolates_one_runs_weights(tmp_path: Path) -> None:
+    cfg, ds = _setup(tmp_path / "a", n=24, optim={"epochs": 2, "lr": 5e-3})
+    part = train(cfg, ds, stop_after_steps=1, echo=False)
+    early = tmp_path / "early.pt"
+    shutil.copy(part.last_checkpoint, early)
+    full = train(cfg, ds, echo=False)
+    a, b = load_checkpoint(early), load_checkpoint(full.last_checkpoint)
+    assert any(not torch.equal(a["model"][k], v) for k, v in b["model"].items())  # training moved them
+    for alpha in (0.0, 0.3, 1.0):
+        got = blend_checkpoints(early, full.last_checkpoint, alpha)
+        for k, v in b["model"].items():
+            torch.testing.assert_close(got["model"][k], (1 - alpha) * a["model"][k] + alpha * v, msg=k)
+        assert got["blend"] == {"start": str(early), "end": str(full.last_checkpoint), "alpha": alpha}
+        assert got["val_sequences"] == b["val_sequences"] and got["config"] == b["config"]
+    student_from_checkpoint(got)  # the blend is a checkpoint the export can rebuild a student from
+
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 1.5"):
+        blend_checkpoints(early, full.last_checkpoint, 1.5)
+    cfg_o, ds_o = _setup(tmp_path / "o", n=30, optim={"epochs": 1})
+    other = train(cfg_o, ds_o, echo=False)
+    with pytest.raises(ValueError, match=r"standardize teacher .* differently"):
+        blend_checkpoints(early, other.last_checkpoint, 0.5)
+    wider = tmp_path / "wider.pt"
+    atomic_save({**a, "student_config": {**a["student_config"], "d_model": 16}}, wider)
+    with pytest.raises(ValueError, match="differ in student_config"):
+        blend_checkpoints(wider, full.last_checkpoint, 0.5)
 
 
 def test_init_from_an_exported_model_folder(tmp_path: Path) -> None:

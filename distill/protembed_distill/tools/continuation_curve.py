@@ -64,7 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-sequences", type=int, required=True)
     p.add_argument("--deadline", type=float, required=True, help="unix time the training must end by")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--validate",
+        action="append",
+        metavar="NAME=CHECKPOINT",
+        help="instead of training, score these weights on the run's held-out set (into RUN/validate/NAME); "
+        "e.g. blends of the run's start and end (tools/blend_checkpoints.py)",
+    )
     args = p.parse_args(argv)
+    bad = [v for v in args.validate or [] if not v.partition("=")[0] or not v.partition("=")[2]]
+    if bad:
+        p.error(f"--validate takes NAME=CHECKPOINT, got {bad[0]!r}")
 
     from protembed_distill.config import load_config
     from protembed_distill.data.dataset import Dataset, prepare_dataset
@@ -101,17 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     say(f"teacher vectors in {time.time() - t0:.0f} s: {json.dumps(report)}")
     (run_dir / "embed_report.json").write_text(json.dumps({"seconds": time.time() - t0, **report}, indent=1))
 
-    step0 = run_dir / "step0"
-    if not (step0 / "checkpoints" / "last.pt").is_file():
-        zero = cfg.model_copy(
-            update={
-                "optim": cfg.optim.model_copy(
-                    update={"lr": 0.0, "max_steps": 1, "warmup_steps": 0, "time_budget_s": 0}
-                )
-            }
-        )
-        train(zero, ds, run_dir=step0, resume=False, echo=False)
-        say("step 0 validated: " + (step0 / "train.csv").read_text().splitlines()[-1])
+    def validate(out: Path, init_from: Path | None) -> None:
+        """The held-out scores of given weights: one step at learning rate 0 from them, validated."""
+        if (out / "checkpoints" / "last.pt").is_file():
+            return
+        update = {"lr": 0.0, "max_steps": 1, "warmup_steps": 0, "time_budget_s": 0}
+        optim = cfg.optim.model_copy(update={**update, **({"init_from": init_from} if init_from else {})})
+        train(cfg.model_copy(update={"optim": optim}), ds, run_dir=out, resume=False, echo=False)
+        say(f"{out} validated: " + (out / "train.csv").read_text().splitlines()[-1])
+
+    validate(run_dir / "step0", None)
+    if args.validate:
+        for spec in args.validate:
+            name, _, path = spec.partition("=")
+            validate(run_dir / "validate" / name, Path(path))
+        return 0
     budget = args.deadline - time.time()
     if budget < 60:
         say(f"no time left to train ({budget:.0f} s)")

@@ -88,3 +88,34 @@ def student_from_checkpoint(ckpt: dict[str, Any]) -> Student:
     model = Student(scfg, ckpt["teacher_dims"], ckpt["residue_dims"])
     model.load_state_dict(ckpt["model"])
     return model
+
+
+def blend_checkpoints(start: str | Path, end: str | Path, alpha: float) -> dict[str, Any]:
+    """``end`` with its weights moved back towards ``start``: (1 - alpha) * start + alpha * end.
+
+    Interpolating a fine-tuned model's weights with those it started from (Wortsman et al., "Robust
+    fine-tuning of zero-shot models", CVPR 2022) keeps much of what the fine-tuning gained while undoing
+    much of what it cost elsewhere. Here ``start`` is a continuation's step-0 checkpoint (the bundled
+    model, lr 0) and ``end`` its best: the continuation raises the held-out cosine but costs probes on
+    sets it does not train towards (reports/distill/cpu_mix.md). Both must be the same student trained on
+    the same data (the standardizers, which give the heads their units, must agree); the result is
+    ``end``'s checkpoint (config, held-out sequences) with the blended weights and a ``blend`` record.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    a, b = load_checkpoint(start), load_checkpoint(end)
+    for key in ("student_config", "teacher_dims", "residue_dims"):
+        if a[key] != b[key]:
+            raise ValueError(f"{start} and {end} differ in {key}: {a[key]} vs {b[key]}")
+    for name, (mean, std) in b["standardizers"].items():
+        m0, s0 = a["standardizers"].get(name, (None, None))
+        if m0 is None or not (torch.equal(m0, mean) and torch.equal(s0, std)):
+            raise ValueError(f"{start} and {end} standardize teacher {name!r} differently (different data)")
+    blended = {}
+    for k, v in b["model"].items():
+        # integer buffers (none today) would not interpolate; they are taken from ``end``
+        blended[k] = torch.lerp(a["model"][k], v, alpha) if v.is_floating_point() else v
+    out = dict(b)
+    out["model"] = blended
+    out["blend"] = {"start": str(start), "end": str(end), "alpha": alpha}
+    return out
