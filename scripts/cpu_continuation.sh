@@ -96,7 +96,12 @@ fi
 [ -z "${UNIPROT_WEIGHT:-}" ] || common+=(--set "data.source_weights.mmseqs_uniprot=$UNIPROT_WEIGHT")
 # shellcheck disable=SC2206
 common+=(${EXTRA:-})
+# VALIDATE="a0.5=runs/x-a0.5/checkpoints/best.pt ...": score those weights (blends of this run's start
+# and end: tools/blend_checkpoints.py) on this run's held-out set instead of training (cpu_wise.md).
+validate=()
+for v in ${VALIDATE:-}; do validate+=(--validate "$v"); done
 log "train on $n sequences, validate on the held-out part of the first ${VAL_N:-4000}, until $(date -u -d @"$deadline" +%H:%M)"
 nice -n 10 python3 "$root/src/distill/protembed_distill/tools/continuation_curve.py" "$config" "${common[@]}" \
-  --train-sequences "$n" --val-sequences "${VAL_N:-4000}" --deadline "$deadline" --threads "$threads"
+  --train-sequences "$n" --val-sequences "${VAL_N:-4000}" --deadline "$deadline" --threads "$threads" \
+  "${validate[@]}"
 log "done"
