@@ -417,31 +417,6 @@ def _fidelity_fixture(tmp_path: Path, prefix: int) -> tuple[Path, Path, Path]:
     return data, binding, cache
 
 
-def test_student_vectors_of_a_trunk_without_per_residue_head(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """A continued trunk is screened before its per-residue head is retrained (scripts/ship_check.sh
-    HEAD=0): its card has no ``residues`` output, so the chains are skipped and every row still gets
-    its per-protein vectors."""
-    import json
-    import shutil
-
-    from protembed_bench.fidelity import student_vectors
-    from protembed_bench.fidelity.sets import load_protein_sets
-
-    data, _, cache = _fidelity_fixture(tmp_path, 10)
-    trunk = tmp_path / "trunk"
-    shutil.copytree(tiny_model_dir, trunk)
-    card = json.loads((trunk / "model.json").read_text())
-    card["outputs"] = [o for o in card["outputs"] if o["name"] != "residues"]
-    (trunk / "model.json").write_text(json.dumps(card))
-    args = ["--model", str(trunk), "--variant", "int8", "--data-dir", str(data), "--cache-dir", str(cache)]
-    assert student_vectors.main(args) == 0
-    served = ServedStudent(trunk, "int8", cache)
-    assert not served.cached_keys("residues")
-    sets = load_protein_sets(data)
-    rows = {sequence_key(s) for ps in sets.values() for s in ps.train + ps.test}
-    assert served.cached_keys("student") == rows
-
-
 def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Teacher caches for part of the rows, the tiny model as the student: the report has the student
     rows, the retention subset's counts and the per-residue table with every feature set."""

@@ -185,13 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cache": str(student.cache_dir),
         }
     )
-    if any(o.name == "residues" for o in student.card.outputs):
-        tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
-        t0 = time.perf_counter()
-        student.embed([s for ch in tasks.values() for s in ch.test + ch.train], ["residues"])
-        log({"stage": "chains", "seconds": round(time.perf_counter() - t0, 1)})
-    else:  # a trunk without its per-residue head (a continuation before ship_check.sh retrains one)
-        log({"stage": "chains", "skipped": "the model has no per-residue output"})
+    tasks = residue_chains(args.data_dir, args.train_chains, args.seed, args.binding_file)
+    t0 = time.perf_counter()
+    student.embed([s for ch in tasks.values() for s in ch.test + ch.train], ["residues"])
+    log({"stage": "chains", "seconds": round(time.perf_counter() - t0, 1)})
     sets = load_protein_sets(args.data_dir)
     seqs = [getattr(sets[s], split)[i] for s, split, i in teacher_order(sets, args.seed)]
     heads = [o.name for o in student.card.outputs if o.level == "per_protein"]
