@@ -70,10 +70,12 @@ fi
 
 config=distill/configs/default.toml
 # The bundled model's architecture (gpu.toml's student) and a warm restart at a lower peak learning rate.
+# INIT=<checkpoint or model folder> continues from an earlier continuation instead of the bundled model,
+# so that sessions of 2 cores add up (distill/warmstart/README.md) instead of each restarting at 1.4.0.
 # Small token batches (4,096 tokens, ~16 cropped sequences): one thread takes seconds per step, so
 # the schedule gets hundreds of steps in an hour instead of tens.
 common=(--set "run.dir=$root" --set "data.corpus=$corpus" --set student.pool_dim=768
-  --set student.dropout=0.0 --set optim.init_from=models/protembed-student-v1
+  --set student.dropout=0.0 --set "optim.init_from=${INIT:-models/protembed-student-v1}"
   --set "optim.lr=${LR:-2e-4}" --set optim.warmup_steps=20 --set optim.epochs=1000 --set optim.patience=0
   --set "optim.batch_tokens=${BATCH_TOKENS:-4096}" --set optim.checkpoint_every_steps=20
   --set optim.log_every_steps=20)
