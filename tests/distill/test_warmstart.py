@@ -1,0 +1,82 @@
+"""The warm start kept in the repository: sessions of CPU training add up instead of restarting at 1.4.0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+
+from protembed_distill.data.dataset import prepare_dataset
+from protembed_distill.export.model_folder import export_checkpoint
+from protembed_distill.teacher_cache import build_caches
+from protembed_distill.tools import warmstart
+from protembed_distill.train.checkpoint import atomic_save, blend_checkpoints, load_checkpoint
+from protembed_distill.train.trainer import train
+
+torch.set_num_threads(1)
+
+
+def _continuation(cfg, ds, run: Path, init_from: Path | None, export: bool = True) -> Path:
+    """A continuation's run folder as continuation_curve.py leaves it: step0/ (its start at learning
+    rate 0), checkpoints/best.pt, and the export the ship check writes to model/."""
+    optim = cfg.optim.model_copy(update={"init_from": init_from})
+    step0 = optim.model_copy(update={"lr": 0.0, "max_steps": 1, "warmup_steps": 0})
+    for where, o in ((run / "step0", step0), (run, optim)):
+        run_cfg = cfg.run.model_copy(update={"dir": where})
+        train(cfg.model_copy(update={"optim": o, "run": run_cfg}), ds, echo=False)
+    if export:
+        export_checkpoint(run / "checkpoints" / "best.pt", run / "model", int8=False, quality_sequences=8)
+    return run
+
+
+def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(24, 10, 90, seed=21))
+    cfg = tiny_config(tmp_path, corpus, optim={"epochs": 2, "lr": 5e-3})
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    dest = tmp_path / "warmstart"
+
+    first = _continuation(cfg, ds, tmp_path / "r1", None)
+    assert warmstart.main(["save", str(first), "--dest", str(dest)]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["lineage.json", "model.fp16.onnx", "model.json"]
+    (line,) = json.loads((dest / "lineage.json").read_text())
+    state = load_checkpoint(first / "checkpoints" / "best.pt")["state"]
+    assert line["train_residues"] == state["train_residues"] > 0
+    assert line["cumulative_train_residues"] == line["train_residues"]
+    assert set(line["val_cosine"]) == set(line["val_cosine_start"]) == {"fake_a", "fake_b"}
+
+    # The next session starts from the saved folder (fp16 weights only) and extends the line.
+    second = _continuation(cfg, ds, tmp_path / "r2", dest)
+    start = load_checkpoint(second / "step0" / "checkpoints" / "last.pt")["model"]
+    saved = load_checkpoint(first / "checkpoints" / "best.pt")["model"]
+    for k in (k for k in saved if k.startswith("heads.")):  # fp16's rounding, nothing more
+        torch.testing.assert_close(start[k], saved[k], rtol=2e-3, atol=2e-3, msg=k)
+    warmstart.save(second, second / "model", dest)
+    lineage = json.loads((dest / "lineage.json").read_text())
+    assert [e["run"] for e in lineage] == [str(first), str(second)]
+    assert lineage[-1]["cumulative_train_residues"] == sum(e["train_residues"] for e in lineage)
+    for name, end in lineage[0]["val_cosine"].items():  # r2 started where r1 ended
+        assert lineage[1]["val_cosine_start"][name] == pytest.approx(end, abs=5e-3)
+    table = warmstart.show(dest)
+    assert table.count("\n") == 3 and str(second) in table
+
+    # A run from anywhere else starts a new line; one the ship check has not exported is exported first.
+    third = _continuation(cfg, ds, tmp_path / "r3", None, export=False)
+    warmstart.save(third, third / "model", dest)
+    assert json.loads((third / "model" / "model.json").read_text())["version"] == "warmstart-trunk"
+    assert [e["run"] for e in json.loads((dest / "lineage.json").read_text())] == [str(third)]
+
+    # A blend carries its end's scores, so it is saved only with its own held-out score.
+    blend = tmp_path / "blend"
+    start, end = third / "step0" / "checkpoints" / "last.pt", third / "checkpoints" / "best.pt"
+    atomic_save(blend_checkpoints(start, end, 0.5), blend / "checkpoints" / "best.pt")
+    export_checkpoint(blend / "checkpoints" / "best.pt", blend / "model", int8=False, quality_sequences=8)
+    with pytest.raises(ValueError, match=r"holds a blend \(alpha 0.5\).*--validated"):
+        warmstart.save(blend, blend / "model", dest)
+    entry = warmstart.save(blend, blend / "model", dest, validated=third / "step0")
+    assert entry["blend"]["alpha"] == 0.5 and entry["val_cosine_start"] is not None
+
+    assert warmstart.main(["save", str(tmp_path / "nothing"), "--dest", str(dest)]) == 2
