@@ -204,8 +204,13 @@ def embed_into(
     batch_tokens: int,
     progress: bool = True,
     chunk_size: int = 512,
+    log: Callable[[str], None] | None = None,
+    log_every_s: float = 120.0,
 ) -> dict[str, float]:
-    """Embed the items not yet in ``store``; returns counts and the measured residues/s."""
+    """Embed the items not yet in ``store``; returns counts and the measured residues/s.
+
+    ``log`` gets a line every ``log_every_s`` (residues done, rate, time left): a background job's log
+    file shows its progress without tqdm's carriage returns (the whole corpus takes tens of minutes)."""
     residue_dim = teacher.per_residue_dim if per_residue else None
     store.init({**teacher.describe(), "cache_format": CACHE_FORMAT}, teacher.dim, residue_dim)
     done = store.index()
@@ -237,7 +242,8 @@ def embed_into(
         file=sys.stderr,
         smoothing=0.05,
     )
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
+    done_res = 0
     try:
         for chunk, local in (
             (c, b) for c in chunks for b in pack_sorted([len(seqs[i]) for i in c], Budget(batch_tokens))
@@ -269,6 +275,15 @@ def embed_into(
                         )
             store.append([todo[i].key for i in batch], pp, res, [len(s) for s in bseqs])
             bar.update(sum(len(s) for s in bseqs))
+            done_res += sum(len(s) for s in bseqs)
+            now = time.perf_counter()
+            if log is not None and now - last >= log_every_s and done_res < total:
+                last = now
+                rate = done_res / (now - t0)
+                log(
+                    f"{teacher.name}: {done_res:,} of {total:,} residues ({100 * done_res / total:.0f}%), "
+                    f"{rate:,.0f} res/s, ~{(total - done_res) / rate / 60:.0f} min left"
+                )
     finally:
         bar.close()
     secs = time.perf_counter() - t0
@@ -318,6 +333,7 @@ def build_caches(
                 per_residue=tcfg.per_residue,
                 batch_tokens=cfg.run.embed_batch_tokens,
                 progress=progress,
+                log=None if progress else log,  # the bar shows it already
             )
             del teacher
     return report

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,33 @@ torch.set_num_threads(1)
 
 def _items(n: int, seed: int = 0) -> list[Item]:
     return [Item(f"s|{i}", "s", s, sequence_key(s)) for i, s in enumerate(random_sequences(n, 5, 60, seed))]
+
+
+def test_embedding_logs_its_progress_for_background_runs(tmp_path: Path) -> None:
+    items = _items(12)
+    total = sum(len(i.sequence) for i in items)
+    lines: list[str] = []
+    with EmbeddingStore(tmp_path / "t.h5") as store:
+        embed_into(
+            FakeTeacher("t", 8, seed=1),
+            items,
+            store,
+            per_residue=False,
+            batch_tokens=120,
+            progress=False,
+            log=lines.append,
+            log_every_s=0.0,
+        )
+    assert len(lines) >= 2  # one per batch but the last (12 sequences of 5-60 residues, 120-token batches)
+    done = [
+        int(
+            re.match(rf"t: ([\d,]+) of {total:,} residues \(\d+%\), [\d,]+ res/s, ~\d+ min left$", x)
+            .group(1)
+            .replace(",", "")
+        )
+        for x in lines
+    ]
+    assert done == sorted(done) and done[0] > 0 and done[-1] < total
 
 
 def test_cache_holds_teacher_outputs_in_float16(tmp_path: Path) -> None:
