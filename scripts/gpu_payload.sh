@@ -4,7 +4,7 @@
 # device tool: run `DEADLINE=565 bash scripts/gpu_run.sh` carrying .gpu/whl .gpu/teachers.tar.xz
 # .gpu/data.tar.xz runs/gpu/data, with the bundled model's .onnx files moved out of the working tree
 # for the call (the tree plus what it carries must stay under 64 MiB; the GPU run needs only model.json),
-# and so is distill/warmstart/model.fp16.onnx (15.8 MB; the CPU line's weights, distill/warmstart/README.md).
+# and so is distill/warmstart/model.fp16.onnx (7.6 MB; the CPU line's weights, distill/warmstart/README.md).
 # With FROM_MODEL, carry .gpu/from-model too and set FROM_MODEL=.gpu/from-model: the bundled int8 file
 # cut to its per-protein graph (4.1 MB; the whole file, with the per-residue head, is 12.6 MB and does
 # not fit).

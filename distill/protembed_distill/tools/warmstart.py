@@ -3,7 +3,7 @@
 Two CPU cores train ~25-40 M residues in a session; the projection to issue 17's targets is 140-240 M more
 (reports/distill/cpu_amx.md). Run folders die with the machine, so until now every session restarted at
 the bundled 1.4.0 and CPU sessions could never add up. ``save`` stores a continuation's weights as the fp16
-ONNX file of its export (16 MB; fp16 weights widen exactly, and ``optim.init_from`` reads a model folder
+ONNX file of its export (7.6 MB; fp16 weights widen exactly, and ``optim.init_from`` reads a model folder
 holding only that file) with the model card and a lineage: every continuation the weights descend from
 since the bundled model, the residues each trained on and the held-out cosine each reached, so the
 cumulative learning curve is read from the repository, not from machines that are gone.
