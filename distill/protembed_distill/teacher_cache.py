@@ -274,8 +274,9 @@ def embed_into(
                             f"{(len(s), teacher.per_residue_dim)}"
                         )
             store.append([todo[i].key for i in batch], pp, res, [len(s) for s in bseqs])
-            bar.update(sum(len(s) for s in bseqs))
-            done_res += sum(len(s) for s in bseqs)
+            batch_res = sum(len(s) for s in bseqs)
+            bar.update(batch_res)
+            done_res += batch_res
             now = time.perf_counter()
             if log is not None and now - last >= log_every_s and done_res < total:
                 last = now

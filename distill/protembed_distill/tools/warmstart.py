@@ -98,7 +98,7 @@ def save(
     init = entry["init_from"]
     # Only a run that started from these very weights continues their line; anything else starts a new
     # one (from the bundled model, or weights from elsewhere).
-    continues = init is not None and Path(init).resolve() == dest.resolve() and previous
+    continues = bool(previous) and init is not None and Path(init).resolve() == dest.resolve()
     lineage = [*previous, entry] if continues else [entry]
     lineage[-1]["cumulative_train_residues"] = sum(e["train_residues"] for e in lineage)
     part = dest.with_name(dest.name + ".part")
@@ -130,16 +130,14 @@ def show(dest: Path) -> str:
         + " |",
         "|" + "---|" * (5 + len(names)),
     ]
-    total = 0
     for e in lineage:
-        total += e["train_residues"]
         start = e["val_cosine_start"] or {}
         cells = " | ".join(
             f"{start[n]:.4f} -> {e['val_cosine'][n]:.4f}" if n in start else f"{e['val_cosine'][n]:.4f}"
             for n in names
         )
         alpha = e["blend"]["alpha"] if e["blend"] else "-"
-        residues = f"{e['train_residues']:,} | {total:,}"
+        residues = f"{e['train_residues']:,} | {e['cumulative_train_residues']:,}"
         out.append(f"| {e['saved_utc']} | {e['run']} | {alpha} | {residues} | {cells} |")
     return "\n".join(out)
 
