@@ -205,3 +205,23 @@ def test_a_dilated_head_is_batch_independent_in_pytorch_and_onnx(tmp_path: Path)
     np.testing.assert_array_equal(
         state["residue_adapter.conv4.weight"].numpy(), adapter.conv4.weight.detach().numpy()
     )
+
+
+def test_fill_targets_stores_the_same_states_whatever_the_teacher_batch(tmp_path: Path) -> None:
+    """UniRep-1900 runs its targets in large batches (a runtime option, for speed on a CPU): the residue
+    states kept must be those of small batches, sequence by sequence, for both teachers."""
+    from protembed_distill.teachers.fetch import is_fetched
+    from protembed_distill.train.residue_adapter import TEACHERS, fill_targets, read_targets
+
+    missing = [t for t in TEACHERS if not is_fetched(t)]
+    if missing:
+        pytest.skip(f"teacher weights not fetched: run `protembed teachers fetch {' '.join(missing)}`")
+    seqs = _sequences(6, seed=3)
+    fill_targets(tmp_path / "small", seqs, batch_tokens=128, threads=1)  # one or two sequences a batch
+    fill_targets(tmp_path / "large", seqs, batch_tokens=65536, threads=1)  # all six in one batch
+    small, large = read_targets(tmp_path / "small", seqs), read_targets(tmp_path / "large", seqs)
+    assert sorted(small) == sorted(TEACHERS)
+    for name in TEACHERS:
+        assert [len(a) for a in small[name]] == [len(s) for s in seqs]
+        for a, b in zip(small[name], large[name], strict=True):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3, rtol=2e-3)

@@ -60,8 +60,18 @@ def _items(seqs: Sequence[str]) -> list[Item]:
     return [Item(f"adapter|{sequence_key(s)[:16]}", "adapter", s, sequence_key(s)) for s in seqs]
 
 
+def _runtime_options(name: str, batch_tokens: int) -> dict[str, Any]:
+    """Batch limits for a teacher that has its own (runtime options: they never change its outputs).
+
+    UniRep-1900's recurrent products are compute bound on a CPU, and a product over few rows runs far
+    below the cores' rate: on a 2-core AVX2 EPYC its targets took 589-756 res/s at the default 64
+    sequences / 16k tokens and 1,608 res/s at 512 / 262k (reports/distill/cpu_line.md)."""
+    return {"max_batch_tokens": batch_tokens, "max_batch_size": 512} if name.startswith("unirep") else {}
+
+
 def fill_targets(run: Path, seqs: Sequence[str], batch_tokens: int, threads: int) -> None:
-    """Both teachers' residue states of ``seqs`` into ``run/targets/<teacher>.h5`` (resumes)."""
+    """Both teachers' residue states of ``seqs`` into ``run/targets/<teacher>.h5`` (resumes), in
+    batches of up to ``batch_tokens`` padded residues."""
     from protembed_distill.teacher_cache import EmbeddingStore, embed_into
     from protembed_distill.teachers.registry import load_teacher
 
@@ -70,13 +80,12 @@ def fill_targets(run: Path, seqs: Sequence[str], batch_tokens: int, threads: int
     for name in TEACHERS:
         with EmbeddingStore(run / "targets" / f"{name}.h5") as store:
             stats = embed_into(
-                load_teacher(name),
+                load_teacher(name, **_runtime_options(name, batch_tokens)),
                 _items(seqs),
                 store,
                 per_residue=True,
                 batch_tokens=batch_tokens,
                 progress=True,
-                chunk_size=64,
             )
         log({"stage": "targets", "teacher": name, **stats})
 
@@ -389,6 +398,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="one residual convolution per value, with that dilation (default: the 1.3.0 head's one)",
     )
     p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument(
+        "--teacher-batch-tokens",
+        type=int,
+        default=65536,
+        help="padded residues per teacher batch for --stage targets (UniRep-1900's per-residue states of "
+        "65,536 residues take 0.5 GB in float32)",
+    )
     p.add_argument("--version", help="the model's new version (export; part of the cache key)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -427,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_val = max(1, len(seqs) // 21)
     train_seqs, val_seqs = seqs[n_val:], seqs[:n_val]
     if "targets" in stages:
-        fill_targets(run, seqs, batch_tokens=8192, threads=args.threads)
+        fill_targets(run, seqs, batch_tokens=args.teacher_batch_tokens, threads=args.threads)
     if "train" in stages:
         trunk = trunk_of(args.model)
         targets = read_targets(run, seqs)
