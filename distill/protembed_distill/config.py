@@ -51,6 +51,10 @@ class TeacherConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     per_residue: bool = False  # also cache per-residue states and train a residue projection on them
     options: dict[str, Any] = Field(default_factory=dict)  # passed to registry.load_teacher(name, **options)
+    # Padded residues per call into this teacher while filling its cache (default run.embed_batch_tokens).
+    # Teachers want different batches on a CPU: UniRep-1900's recurrent products run 2.7x faster at
+    # 262k than at 8k, NEAR's convolutions 3.7x slower (reports/distill/cpu_line.md).
+    embed_batch_tokens: int | None = Field(default=None, gt=0)
 
 
 class EvalSetConfig(_Strict):

@@ -332,7 +332,7 @@ def build_caches(
                 items,
                 store,
                 per_residue=tcfg.per_residue,
-                batch_tokens=cfg.run.embed_batch_tokens,
+                batch_tokens=tcfg.embed_batch_tokens or cfg.run.embed_batch_tokens,
                 progress=progress,
                 log=None if progress else log,  # the bar shows it already
             )

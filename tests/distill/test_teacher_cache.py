@@ -111,6 +111,22 @@ def test_build_caches_skips_complete_teachers_without_loading_them(tmp_path: Pat
         assert store.has_residues  # fake_b is configured per_residue
 
 
+def test_each_teacher_can_take_its_own_batch_budget(tmp_path: Path) -> None:
+    """UniRep-1900 fills its cache in big batches and NEAR in small ones (each the faster on a CPU)."""
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(40, 10, 70, seed=6))
+    teachers = [{"name": "fake_a", "embed_batch_tokens": 100_000}, {"name": "fake_b"}]
+    cfg = tiny_config(tmp_path, corpus, teachers=teachers)  # run.embed_batch_tokens = 400
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    items = ds.train + ds.val
+    fakes = fake_teachers()
+    build_caches(cfg, items, loader=loader(**fakes), progress=False)
+    # one call per chunk of 512 items for the big budget; 40 sequences of up to 70 residues need
+    # several 400-token batches
+    assert fakes["fake_a"].calls == 1 and fakes["fake_b"].calls > 4
+    given = sorted(i.sequence for i in items)
+    assert sorted(fakes["fake_a"].embedded) == sorted(fakes["fake_b"].embedded) == given
+
+
 def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
     from protembed_distill.config import TeacherConfig
 
