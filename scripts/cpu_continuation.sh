@@ -92,6 +92,13 @@ if [ "${AMX:-0}" = 1 ]; then
   # oneDNN keeps one compiled bfloat16 kernel per batch shape; crops make hundreds of shapes, and an
   # uncapped cache grew the training process to 13.7 GB in 45 minutes (cpu_amx.md).
   export ONEDNN_PRIMITIVE_CACHE_CAPACITY=${ONEDNN_PRIMITIVE_CACHE_CAPACITY:-256}
+else
+  # float32: UniRep-1900's recurrent products are compute bound and run far below the cores' rate on
+  # few rows, while NEAR's convolutions slow down on big batches. On a 2-core AVX2 EPYC: UniRep-1900
+  # 589-756 res/s at 64 sequences / 16k tokens, 1,608-1,716 at 512 / 262k; NEAR 7.2k res/s at the
+  # default 8k tokens, 2.4-2.9k at 262k (reports/distill/cpu_line.md). Runtime options: same cache.
+  common+=(--set teachers.0.options.max_batch_size=512 --set teachers.0.options.max_batch_tokens=262144
+    --set teachers.0.embed_batch_tokens=262144)
 fi
 # UNIPROT_WEIGHT=0.5: each epoch draws a different half of the UniProt sequences, so the corpus's own
 # sources keep most of the steps (data.source_weights; reports/distill/cpu_mix.md).
