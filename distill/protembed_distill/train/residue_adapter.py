@@ -60,31 +60,34 @@ def _items(seqs: Sequence[str]) -> list[Item]:
     return [Item(f"adapter|{sequence_key(s)[:16]}", "adapter", s, sequence_key(s)) for s in seqs]
 
 
-def _runtime_options(name: str, batch_tokens: int) -> dict[str, Any]:
-    """Batch limits for a teacher that has its own (runtime options: they never change its outputs).
-
-    UniRep-1900's recurrent products are compute bound on a CPU, and a product over few rows runs far
-    below the cores' rate: on a 2-core AVX2 EPYC its targets took 589-756 res/s at the default 64
-    sequences / 16k tokens and 1,608 res/s at 512 / 262k (reports/distill/cpu_line.md)."""
-    return {"max_batch_tokens": batch_tokens, "max_batch_size": 512} if name.startswith("unirep") else {}
+def _batching(name: str, batch_tokens: int) -> tuple[int, dict[str, Any]]:
+    """(padded residues per call, loader options) for one teacher: ``batch_tokens`` for UniRep-1900,
+    whose recurrent products are compute bound and run far below the cores' rate on few rows; NEAR
+    keeps 8,192, since its convolutions slow down on big batches. On a 2-core AVX2 EPYC: UniRep-1900
+    589-756 res/s at 64 sequences / 16k tokens, 1,608-1,853 at 512 / 65-262k; NEAR 5.8k res/s at 8k
+    tokens, 4.1k at 65k, 1.6k at 262k (reports/distill/cpu_line.md). Runtime options: same outputs."""
+    if name.startswith("unirep"):
+        return batch_tokens, {"max_batch_tokens": batch_tokens, "max_batch_size": 512}
+    return min(batch_tokens, 8192), {}
 
 
 def fill_targets(run: Path, seqs: Sequence[str], batch_tokens: int, threads: int) -> None:
-    """Both teachers' residue states of ``seqs`` into ``run/targets/<teacher>.h5`` (resumes), in
-    batches of up to ``batch_tokens`` padded residues."""
+    """Both teachers' residue states of ``seqs`` into ``run/targets/<teacher>.h5`` (resumes); UniRep-1900
+    in batches of up to ``batch_tokens`` padded residues (``_batching``)."""
     from protembed_distill.teacher_cache import EmbeddingStore, embed_into
     from protembed_distill.teachers.registry import load_teacher
 
     torch.set_num_threads(threads)
     (run / "targets").mkdir(parents=True, exist_ok=True)
     for name in TEACHERS:
+        tokens, options = _batching(name, batch_tokens)
         with EmbeddingStore(run / "targets" / f"{name}.h5") as store:
             stats = embed_into(
-                load_teacher(name, **_runtime_options(name, batch_tokens)),
+                load_teacher(name, **options),
                 _items(seqs),
                 store,
                 per_residue=True,
-                batch_tokens=batch_tokens,
+                batch_tokens=tokens,
                 progress=True,
             )
         log({"stage": "targets", "teacher": name, **stats})
@@ -402,8 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--teacher-batch-tokens",
         type=int,
         default=65536,
-        help="padded residues per teacher batch for --stage targets (UniRep-1900's per-residue states of "
-        "65,536 residues take 0.5 GB in float32)",
+        help="padded residues per UniRep-1900 batch for --stage targets (its per-residue states of 65,536 "
+        "residues take 0.5 GB in float32; NEAR keeps 8,192)",
     )
     p.add_argument("--version", help="the model's new version (export; part of the cache key)")
     p.add_argument("--seed", type=int, default=0)
