@@ -17,6 +17,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "AnchorConfig",
     "ConfigError",
     "DataConfig",
     "DistillConfig",
@@ -178,6 +179,23 @@ class LossConfig(_Strict):
         return self
 
 
+class AnchorConfig(_Strict):
+    """Self-distillation against drift: keep the student's pooled vector near a frozen earlier student's
+    (e.g. the bundled model) on the training sequences, so that a continuation changes what the teachers
+    ask for and little else. Continuations on the teachers' targets alone raised the held-out cosine but
+    cost the capsid and deepsol probes ~2% (reports/distill/cpu_mix.md, cpu_line.md); the teacher-space
+    cosine barely weighs the directions those probes use."""
+
+    model: Path | None = None  # model folder or checkpoint of the same [student]
+    weight: float = Field(default=0.0, ge=0)  # beside the teachers' weights, which sum to 1; 0 = off
+
+    @model_validator(mode="after")
+    def _model_when_on(self) -> AnchorConfig:
+        if self.weight > 0 and self.model is None:
+            raise ValueError("anchor.weight > 0 needs anchor.model (a model folder or checkpoint)")
+        return self
+
+
 class SweepConfig(_Strict):
     sizes: list[StudentConfig] = Field(default_factory=list)
     steps: int = Field(default=200, gt=0)
@@ -211,6 +229,7 @@ class DistillConfig(_Strict):
     student: StudentConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    anchor: AnchorConfig = Field(default_factory=AnchorConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 

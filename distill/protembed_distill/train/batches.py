@@ -71,10 +71,16 @@ class Batch:
     mask: Tensor
     targets: dict[str, Tensor]
     residue_targets: dict[str, Tensor]
+    anchor: Tensor | None = None  # the anchor's standardized pooled vectors ([anchor]; train/anchor.py)
 
 
 def prepare_batch(
-    ds: Dataset, loaded: LoadedTargets, cfg: DistillConfig, idx: Sequence[int], device: torch.device
+    ds: Dataset,
+    loaded: LoadedTargets,
+    cfg: DistillConfig,
+    idx: Sequence[int],
+    device: torch.device,
+    anchor: Tensor | None = None,
 ) -> Batch:
     ids, mask = collate(ds.train, idx, device)
     targets = {t.name: loaded.train.per_protein[t.name][idx].to(device) for t in cfg.teachers}
@@ -90,4 +96,4 @@ def prepare_batch(
                     loaded.residue_standardizers[t.name],
                     device,
                 )
-    return Batch(ids, mask, targets, residue)
+    return Batch(ids, mask, targets, residue, None if anchor is None else anchor[list(idx)].to(device))

@@ -21,25 +21,36 @@ CHECKPOINT_FORMAT = "protembed-distill-ckpt/1"
 def init_weights(
     model: Student, cfg: DistillConfig, teacher_dims: dict[str, int], standardizers: dict[str, Standardizer]
 ) -> None:
-    path = Path(cfg.optim.init_from or "")
+    load_weights(model, Path(cfg.optim.init_from or ""), cfg, teacher_dims, standardizers, "optim.init_from")
+
+
+def load_weights(
+    model: Student,
+    path: Path,
+    cfg: DistillConfig,
+    teacher_dims: dict[str, int],
+    standardizers: dict[str, Standardizer],
+    setting: str,
+) -> None:
+    """Load a checkpoint or an exported model folder into ``model``; errors name ``setting``."""
     if path.is_dir():  # an exported model folder: the weights in its ONNX graph (onnx_weights.py)
         from protembed_distill.student.onnx_weights import load_model_folder_weights
 
         try:
             load_model_folder_weights(model, path, cfg.student.model_dump(mode="json"), teacher_dims)
         except (ValueError, ProtembedError) as exc:
-            raise ValueError(f"optim.init_from: {exc}") from exc
+            raise ValueError(f"{setting}: {exc}") from exc
         # Exported heads answer in teacher units (export folds the standardization in); training
         # predicts standardized targets, by this run's training-set statistics.
         with torch.no_grad():
             model.unfold_standardization({n: (s.mean, s.std) for n, s in standardizers.items()})
         return
     if not path.is_file():
-        raise ValueError(f"optim.init_from: {path} is neither a checkpoint file nor a model folder")
+        raise ValueError(f"{setting}: {path} is neither a checkpoint file nor a model folder")
     ckpt = load_checkpoint(path)
     why = mismatch(ckpt, cfg, teacher_dims)
     if why:
-        raise ValueError(f"optim.init_from: {path} was trained with {why}")
+        raise ValueError(f"{setting}: {path} was trained with {why}")
     model.load_state_dict(ckpt["model"])
 
 

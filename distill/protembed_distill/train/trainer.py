@@ -28,6 +28,7 @@ from torch import Tensor
 from protembed_distill.config import DistillConfig
 from protembed_distill.data.dataset import Dataset, Item
 from protembed_distill.student.model import Student
+from protembed_distill.train.anchor import AnchorTargets, load_anchor
 from protembed_distill.train.batches import Batch, collate, epoch_plan, make_batches, prepare_batch
 from protembed_distill.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -134,11 +135,15 @@ def evaluate(
     loaded: LoadedTargets,
     cfg: DistillConfig,
     device: torch.device,
+    anchor: AnchorTargets | None = None,
 ) -> dict[str, Any]:
-    """Cosine to each teacher on held-out sequences (original units and standardized) and val loss."""
+    """Cosine to each teacher on held-out sequences (original units and standardized) and val loss
+    (the teachers' only, comparable across runs with and without an anchor); with an anchor, also the
+    pooled vector's cosine and loss to it."""
     model.eval()
     names = model.teacher_names
     preds: dict[str, list[Tensor]] = {n: [] for n in names}
+    pooled: list[Tensor] = []
     order: list[int] = []
     res_cos: dict[str, list[float]] = {n: [] for n in loaded.residue_stores}
     for batch in make_batches([len(i.sequence) for i in items], cfg.optim.batch_tokens, 0, 0):
@@ -146,6 +151,8 @@ def evaluate(
         out = model(ids, mask)
         for n in names:
             preds[n].append(out[f"teacher_{n}"].float().cpu())
+        if anchor is not None:
+            pooled.append(out["student"].float().cpu())
         for n, data in loaded.residue_data.items():
             tgt = residue_targets(
                 data, targets.residue_spans[n], batch, ids.shape[1], loaded.residue_standardizers[n], device
@@ -174,6 +181,16 @@ def evaluate(
         n_res = sum(len(i.sequence) for i in items)
         result["val_residue_cosine_std"] = {n: sum(v) / n_res for n, v in res_cos.items()}
     result["val_loss"] = total
+    if anchor is not None:
+        p = anchor.standardizer.apply(torch.cat(pooled)[inv])
+        raw = torch.nn.functional.cosine_similarity(
+            anchor.standardizer.invert(p), anchor.standardizer.invert(anchor.val), dim=-1
+        )
+        result["val_anchor_cosine"] = float(raw.mean())
+        result["val_anchor_cosine_std"] = float(
+            torch.nn.functional.cosine_similarity(p, anchor.val, dim=-1).mean()
+        )
+        result["val_anchor_loss"] = float(embedding_loss(p, anchor.val, cfg.loss, anchor.standardizer)[0])
     model.train()
     return result
 
@@ -257,6 +274,15 @@ class Trainer:
         self.teacher_dims = {t.name: int(loaded.train.per_protein[t.name].shape[1]) for t in cfg.teachers}
         self.residue_dims = {n: int(s.residues().shape[1]) for n, s in loaded.residue_stores.items()}
         self.model = Student(cfg.student, self.teacher_dims, self.residue_dims).to(place.device)
+        self.anchor = load_anchor(
+            cfg,
+            self.ds,
+            self.teacher_dims,
+            self.residue_dims,
+            loaded.standardizers,
+            self.run_dir,
+            place.device,
+        )
         decay = [
             p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n
         ]
@@ -347,6 +373,11 @@ class Trainer:
                 lr_ = residue_loss(rp, b.residue_targets[t.name], b.mask, cfg.loss)
                 loss = loss + cfg.loss.per_residue * t.weight / self.wsum * lr_
                 parts[f"{t.name}.residue"] = float(lr_.detach())
+        if self.anchor is not None and b.anchor is not None:
+            pooled = self.anchor.standardizer.apply(out["student"].float())
+            la, p = embedding_loss(pooled, b.anchor, cfg.loss, self.anchor.standardizer)
+            loss = loss + cfg.anchor.weight * la
+            parts.update({f"anchor.{k}": v for k, v in p.items()})
         return loss, parts
 
     def step(self, b: Batch, epoch: int, totals: EpochTotals) -> None:
@@ -415,7 +446,10 @@ class Trainer:
             # per-residue targets is CPU work that would otherwise leave a GPU idle between steps).
             if i >= len(batches):
                 return None
-            return prefetch.submit(prepare_batch, self.ds, self.loaded, cfg, batches[i], self.place.device)
+            anchor = None if self.anchor is None else self.anchor.train
+            return prefetch.submit(
+                prepare_batch, self.ds, self.loaded, cfg, batches[i], self.place.device, anchor
+            )
 
         pending = prepare(state.batch)
         while pending is not None:
@@ -439,7 +473,9 @@ class Trainer:
         """Validate, log the epoch, checkpoint (best when improved, always last); True to go on."""
         cfg, state = self.cfg, self.state
         over = bool(cfg.optim.time_budget_s and time.perf_counter() - t_start > cfg.optim.time_budget_s)
-        val = evaluate(self.model, self.ds.val, self.loaded.val, self.loaded, cfg, self.place.device)
+        val = evaluate(
+            self.model, self.ds.val, self.loaded.val, self.loaded, cfg, self.place.device, self.anchor
+        )
         improved = val["val_loss"] < state.best_val - 1e-5
         if improved:
             state.best_val, state.bad_epochs, state.best_epoch = val["val_loss"], 0, epoch

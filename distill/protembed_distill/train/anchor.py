@@ -1,0 +1,105 @@
+"""The anchor's targets: a frozen earlier student's pooled vectors of the training and validation
+sequences ([anchor] in the config), for a self-distillation term beside the teachers'.
+
+Why a term and not only a blend of weights: continuations on the teachers' targets raise the held-out
+cosine to the teachers but move directions of the embedding that downstream probes use and the
+teacher-space cosine barely weighs (capsid and deepsol lost ~2%: reports/distill/cpu_mix.md,
+cpu_line.md); a blend halfway back keeps half of each. The term lets the teachers move what they ask for.
+
+The vectors are computed once, in float32 (the model is frozen and the sequences are fixed crops), and
+kept in the run folder, so a resumed run and every epoch read them instead of running the anchor each
+step. Like the teachers' targets they are standardized by their training-split statistics, so that the
+term weighs the protein-specific part of the vector rather than its shared mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from protembed_distill.config import DistillConfig
+from protembed_distill.data.dataset import Dataset, Item
+from protembed_distill.student.model import Student
+from protembed_distill.train.batches import collate, make_batches
+from protembed_distill.train.checkpoint import atomic_save, load_weights
+from protembed_distill.train.losses import Standardizer
+
+__all__ = ["ANCHOR_FILE", "AnchorTargets", "load_anchor", "pooled_vectors"]
+
+ANCHOR_FILE = "anchor_vectors.pt"
+
+
+@dataclass
+class AnchorTargets:
+    """The anchor's pooled vectors, standardized by the training split's statistics."""
+
+    train: Tensor  # [N_train, dim]
+    val: Tensor  # [N_val, dim]
+    standardizer: Standardizer
+
+
+@torch.no_grad()
+def pooled_vectors(model: Student, items: Sequence[Item], batch_tokens: int, device: torch.device) -> Tensor:
+    """``model``'s pooled vector of every item, in the items' order, float32 on the CPU."""
+    model.eval()
+    rows: list[Tensor] = []
+    order: list[int] = []
+    for batch in make_batches([len(i.sequence) for i in items], batch_tokens, 0, 0):
+        ids, mask = collate(items, batch, device)
+        rows.append(model(ids, mask)["student"].float().cpu())
+        order.extend(batch)
+    if not rows:
+        return torch.empty(0, 0)
+    out = torch.empty(len(items), rows[0].shape[1])
+    out[torch.tensor(order)] = torch.cat(rows)
+    return out
+
+
+def _fingerprint(cfg: DistillConfig, ds: Dataset) -> str:
+    """What the kept vectors depend on: the anchor's weights and the sequences, in order."""
+    h = hashlib.sha256()
+    path = Path(cfg.anchor.model or "")
+    # a missing path hashes to nothing here, and load_weights then says what is wrong with it
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    for split in (ds.train, ds.val):
+        h.update(b"|split|")
+        for item in split:
+            h.update(item.sequence.encode() + b"\n")
+    return h.hexdigest()
+
+
+def load_anchor(
+    cfg: DistillConfig,
+    ds: Dataset,
+    teacher_dims: dict[str, int],
+    residue_dims: dict[str, int],
+    standardizers: dict[str, Standardizer],
+    run_dir: Path,
+    device: torch.device,
+) -> AnchorTargets | None:
+    """The anchor's targets for this run (None when ``anchor.weight`` is 0): read from the run folder
+    when they were computed for the same weights and sequences, else computed and kept there."""
+    if cfg.anchor.weight == 0 or cfg.anchor.model is None:
+        return None
+    path = run_dir / ANCHOR_FILE
+    key = _fingerprint(cfg, ds)
+    kept = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if kept is None or kept.get("fingerprint") != key:
+        model = Student(cfg.student, teacher_dims, residue_dims).to(device)
+        load_weights(model, Path(cfg.anchor.model), cfg, teacher_dims, standardizers, "anchor.model")
+        kept = {
+            "fingerprint": key,
+            "train": pooled_vectors(model, ds.train, cfg.optim.batch_tokens, device),
+            "val": pooled_vectors(model, ds.val, cfg.optim.batch_tokens, device),
+        }
+        atomic_save(kept, path)
+        del model
+    std = Standardizer.fit(kept["train"])
+    return AnchorTargets(std.apply(kept["train"]), std.apply(kept["val"]), std)

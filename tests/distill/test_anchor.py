@@ -1,0 +1,112 @@
+"""The [anchor] term: a continuation keeps its pooled vector near a frozen earlier student's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+
+from protembed_distill.config import ConfigError
+from protembed_distill.data.dataset import prepare_dataset
+from protembed_distill.teacher_cache import build_caches
+from protembed_distill.train.anchor import ANCHOR_FILE, pooled_vectors
+from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
+from protembed_distill.train.trainer import train
+
+
+def _setup(tmp_path: Path, n: int = 40, **sections: dict) -> tuple:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(n, 10, 90, seed=21))
+    cfg = tiny_config(tmp_path, corpus, **sections)
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    return cfg, ds
+
+
+def _cos_to(ckpt: Path, anchor_vectors: torch.Tensor, items: list) -> float:
+    """Raw cosine of a checkpoint's pooled vectors to the anchor's, per protein, averaged."""
+    model = student_from_checkpoint(load_checkpoint(ckpt))
+    mine = pooled_vectors(model, items, 600, torch.device("cpu"))
+    return float(torch.nn.functional.cosine_similarity(mine, anchor_vectors, dim=-1).mean())
+
+
+def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: Path) -> None:
+    base, ds = _setup(tmp_path, optim={"epochs": 2, "lr": 5e-3})
+    start = train(base, ds, echo=False).best_checkpoint
+
+    def continuation(name: str, weight: float):
+        cfg = base.model_copy(
+            update={
+                "run": base.run.model_copy(update={"dir": tmp_path / name}),
+                "optim": base.optim.model_copy(update={"init_from": start, "lr": 3e-2, "epochs": 3}),
+                "anchor": base.anchor.model_copy(update={"model": start, "weight": weight}),
+            }
+        )
+        return cfg, train(cfg, ds, echo=False)
+
+    free_cfg, free = continuation("free", 0.0)
+    held_cfg, held = continuation("held", 5.0)
+    assert not (free_cfg.run.dir / ANCHOR_FILE).exists()  # weight 0: the anchor is off, nothing computed
+    kept = torch.load(held_cfg.run.dir / ANCHOR_FILE, weights_only=True)
+    # The kept vectors are the start's own, in the items' order.
+    assert _cos_to(start, kept["val"], ds.val) == pytest.approx(1.0, abs=1e-5)
+    free_cos, held_cos = (_cos_to(r.last_checkpoint, kept["val"], ds.val) for r in (free, held))
+    assert free_cos < 0.95, "the free continuation should have moved the pooled vector"
+    assert held_cos > free_cos + 0.02, (free_cos, held_cos)
+    # Logged: the held-out anchor cosine per epoch, and the term's parts per step.
+    assert held.val["val_anchor_cosine"] == pytest.approx(held_cos, abs=1e-4)
+    assert "val_anchor_cosine_std" in held.val and "val_anchor_loss" in held.val
+    assert "val_anchor_cosine" not in free.val
+    steps = [json.loads(x) for x in (held_cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    assert all("anchor.cos" in r for r in steps if r["kind"] == "step")
+    # val_loss stays the teachers' alone (weights 1 and 0.5), comparable with runs without an anchor.
+    assert held.val["val_loss"] == pytest.approx(
+        sum(
+            v * w for v, w in zip(held.val["val_loss_by_teacher"].values(), (1 / 1.5, 0.5 / 1.5), strict=True)
+        ),
+        rel=1e-5,
+    )
+
+
+def test_anchor_vectors_are_kept_and_recomputed_for_other_weights(tmp_path: Path) -> None:
+    base, ds = _setup(tmp_path, n=24, optim={"epochs": 1})
+    first = train(base, ds, echo=False)
+    # another run: a higher learning rate, so other weights
+    rerun = {
+        "run": base.run.model_copy(update={"dir": tmp_path / "o"}),
+        "optim": base.optim.model_copy(update={"lr": 1e-2}),
+    }
+    other = train(base.model_copy(update=rerun), ds, echo=False)
+    run = tmp_path / "a"
+
+    def anchored(model: Path, epochs: int):
+        cfg = base.model_copy(
+            update={
+                "run": base.run.model_copy(update={"dir": run}),
+                "optim": base.optim.model_copy(update={"epochs": epochs}),
+                "anchor": base.anchor.model_copy(update={"model": model, "weight": 1.0}),
+            }
+        )
+        return train(cfg, ds, echo=False)
+
+    anchored(first.last_checkpoint, 1)
+    kept = run / ANCHOR_FILE
+    stamp = kept.stat().st_mtime_ns
+    anchored(first.last_checkpoint, 2)  # resumed: the same weights and sequences read the kept vectors
+    assert kept.stat().st_mtime_ns == stamp
+    # Other anchor weights: computed again (a stale file would anchor the run to the wrong model).
+    before = torch.load(kept, weights_only=True)["val"]
+    (run / "checkpoints" / "last.pt").unlink()
+    anchored(other.last_checkpoint, 1)
+    assert not torch.equal(torch.load(kept, weights_only=True)["val"], before)
+
+
+def test_anchor_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"anchor: anchor.weight > 0 needs anchor.model"):
+        _setup(tmp_path / "a", n=20, anchor={"weight": 1.0})
+    cfg, ds = _setup(tmp_path / "b", n=20, anchor={"weight": 1.0, "model": str(tmp_path / "no.pt")})
+    with pytest.raises(ValueError, match=r"anchor\.model: .*no\.pt is neither a checkpoint"):
+        train(cfg, ds, echo=False)
