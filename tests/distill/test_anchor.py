@@ -12,6 +12,7 @@ from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, 
 from protembed_distill.config import ConfigError
 from protembed_distill.data.dataset import prepare_dataset
 from protembed_distill.teacher_cache import build_caches
+from protembed_distill.tools.continuation_curve import curve_table
 from protembed_distill.train.anchor import ANCHOR_FILE, pooled_vectors
 from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 from protembed_distill.train.trainer import train
@@ -62,6 +63,15 @@ def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: P
     assert "val_anchor_cosine" not in free.val
     steps = [json.loads(x) for x in (held_cfg.run.dir / "train.jsonl").read_text().splitlines()]
     assert all("anchor.cos" in r for r in steps if r["kind"] == "step")
+    # The continuation's curve (tools/continuation_curve.py) shows the distance to the anchor: 1 at step 0.
+    step0 = held_cfg.optim.model_copy(update={"lr": 1e-12, "max_steps": 1, "warmup_steps": 0})
+    train(held_cfg.model_copy(update={"optim": step0}), ds, run_dir=held_cfg.run.dir / "step0", echo=False)
+    (held_cfg.run.dir / "data_stats.json").write_text(json.dumps(ds.stats))
+    table = curve_table(held_cfg.run.dir).splitlines()
+    assert table[0].endswith("| cos anchor | std cos anchor |") and table[2].endswith("| 1.0000 | 1.0000 |")
+    assert table[-1].endswith(
+        f"| {held.val['val_anchor_cosine']:.4f} | {held.val['val_anchor_cosine_std']:.4f} |"
+    )
     # val_loss stays the teachers' alone (weights 1 and 0.5), comparable with runs without an anchor.
     assert held.val["val_loss"] == pytest.approx(
         sum(

@@ -43,10 +43,14 @@ def curve_table(run_dir: Path) -> str:
         seen = int(r.get("train_residues", seen))  # logged since weighted epochs (data.source_weights)
         rows.append((r["step"], seen, r["elapsed_s"], r))
     names = list(rows[0][3]["val_cosine"])
-    head = "| step | residues seen | wall s | " + " | ".join(f"cos {n} | std cos {n}" for n in names) + " |"
-    out = [head, "|" + "---|" * (3 + 2 * len(names))]
+    anchored = all("val_anchor_cosine" in r for *_, r in rows)  # [anchor] on: how far from it, too
+    head = "| step | residues seen | wall s | " + " | ".join(f"cos {n} | std cos {n}" for n in names)
+    head += " | cos anchor | std cos anchor |" if anchored else " |"
+    out = [head, "|" + "---|" * (3 + 2 * len(names) + 2 * anchored)]
     for step, seen, wall, r in rows:
         cells = " | ".join(f"{r['val_cosine'][n]:.4f} | {r['val_cosine_std'][n]:.4f}" for n in names)
+        if anchored:
+            cells += f" | {r['val_anchor_cosine']:.4f} | {r['val_anchor_cosine_std']:.4f}"
         out.append(f"| {step} | {seen:,} | {wall:.0f} | {cells} |")
     return "\n".join(out)
 

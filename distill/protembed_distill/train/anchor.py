@@ -65,7 +65,9 @@ def _fingerprint(cfg: DistillConfig, ds: Dataset) -> str:
     h = hashlib.sha256()
     path = Path(cfg.anchor.model or "")
     # a missing path hashes to nothing here, and load_weights then says what is wrong with it
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    files = [path] if path.is_file() else []
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
     for split in (ds.train, ds.val):
