@@ -103,6 +103,9 @@ fi
 # UNIPROT_WEIGHT=0.5: each epoch draws a different half of the UniProt sequences, so the corpus's own
 # sources keep most of the steps (data.source_weights; reports/distill/cpu_mix.md).
 [ -z "${UNIPROT_WEIGHT:-}" ] || common+=(--set "data.source_weights.mmseqs_uniprot=$UNIPROT_WEIGHT")
+# ANCHOR=models/protembed-student-v1 [ANCHOR_WEIGHT=1]: also keep the pooled vector near that model's on
+# the same sequences (self-distillation against drift, [anchor] in the config; cpu_line.md, session 30).
+[ -z "${ANCHOR:-}" ] || common+=(--set "anchor.model=$ANCHOR" --set "anchor.weight=${ANCHOR_WEIGHT:-1.0}")
 # shellcheck disable=SC2206
 common+=(${EXTRA:-})
 # VALIDATE="a0.5=runs/x-a0.5/checkpoints/best.pt ...": score those weights (blends of this run's start
