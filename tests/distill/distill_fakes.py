@@ -92,3 +92,17 @@ def tiny_config(tmp_path: Path, corpus: Path, **sections: dict[str, Any]) -> Dis
 
 def fake_teachers() -> dict[str, FakeTeacher]:
     return {"fake_a": FakeTeacher("fake_a", 12, 1), "fake_b": FakeTeacher("fake_b", 6, 2)}
+
+
+def prepared_run(tmp_path: Path, n: int = 48, **sections: dict[str, Any]) -> tuple[DistillConfig, Any]:
+    """A tiny config over ``n`` random sequences (``sections`` override its tables), its dataset, and
+    the fake teachers' caches filled: what ``train`` needs."""
+    from protembed_distill.data.dataset import prepare_dataset
+    from protembed_distill.teacher_cache import build_caches
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(n, 10, 90, seed=21))
+    cfg = tiny_config(tmp_path, corpus, **sections)
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    return cfg, ds

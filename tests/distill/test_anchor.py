@@ -7,24 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+from distill_fakes import prepared_run
 
 from protembed_distill.config import ConfigError
-from protembed_distill.data.dataset import prepare_dataset
-from protembed_distill.teacher_cache import build_caches
 from protembed_distill.tools.continuation_curve import curve_table
 from protembed_distill.train.anchor import ANCHOR_FILE, pooled_vectors
 from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 from protembed_distill.train.trainer import train
-
-
-def _setup(tmp_path: Path, n: int = 40, **sections: dict) -> tuple:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(n, 10, 90, seed=21))
-    cfg = tiny_config(tmp_path, corpus, **sections)
-    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
-    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
-    return cfg, ds
 
 
 def _cos_to(ckpt: Path, anchor_vectors: torch.Tensor, items: list) -> float:
@@ -35,7 +24,7 @@ def _cos_to(ckpt: Path, anchor_vectors: torch.Tensor, items: list) -> float:
 
 
 def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: Path) -> None:
-    base, ds = _setup(tmp_path, optim={"epochs": 2, "lr": 5e-3})
+    base, ds = prepared_run(tmp_path, n=40, optim={"epochs": 2, "lr": 5e-3})
     start = train(base, ds, echo=False).best_checkpoint
 
     def continuation(name: str, weight: float):
@@ -82,7 +71,7 @@ def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: P
 
 
 def test_anchor_vectors_are_kept_and_recomputed_for_other_weights(tmp_path: Path) -> None:
-    base, ds = _setup(tmp_path, n=24, optim={"epochs": 1})
+    base, ds = prepared_run(tmp_path, n=24, optim={"epochs": 1})
     first = train(base, ds, echo=False)
     # another run: a higher learning rate, so other weights
     rerun = {
@@ -116,7 +105,7 @@ def test_anchor_vectors_are_kept_and_recomputed_for_other_weights(tmp_path: Path
 
 def test_anchor_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"anchor: anchor.weight > 0 needs anchor.model"):
-        _setup(tmp_path / "a", n=20, anchor={"weight": 1.0})
-    cfg, ds = _setup(tmp_path / "b", n=20, anchor={"weight": 1.0, "model": str(tmp_path / "no.pt")})
+        prepared_run(tmp_path / "a", n=20, anchor={"weight": 1.0})
+    cfg, ds = prepared_run(tmp_path / "b", n=20, anchor={"weight": 1.0, "model": str(tmp_path / "no.pt")})
     with pytest.raises(ValueError, match=r"anchor\.model: .*no\.pt is neither a checkpoint"):
         train(cfg, ds, echo=False)

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+from distill_fakes import prepared_run
 
 from protembed_distill.config import ConfigError, DistillConfig
-from protembed_distill.data.dataset import prepare_dataset
 from protembed_distill.student.model import Student
-from protembed_distill.teacher_cache import build_caches
 from protembed_distill.train.batches import epoch_plan, epoch_rows, make_batches
 from protembed_distill.train.checkpoint import (
     atomic_save,
@@ -23,15 +21,6 @@ from protembed_distill.train.targets import load_targets
 from protembed_distill.train.trainer import evaluate, train
 
 torch.set_num_threads(1)
-
-
-def _setup(tmp_path: Path, n: int = 48, **sections: dict) -> tuple:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(n, 10, 90, seed=21))
-    cfg = tiny_config(tmp_path, corpus, **sections)
-    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
-    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
-    return cfg, ds
 
 
 def test_make_batches_deterministic_within_budget() -> None:
@@ -64,16 +53,18 @@ def test_source_weights_draw_rows_per_epoch() -> None:
 
 def test_source_weights_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data.source_weights: weights must be > 0 .*; not src"):
-        _setup(tmp_path / "a", n=20, data={"source_weights": {"src": 0.0}})
-    cfg, ds = _setup(tmp_path / "b", n=20, data={"source_weights": {"uniprot": 0.5}}, optim={"epochs": 1})
+        prepared_run(tmp_path / "a", n=20, data={"source_weights": {"src": 0.0}})
+    cfg, ds = prepared_run(
+        tmp_path / "b", n=20, data={"source_weights": {"uniprot": 0.5}}, optim={"epochs": 1}
+    )
     with pytest.raises(ValueError, match=r"data.source_weights: uniprot not among .*\(src\)"):
         train(cfg, ds, echo=False)
 
 
 def test_source_weights_scale_the_epoch(tmp_path: Path) -> None:
     """Weight 2 on the only source: each epoch trains on every sequence twice (twice the residues)."""
-    once = train(*_setup(tmp_path / "a", n=30, optim={"epochs": 1}), echo=False)
-    cfg, ds = _setup(tmp_path / "b", n=30, data={"source_weights": {"src": 2.0}}, optim={"epochs": 1})
+    once = train(*prepared_run(tmp_path / "a", n=30, optim={"epochs": 1}), echo=False)
+    cfg, ds = prepared_run(tmp_path / "b", n=30, data={"source_weights": {"src": 2.0}}, optim={"epochs": 1})
     twice = train(cfg, ds, echo=False)
     residues = [load_checkpoint(r.last_checkpoint)["state"]["train_residues"] for r in (once, twice)]
     assert residues[1] == 2 * residues[0] == 2 * sum(len(i.sequence) for i in ds.train)
@@ -82,7 +73,7 @@ def test_source_weights_scale_the_epoch(tmp_path: Path) -> None:
 
 
 def test_tiny_distillation_lowers_the_loss(tmp_path: Path) -> None:
-    cfg, ds = _setup(tmp_path, optim={"epochs": 15, "lr": 5e-3})
+    cfg, ds = prepared_run(tmp_path, optim={"epochs": 15, "lr": 5e-3})
     loaded = load_targets(cfg, ds)
     torch.manual_seed(cfg.run.seed)
     untrained = Student(cfg.student, {"fake_a": 12, "fake_b": 6}, {"fake_b": 6})
@@ -105,11 +96,11 @@ def test_tiny_distillation_lowers_the_loss(tmp_path: Path) -> None:
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path) -> None:
     sections = {"optim": {"epochs": 2, "checkpoint_every_steps": 3}, "student": {"dropout": 0.1}}
-    cfg, ds = _setup(tmp_path / "a", n=30, **sections)
+    cfg, ds = prepared_run(tmp_path / "a", n=30, **sections)
     full = train(cfg, ds, echo=False)
     ref = load_checkpoint(full.last_checkpoint)
 
-    cfg_b, ds_b = _setup(tmp_path / "b", n=30, **sections)
+    cfg_b, ds_b = prepared_run(tmp_path / "b", n=30, **sections)
     stop = full.step // 2 + 1  # lands mid-epoch
     part = train(cfg_b, ds_b, stop_after_steps=stop, echo=False)
     assert not part.finished and part.step == stop
@@ -126,7 +117,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path) -> 
 
 
 def test_resume_refuses_a_different_student(tmp_path: Path) -> None:
-    cfg, ds = _setup(tmp_path, n=20, optim={"epochs": 1})
+    cfg, ds = prepared_run(tmp_path, n=20, optim={"epochs": 1})
     train(cfg, ds, echo=False)
     other = cfg.model_copy(update={"student": cfg.student.model_copy(update={"d_model": 16})})
     with pytest.raises(ValueError, match="different student"):
@@ -134,7 +125,7 @@ def test_resume_refuses_a_different_student(tmp_path: Path) -> None:
 
 
 def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path: Path) -> None:
-    cfg, ds = _setup(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
+    cfg, ds = prepared_run(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
     first = train(cfg, ds, echo=False)
     start = load_checkpoint(first.best_checkpoint)
     # lr ~0: the warm-started run must keep the first run's weights and so its validation loss
@@ -164,7 +155,7 @@ def test_init_from_starts_at_the_given_weights_with_a_fresh_schedule(tmp_path: P
 
 
 def test_blend_checkpoints_interpolates_one_runs_weights(tmp_path: Path) -> None:
-    cfg, ds = _setup(tmp_path / "a", n=24, optim={"epochs": 2, "lr": 5e-3})
+    cfg, ds = prepared_run(tmp_path / "a", n=24, optim={"epochs": 2, "lr": 5e-3})
     part = train(cfg, ds, stop_after_steps=1, echo=False)
     early = tmp_path / "early.pt"
     shutil.copy(part.last_checkpoint, early)
@@ -181,7 +172,7 @@ def test_blend_checkpoints_interpolates_one_runs_weights(tmp_path: Path) -> None
 
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 1.5"):
         blend_checkpoints(early, full.last_checkpoint, 1.5)
-    cfg_o, ds_o = _setup(tmp_path / "o", n=30, optim={"epochs": 1})
+    cfg_o, ds_o = prepared_run(tmp_path / "o", n=30, optim={"epochs": 1})
     other = train(cfg_o, ds_o, echo=False)
     with pytest.raises(ValueError, match=r"standardize teacher .* differently"):
         blend_checkpoints(early, other.last_checkpoint, 0.5)
@@ -196,7 +187,7 @@ def test_init_from_an_exported_model_folder(tmp_path: Path) -> None:
     # continues from it, its heads unfolded back to this run's standardized targets.
     from protembed_distill.export.model_folder import export_checkpoint
 
-    cfg, ds = _setup(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
+    cfg, ds = prepared_run(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
     first = train(cfg, ds, echo=False)
     folder = tmp_path / "models" / "tiny"
     export_checkpoint(first.best_checkpoint, folder, int8=False, fp16=False, quality_sequences=8)
@@ -227,7 +218,7 @@ def test_init_from_an_exported_model_folder(tmp_path: Path) -> None:
 
 def test_kl_option_and_early_stopping(tmp_path: Path) -> None:
     # lr 0 cannot improve after the first epoch, so patience 1 stops at epoch 2 of 5.
-    cfg, ds = _setup(
+    cfg, ds = prepared_run(
         tmp_path,
         n=20,
         optim={"epochs": 5, "patience": 1, "lr": 1e-12, "warmup_steps": 0},
@@ -258,7 +249,7 @@ def test_size_sweep_reports_quality_and_speed_per_size(tmp_path: Path) -> None:
         {"layers": 1, "d_model": 16, "heads": 2, "ffn": 32, "max_length": 128},
         {"layers": 2, "d_model": 32, "heads": 4, "ffn": 64, "max_length": 128},
     ]
-    cfg, ds = _setup(tmp_path, n=24, sweep={"sizes": sizes, "steps": 3})
+    cfg, ds = prepared_run(tmp_path, n=24, sweep={"sizes": sizes, "steps": 3})
     report = run_sweep(cfg, ds, threads=1, echo=False, bench_seconds=0.1)
     assert [r["size"] for r in report["sizes"]] == ["L1-d16-h2-f32", "L2-d32-h4-f64"]
     for row in report["sizes"]:
@@ -271,7 +262,7 @@ def test_size_sweep_reports_quality_and_speed_per_size(tmp_path: Path) -> None:
 def test_cpu_amp_trains_in_bfloat16_where_the_cpu_has_matrix_units(tmp_path: Path) -> None:
     from protembed_distill.train.trainer import use_bf16_autocast
 
-    cfg, ds = _setup(tmp_path, optim={"epochs": 6, "lr": 5e-3, "cpu_amp": True})
+    cfg, ds = prepared_run(tmp_path, optim={"epochs": 6, "lr": 5e-3, "cpu_amp": True})
     cpu = torch.device("cpu")
     assert not use_bf16_autocast(
         cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"cpu_amp": False})}), cpu
