@@ -11,7 +11,7 @@ from distill_fakes import prepared_run
 
 from protembed_distill.config import ConfigError
 from protembed_distill.tools.continuation_curve import curve_table
-from protembed_distill.train.anchor import ANCHOR_FILE, pooled_vectors
+from protembed_distill.train.anchor import anchor_file, pooled_vectors
 from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 from protembed_distill.train.trainer import train
 
@@ -38,9 +38,9 @@ def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: P
         return cfg, train(cfg, ds, echo=False)
 
     free_cfg, free = continuation("free", 0.0)
+    assert not anchor_file(free_cfg, ds).exists()  # weight 0: the anchor is off, nothing computed
     held_cfg, held = continuation("held", 5.0)
-    assert not (free_cfg.run.dir / ANCHOR_FILE).exists()  # weight 0: the anchor is off, nothing computed
-    kept = torch.load(held_cfg.run.dir / ANCHOR_FILE, weights_only=True)
+    kept = torch.load(anchor_file(held_cfg, ds), weights_only=True)
     # The kept vectors are the start's own, in the items' order.
     assert _cos_to(start, kept["val"], ds.val) == pytest.approx(1.0, abs=1e-5)
     free_cos, held_cos = (_cos_to(r.last_checkpoint, kept["val"], ds.val) for r in (free, held))
@@ -79,28 +79,29 @@ def test_anchor_vectors_are_kept_and_recomputed_for_other_weights(tmp_path: Path
         "optim": base.optim.model_copy(update={"lr": 1e-2}),
     }
     other = train(base.model_copy(update=rerun), ds, echo=False)
-    run = tmp_path / "a"
 
-    def anchored(model: Path, epochs: int):
+    def anchored(model: Path, epochs: int, run: str = "a") -> Path:
         cfg = base.model_copy(
             update={
-                "run": base.run.model_copy(update={"dir": run}),
+                "run": base.run.model_copy(update={"dir": tmp_path / run}),
                 "optim": base.optim.model_copy(update={"epochs": epochs}),
                 "anchor": base.anchor.model_copy(update={"model": model, "weight": 1.0}),
             }
         )
-        return train(cfg, ds, echo=False)
+        train(cfg, ds, echo=False)
+        return anchor_file(cfg, ds)
 
-    anchored(first.last_checkpoint, 1)
-    kept = run / ANCHOR_FILE
+    kept = anchored(first.last_checkpoint, 1)
     stamp = kept.stat().st_mtime_ns
-    anchored(first.last_checkpoint, 2)  # resumed: the same weights and sequences read the kept vectors
+    # resumed, or another run (a step-0 validation) of the same anchor and sequences: read, not computed
+    assert anchored(first.last_checkpoint, 2) == kept and anchored(first.last_checkpoint, 1, "b") == kept
     assert kept.stat().st_mtime_ns == stamp
-    # Other anchor weights: computed again (a stale file would anchor the run to the wrong model).
-    before = torch.load(kept, weights_only=True)["val"]
-    (run / "checkpoints" / "last.pt").unlink()
-    anchored(other.last_checkpoint, 1)
-    assert not torch.equal(torch.load(kept, weights_only=True)["val"], before)
+    # Other anchor weights: their own vectors (a stale file would anchor the run to the wrong model).
+    again = anchored(other.last_checkpoint, 1, "c")
+    assert again != kept
+    assert not torch.equal(
+        torch.load(again, weights_only=True)["val"], torch.load(kept, weights_only=True)["val"]
+    )
 
 
 def test_anchor_settings_are_checked(tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ teacher-space cosine barely weighs (capsid and deepsol lost ~2%: reports/distill
 cpu_line.md); a blend halfway back keeps half of each. The term lets the teachers move what they ask for.
 
 The vectors are computed once, in float32 (the model is frozen and the sequences are fixed crops), and
-kept in the run folder, so a resumed run and every epoch read them instead of running the anchor each
-step. Like the teachers' targets they are standardized by their training-split statistics, so that the
-term weighs the protein-specific part of the vector rather than its shared mean.
+kept beside the teacher cache under a name that hashes the anchor's weights and the sequences, so every
+epoch, a resumed run and the continuation's step-0 validation read them instead of running the anchor.
+Like the teachers' targets they are standardized by their training-split statistics, so that the term
+weighs the protein-specific part of the vector rather than its shared mean.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from protembed_distill.train.batches import collate, make_batches
 from protembed_distill.train.checkpoint import atomic_save, load_weights
 from protembed_distill.train.losses import Standardizer
 
-__all__ = ["ANCHOR_FILE", "AnchorTargets", "load_anchor", "pooled_vectors"]
-
-ANCHOR_FILE = "anchor_vectors.pt"
+__all__ = ["AnchorTargets", "anchor_file", "load_anchor", "pooled_vectors"]
 
 
 @dataclass
@@ -77,27 +76,29 @@ def _fingerprint(cfg: DistillConfig, ds: Dataset) -> str:
     return h.hexdigest()
 
 
+def anchor_file(cfg: DistillConfig, ds: Dataset) -> Path:
+    """Where this anchor's vectors of these sequences are kept (a sibling of the teacher cache)."""
+    return cfg.teacher_cache_dir().parent / "anchor" / f"{_fingerprint(cfg, ds)[:24]}.pt"
+
+
 def load_anchor(
     cfg: DistillConfig,
     ds: Dataset,
     teacher_dims: dict[str, int],
     residue_dims: dict[str, int],
     standardizers: dict[str, Standardizer],
-    run_dir: Path,
     device: torch.device,
 ) -> AnchorTargets | None:
-    """The anchor's targets for this run (None when ``anchor.weight`` is 0): read from the run folder
-    when they were computed for the same weights and sequences, else computed and kept there."""
+    """The anchor's targets for this run (None when ``anchor.weight`` is 0): read from
+    :func:`anchor_file` when kept, else computed and kept there."""
     if cfg.anchor.weight == 0 or cfg.anchor.model is None:
         return None
-    path = run_dir / ANCHOR_FILE
-    key = _fingerprint(cfg, ds)
+    path = anchor_file(cfg, ds)
     kept = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-    if kept is None or kept.get("fingerprint") != key:
+    if kept is None:
         model = Student(cfg.student, teacher_dims, residue_dims).to(device)
         load_weights(model, Path(cfg.anchor.model), cfg, teacher_dims, standardizers, "anchor.model")
         kept = {
-            "fingerprint": key,
             "train": pooled_vectors(model, ds.train, cfg.optim.batch_tokens, device),
             "val": pooled_vectors(model, ds.val, cfg.optim.batch_tokens, device),
         }

@@ -275,13 +275,7 @@ class Trainer:
         self.residue_dims = {n: int(s.residues().shape[1]) for n, s in loaded.residue_stores.items()}
         self.model = Student(cfg.student, self.teacher_dims, self.residue_dims).to(place.device)
         self.anchor = load_anchor(
-            cfg,
-            self.ds,
-            self.teacher_dims,
-            self.residue_dims,
-            loaded.standardizers,
-            self.run_dir,
-            place.device,
+            cfg, self.ds, self.teacher_dims, self.residue_dims, loaded.standardizers, place.device
         )
         decay = [
             p for n, p in self.model.named_parameters() if p.ndim >= 2 and "embed" not in n and "pos" not in n
