@@ -47,9 +47,13 @@ def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
     assert line["train_residues"] == state["train_residues"] > 0
     assert line["cumulative_train_residues"] == line["train_residues"]
     assert set(line["val_cosine"]) == set(line["val_cosine_start"]) == {"fake_a", "fake_b"}
+    assert line["anchor"] is None
 
-    # The next session starts from the saved folder (fp16 weights only) and extends the line.
-    second = _continuation(cfg, ds, tmp_path / "r2", dest)
+    # The next session starts from the saved folder (fp16 weights only) and extends the line, here
+    # anchored to the first run's vectors ([anchor]), which the lineage records.
+    anchor = {"model": str(first / "checkpoints" / "best.pt"), "weight": 0.5}
+    anchored = cfg.model_copy(update={"anchor": cfg.anchor.model_copy(update=anchor)})
+    second = _continuation(anchored, ds, tmp_path / "r2", dest)
     start = load_checkpoint(second / "step0" / "checkpoints" / "last.pt")["model"]
     saved = load_checkpoint(first / "checkpoints" / "best.pt")["model"]
     for k in (k for k in saved if k.startswith("heads.")):  # fp16's rounding, nothing more
@@ -60,8 +64,9 @@ def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
     assert lineage[-1]["cumulative_train_residues"] == sum(e["train_residues"] for e in lineage)
     for name, end in lineage[0]["val_cosine"].items():  # r2 started where r1 ended
         assert lineage[1]["val_cosine_start"][name] == pytest.approx(end, abs=5e-3)
+    assert lineage[1]["anchor"] == anchor
     table = warmstart.show(dest)
-    assert table.count("\n") == 3 and str(second) in table
+    assert table.count("\n") == 3 and str(second) in table and f"| 0.5 x {anchor['model']} |" in table
 
     # A run from anywhere else starts a new line; one the ship check has not exported is exported first.
     third = _continuation(cfg, ds, tmp_path / "r3", None, export=False)

@@ -67,12 +67,14 @@ def lineage_entry(run: Path, model: Path, validated: Path | None) -> dict[str, A
         step0 = Path(blend["end"]).parent.parent / "step0" / "train.jsonl"
     commit = run / "src" / "COMMIT"
     state = ckpt["state"]
+    anchor = ckpt["config"].get("anchor") or {}  # [anchor]: trained towards which model's vectors
     return {
         "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run": str(run),
         "code_commit": commit.read_text().strip() if commit.is_file() else None,
         "init_from": ckpt["config"]["optim"].get("init_from"),
         "blend": blend,
+        "anchor": anchor if anchor.get("weight") else None,
         "steps": int(state["step"]),
         "train_residues": int(state["train_residues"]),
         "val_cosine_start": _last_epoch(step0)["val_cosine"] if step0.is_file() else None,
@@ -125,10 +127,10 @@ def show(dest: Path) -> str:
     lineage = json.loads((dest / LINEAGE).read_text())
     names = list(lineage[0]["val_cosine"])
     out = [
-        "| saved (UTC) | run | blend alpha | residues | cumulative | "
+        "| saved (UTC) | run | blend alpha | anchor | residues | cumulative | "
         + " | ".join(f"cos {n} start -> end" for n in names)
         + " |",
-        "|" + "---|" * (5 + len(names)),
+        "|" + "---|" * (6 + len(names)),
     ]
     for e in lineage:
         start = e["val_cosine_start"] or {}
@@ -137,8 +139,9 @@ def show(dest: Path) -> str:
             for n in names
         )
         alpha = e["blend"]["alpha"] if e["blend"] else "-"
+        anchor = f"{e['anchor']['weight']} x {e['anchor']['model']}" if e.get("anchor") else "-"
         residues = f"{e['train_residues']:,} | {e['cumulative_train_residues']:,}"
-        out.append(f"| {e['saved_utc']} | {e['run']} | {alpha} | {residues} | {cells} |")
+        out.append(f"| {e['saved_utc']} | {e['run']} | {alpha} | {anchor} | {residues} | {cells} |")
     return "\n".join(out)
 
 
