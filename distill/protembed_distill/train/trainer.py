@@ -182,10 +182,9 @@ def evaluate(
         result["val_residue_cosine_std"] = {n: sum(v) / n_res for n, v in res_cos.items()}
     result["val_loss"] = total
     if anchor is not None:
-        p = anchor.standardizer.apply(torch.cat(pooled)[inv])
-        raw = torch.nn.functional.cosine_similarity(
-            anchor.standardizer.invert(p), anchor.standardizer.invert(anchor.val), dim=-1
-        )
+        raw_pred = torch.cat(pooled)[inv]
+        p = anchor.standardizer.apply(raw_pred)
+        raw = torch.nn.functional.cosine_similarity(raw_pred, anchor.standardizer.invert(anchor.val), dim=-1)
         result["val_anchor_cosine"] = float(raw.mean())
         result["val_anchor_cosine_std"] = float(
             torch.nn.functional.cosine_similarity(p, anchor.val, dim=-1).mean()
