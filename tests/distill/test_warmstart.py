@@ -85,3 +85,51 @@ def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
     assert entry["blend"]["alpha"] == 0.5 and entry["val_cosine_start"] is not None
 
     assert warmstart.main(["save", str(tmp_path / "nothing"), "--dest", str(dest)]) == 2
+
+
+def test_card_of_a_model_shipped_from_the_line_describes_the_line(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(24, 10, 90, seed=22))
+    cfg = tiny_config(tmp_path, corpus, optim={"epochs": 2, "lr": 5e-3})
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    dest = tmp_path / "warmstart"
+    bundled = _continuation(cfg, ds, tmp_path / "r0", None) / "model"  # the model the line continues
+
+    def ship(run: Path) -> Path:
+        """The ship path: the warm start scored at learning rate 0 (a checkpoint of exactly its weights),
+        exported, its card rewritten."""
+        at_rest = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 0.0})})
+        return _continuation(at_rest, ds, run, dest) / "model"
+
+    first = _continuation(cfg, ds, tmp_path / "r1", bundled)
+    warmstart.save(first, first / "model", dest)
+    shipped = ship(tmp_path / "ship1")
+    with pytest.raises(ValueError, match="line started from"):
+        warmstart.card(shipped, dest, first / "model")
+    with pytest.raises(ValueError, match="own weights"):
+        warmstart.card(shipped, dest, shipped)
+    assert warmstart.main(["card", str(shipped), "--base", str(bundled), "--dest", str(dest)]) == 0
+    card = json.loads((shipped / "model.json").read_text())
+    base = json.loads((bundled / "model.json").read_text())
+    data = card["training_data"]
+    assert data["continued_from"] == {"id": base["id"], "version": base["version"]}
+    assert data["train_sequences"] == base["training_data"]["train_sequences"]
+    assert [e["run"] for e in data["continuations"]] == [str(first)]
+    assert data["cumulative_train_residues"] == data["continuations"][0]["train_residues"] > 0
+    assert card["metrics"]["val_cosine"] == data["continuations"][0]["val_cosine"]
+    assert card["metrics"]["base_metrics"] == base["metrics"] and "steps" not in card["metrics"]
+
+    # The next link ships on top of that model: its card keeps the first link and adds the second.
+    second = _continuation(cfg, ds, tmp_path / "r2", dest)
+    warmstart.save(second, second / "model", dest)
+    again = ship(tmp_path / "ship2")
+    with pytest.raises(ValueError, match=r"is not .*weights: per-protein cosine"):
+        warmstart.card(first / "model", dest, bundled)  # link 1's weights, while the line holds link 2
+    warmstart.card(again, dest, shipped)
+    with pytest.raises(ValueError, match="already holds every continuation"):
+        warmstart.card(shipped, dest, again)
+    data = json.loads((again / "model.json").read_text())["training_data"]
+    assert data["continued_from"]["version"] == base["version"]
+    assert [e["run"] for e in data["continuations"]] == [str(first), str(second)]
+    missing = tmp_path / "nothing"
+    assert warmstart.main(["card", str(missing), "--base", str(bundled), "--dest", str(dest)]) == 2

@@ -11,6 +11,8 @@ cumulative learning curve is read from the repository, not from machines that ar
     python -m protembed_distill.tools.warmstart save RUN [--model DIR] [--validated DIR] [--dest DIR]
         (exports RUN/checkpoints/best.pt to RUN/model first when the ship check has not)
     python -m protembed_distill.tools.warmstart show [--dest DIR]
+    python -m protembed_distill.tools.warmstart card MODEL [--base DIR] [--dest DIR]
+        (a model folder exported from these weights, e.g. to ship: its card describes the line)
     INIT=distill/warmstart AMX=1 THREADS=2 TOP=0 N=100000 ... bash scripts/cpu_continuation.sh
 
 ``RUN`` is a continuation's run folder (``checkpoints/best.pt``) or a blend's (``tools/blend_checkpoints``).
@@ -31,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["lineage_entry", "main", "save"]
+__all__ = ["card", "lineage_entry", "main", "save"]
 
 DEFAULT_DEST = Path("distill/warmstart")
 WEIGHTS = "model.fp16.onnx"
@@ -122,6 +124,73 @@ def save(
     return entry
 
 
+def _same_weights(model: Path, dest: Path, threads: int) -> float:
+    """The least cosine between the per-protein vectors of ``model``'s fp16 file and the warm start's:
+    a folder exported from the warm start's weights (widened to fp32, a per-residue head added) gives
+    the same vectors up to fp16's rounding."""
+    import numpy as np
+
+    from protembed_distill.export.onnx import onnx_outputs, parity_batches
+
+    longest = int(json.loads((model / CARD).read_text())["input"]["max_length"])
+    seqs = [s[:longest] for batch in parity_batches(1) for s in batch if len(s) > 1]
+    a = onnx_outputs(model / WEIGHTS, seqs, threads)["student"].astype(np.float64)
+    b = onnx_outputs(dest / WEIGHTS, seqs, threads)["student"].astype(np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def card(model: Path, dest: Path, base: Path, threads: int = 1) -> dict[str, Any]:
+    """Rewrite ``model``'s card to describe the line its weights come from.
+
+    A model shipped from the warm start is exported through a checkpoint that only scored the kept
+    weights (``continuation_curve.py --validate``, one step at learning rate 0), so its export's card
+    would say one step on that run's data. What made the weights is ``base`` (the bundled model the
+    line continued: its training data, and the continuations it already shipped) plus the lineage's
+    later continuations; the card says that, and the held-out cosine the last one reached."""
+    from protembed.artifact import write_model_card
+
+    lineage = json.loads((dest / LINEAGE).read_text())
+    base_card = json.loads((base / CARD).read_text())
+    out = json.loads((model / CARD).read_text())
+    if _fp32_sha(base_card) == _fp32_sha(out):
+        raise ValueError(f"{base} holds {model}'s own weights: pass the model the line continued as --base")
+    base_data = base_card["training_data"]
+    shipped = base_data.get("continuations", [])
+    if shipped:  # a model shipped from this line before: the lineage goes on from its last entry
+        if [e["weights_sha256"] for e in lineage[: len(shipped)]] != [e["weights_sha256"] for e in shipped]:
+            raise ValueError(f"{dest}'s lineage does not continue {base}'s ({len(shipped)} continuations)")
+    else:
+        start = lineage[0]["init_from"]
+        if start is None or Path(start).resolve() != base.resolve():
+            raise ValueError(f"{dest}'s line started from {start}, not {base}: pass that folder as --base")
+    if len(lineage) == len(shipped):
+        raise ValueError(f"{base} already holds every continuation of {dest}'s lineage")
+    least = _same_weights(model, dest, threads)
+    if least < 0.9999:
+        raise ValueError(f"{model} is not {dest}'s weights: per-protein cosine {least:.5f} (< 0.9999)")
+    out["training_data"] = {
+        **base_data,
+        "continued_from": base_data.get("continued_from")
+        or {"id": base_card["id"], "version": base_card["version"]},
+        "continuations": lineage,
+        "cumulative_train_residues": lineage[-1]["cumulative_train_residues"],
+    }
+    metrics = {k: v for k, v in out.get("metrics", {}).items() if k not in ("epoch", "steps")}
+    out["metrics"] = {
+        **metrics,
+        "val_cosine": lineage[-1]["val_cosine"],
+        "val_set": "the held-out sequences of the last continuation (scripts/cpu_continuation.sh VAL_N)",
+        "base_metrics": base_card.get("metrics", {}).get("base_metrics") or base_card.get("metrics", {}),
+    }
+    write_model_card(model, out)
+    return out
+
+
+def _fp32_sha(model_card: dict[str, Any]) -> str | None:
+    return next((f.get("sha256") for f in model_card.get("files", []) if f.get("variant") == "fp32"), None)
+
+
 def show(dest: Path) -> str:
     """The cumulative curve as a markdown table, one row per continuation in the line."""
     lineage = json.loads((dest / LINEAGE).read_text())
@@ -156,10 +225,25 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--threads", type=int, default=2, help="for the export, when RUN has none yet")
     sh = sub.add_parser("show", help="the line's cumulative learning curve")
     sh.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    c = sub.add_parser("card", help="describe a model folder exported from these weights by their line")
+    c.add_argument("model", type=Path)
+    c.add_argument(
+        "--base",
+        type=Path,
+        default=Path("models/protembed-student-v1"),
+        help="the bundled model the line continued (before the new one replaces it)",
+    )
+    c.add_argument("--dest", type=Path, default=DEFAULT_DEST)
+    c.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     try:
         if args.cmd == "show":
             print(show(args.dest))
+            return 0
+        if args.cmd == "card":
+            done = card(args.model, args.dest, args.base, args.threads)
+            data = done["training_data"]
+            print(f"{args.model}: {data['continued_from']} + {len(data['continuations'])} continuations")
             return 0
         entry = save(args.run, args.model or args.run / "model", args.dest, args.validated, args.threads)
     except (FileNotFoundError, ValueError, KeyError) as exc:
