@@ -834,25 +834,28 @@ def decide(result: dict[str, Any]) -> list[str]:
     pooling = best_wl if paired[best_wl]["mean"] > paired[best_wl]["ci95"] else TODAY
     pool = pooling.split(":")[1].split("@")[0]
 
-    def score(m: str) -> float:
-        return float(dict(result["ranking"])[m])
+    ranked = {m: float(sc) for m, sc in result["ranking"]}
 
     def not_worse(m: str, ref: str) -> bool:
         d = paired_against(records, m, ref, teachers)
         return d["mean"] >= -d["ci95"]
 
-    best_o = {k: max(overlaps, key=lambda o: score(f"chunk:{k}@{o}")) for k in (pool, "stitched")}
+    # The overlap is chosen on the methods that have one: `disjoint` windows never overlap, so when it
+    # wins the pooling, the overlap is the stitched output's choice alone.
+    kinds = [k for k in (pool, "stitched") if all(f"chunk:{k}@{o}" in ranked for o in overlaps)]
+    best_o = {k: max(overlaps, key=lambda o: ranked[f"chunk:{k}@{o}"]) for k in kinds}
     chosen = min(
-        o
-        for o in overlaps
-        if all(not_worse(f"chunk:{k}@{o}", f"chunk:{k}@{best_o[k]}") for k in (pool, "stitched"))
+        o for o in overlaps if all(not_worse(f"chunk:{k}@{o}", f"chunk:{k}@{best_o[k]}") for k in kinds)
     )
     stitched = paired[f"chunk:stitched@{chosen}"]
     return [
         f"- Pooling: `{pool}`"
         + (" (today's, unchanged)." if pooling == TODAY else " (better than today's)."),
-        f"- Default chunk_overlap: {chosen}, the smallest overlap whose `{pool}` and `stitched` scores are "
-        f"not significantly below the best overlap's ({best_o[pool]} and {best_o['stitched']}); it runs "
+        f"- Default chunk_overlap: {chosen}, the smallest overlap whose "
+        + " and ".join(f"`{k}`" for k in kinds)
+        + " scores are not significantly below the best overlap's ("
+        + " and ".join(str(best_o[k]) for k in kinds)
+        + "); it runs "
         f"{result['window_cost'][str(chosen)]:.2f}x the input's residues, against "
         f"{result['window_cost'][TODAY.split('@')[1]]:.2f}x at today's {TODAY.split('@')[1]}.",
         f"- Next gain, a model change: pool each window over its owned residues only (a pooling mask apart "
