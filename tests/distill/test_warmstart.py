@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_fakes import fake_teachers, loader, random_sequences, tiny_config, write_corpus
+from distill_fakes import prepared_run
 
-from protembed_distill.data.dataset import prepare_dataset
 from protembed_distill.export.model_folder import export_checkpoint
-from protembed_distill.teacher_cache import build_caches
 from protembed_distill.tools import warmstart
 from protembed_distill.train.checkpoint import atomic_save, blend_checkpoints, load_checkpoint
 from protembed_distill.train.trainer import train
@@ -33,10 +31,7 @@ def _continuation(cfg, ds, run: Path, init_from: Path | None, export: bool = Tru
 
 
 def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
-    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(24, 10, 90, seed=21))
-    cfg = tiny_config(tmp_path, corpus, optim={"epochs": 2, "lr": 5e-3})
-    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
-    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    cfg, ds = prepared_run(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
     dest = tmp_path / "warmstart"
 
     first = _continuation(cfg, ds, tmp_path / "r1", None)
@@ -88,10 +83,7 @@ def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
 
 
 def test_card_of_a_model_shipped_from_the_line_describes_the_line(tmp_path: Path) -> None:
-    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(24, 10, 90, seed=22))
-    cfg = tiny_config(tmp_path, corpus, optim={"epochs": 2, "lr": 5e-3})
-    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
-    build_caches(cfg, ds.train + ds.val, loader=loader(**fake_teachers()), progress=False)
+    cfg, ds = prepared_run(tmp_path, n=24, optim={"epochs": 2, "lr": 5e-3})
     dest = tmp_path / "warmstart"
     bundled = _continuation(cfg, ds, tmp_path / "r0", None) / "model"  # the model the line continues
 
