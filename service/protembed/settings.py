@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         "teachers' whole-sequence vectors as 128 or 256, for less compute; reports/long_sequences.md).",
     )
     # 128 MiB: the longest sequence accepted (max_sequence_length) must get its per-residue answer as
-    # base64 over REST; at 40,000 residues and 384 values a residue (models 1.4.0 and 1.5.0) that is 82 MB.
+    # base64 over REST; at 40,000 residues and model 1.4.0's 384 values a residue that is 82 MB.
     max_response_bytes: int = Field(
         default=128 * 2**20,
         gt=0,

@@ -623,6 +623,13 @@ def render(report: dict[str, Any]) -> str:
                 f"| {name} | {res['dim']} | {_iv(res['score'])} | {_iv(vb) if vb else '—'} | "
                 f"{_iv(vw) if vw else '—'} |"
             )
+        # The ship rule per residue: each further model's output against the first model's, paired.
+        first = f"{next(iter(report['models']), '')}:residues"
+        further = [f"{m}:residues" for m in list(report["models"])[1:]]
+        vs_first = [(n, r["ratios"].get(n, {}).get(first)) for n in further if n in r["results"]]
+        if first in r["results"] and vs_first:
+            pairs = "; ".join(f"{n} / {first} {_iv(v) if v else '—'}" for n, v in vs_first)
+            lines += ["", f"Each further model against the first, paired over chains: {pairs}."]
         lines.append("")
     return "\n".join(lines)
 
