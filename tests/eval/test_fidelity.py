@@ -517,7 +517,7 @@ def test_fidelity_run_end_to_end_on_the_tiny_model(tiny_model_dir: Path, tmp_pat
     assert part["residue_tasks"]["binding"]["date"] == part["date"] != report["date"]
     # a second model (the ship check's candidate): its per-residue output against the first's, paired
     two = ["--model", f"student={tiny_model_dir}:int8", "--model", f"fp32={tiny_model_dir}:fp32"]
-    assert run.main([*two, *args[4:], *only, "--train-chains", "14", "--out", str(out)]) == 0
+    assert run.main([*two, *args[2:], *only, "--train-chains", "14", "--out", str(out)]) == 0
     md = out.with_suffix(".md").read_text()
     assert "Each further model against the first, paired over chains: fp32:residues / student:residues" in md
 
