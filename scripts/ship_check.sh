@@ -8,7 +8,7 @@
 # on any set, per protein or per residue. Nothing is written under models/.
 #   bash scripts/ship_check.sh RUN_DIR VERSION        e.g.  bash scripts/ship_check.sh runs/cpu-mix 1.5.0
 # Each step skips what is done or resumes (the head's targets and epochs are cached under ADAPTER_RUN),
-# so a killed check continues where it stopped. About 40 minutes on 2 cores.
+# so a killed check continues where it stopped. About 50 minutes on 2 cores (10 of them per residue).
 # HEAD=0 screens the per-protein vectors only (no per-residue head: ~20 minutes less); a candidate
 # screened so cannot ship until the full check has run on it.
 set -euo pipefail
