@@ -128,16 +128,14 @@ def _same_weights(model: Path, dest: Path, threads: int) -> float:
     """The least cosine between the per-protein vectors of ``model``'s fp16 file and the warm start's:
     a folder exported from the warm start's weights (widened to fp32, a per-residue head added) gives
     the same vectors up to fp16's rounding."""
-    import numpy as np
-
     from protembed_distill.export.onnx import onnx_outputs, parity_batches
+    from protembed_distill.export.variants import variant_quality
 
     longest = int(json.loads((model / CARD).read_text())["input"]["max_length"])
     seqs = [s[:longest] for batch in parity_batches(1) for s in batch if len(s) > 1]
-    a = onnx_outputs(model / WEIGHTS, seqs, threads)["student"].astype(np.float64)
-    b = onnx_outputs(dest / WEIGHTS, seqs, threads)["student"].astype(np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(cos.min())
+    a = {"student": onnx_outputs(model / WEIGHTS, seqs, threads)["student"]}
+    b = {"student": onnx_outputs(dest / WEIGHTS, seqs, threads)["student"]}
+    return float(variant_quality(a, b)["cosine_to_fp32"]["student"]["min"])
 
 
 def card(model: Path, dest: Path, base: Path, threads: int = 1) -> dict[str, Any]:
