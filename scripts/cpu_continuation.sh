@@ -105,7 +105,9 @@ fi
 [ -z "${UNIPROT_WEIGHT:-}" ] || common+=(--set "data.source_weights.mmseqs_uniprot=$UNIPROT_WEIGHT")
 # ANCHOR=models/protembed-student-v1 [ANCHOR_WEIGHT=1]: also keep the pooled vector near that model's on
 # the same sequences (self-distillation against drift, [anchor] in the config; cpu_line.md, session 30).
-[ -z "${ANCHOR:-}" ] || common+=(--set "anchor.model=$ANCHOR" --set "anchor.weight=${ANCHOR_WEIGHT:-1.0}")
+# ANCHOR_RESIDUE_WEIGHT=1: the trunk's per-residue states too (what the per-residue head reads; session 32).
+[ -z "${ANCHOR:-}" ] || common+=(--set "anchor.model=$ANCHOR" --set "anchor.weight=${ANCHOR_WEIGHT:-1.0}"
+  --set "anchor.residue_weight=${ANCHOR_RESIDUE_WEIGHT:-0}")
 # shellcheck disable=SC2206
 common+=(${EXTRA:-})
 # VALIDATE="a0.5=runs/x-a0.5/checkpoints/best.pt ...": score those weights (blends of this run's start

@@ -188,11 +188,21 @@ class AnchorConfig(_Strict):
 
     model: Path | None = None  # model folder or checkpoint of the same [student]
     weight: float = Field(default=0.0, ge=0)  # beside the teachers' weights, which sum to 1; 0 = off
+    # The same for every residue's trunk state (what the per-residue head reads): the pooled term alone
+    # let a link's trunk states move, and the head retrained on them lost 0.5% Q3 (cpu_line.md, session
+    # 31). The term is the share of the anchor's state variance not kept, so 1 = no better than a
+    # constant. Costs the frozen model's forward pass on every batch (~1/4 of a step).
+    residue_weight: float = Field(default=0.0, ge=0)
+
+    @property
+    def on(self) -> bool:
+        return self.weight > 0 or self.residue_weight > 0
 
     @model_validator(mode="after")
     def _model_when_on(self) -> AnchorConfig:
-        if self.weight > 0 and self.model is None:
-            raise ValueError("anchor.weight > 0 needs anchor.model (a model folder or checkpoint)")
+        for name in ("weight", "residue_weight"):
+            if getattr(self, name) > 0 and self.model is None:
+                raise ValueError(f"anchor.{name} > 0 needs anchor.model (a model folder or checkpoint)")
         return self
 
 

@@ -11,7 +11,8 @@ from distill_fakes import prepared_run
 
 from protembed_distill.config import ConfigError
 from protembed_distill.tools.continuation_curve import curve_table
-from protembed_distill.train.anchor import anchor_file, pooled_vectors
+from protembed_distill.train.anchor import anchor_file, pooled_vectors, residue_drift
+from protembed_distill.train.batches import collate, make_batches
 from protembed_distill.train.checkpoint import load_checkpoint, student_from_checkpoint
 from protembed_distill.train.trainer import train
 
@@ -70,6 +71,59 @@ def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: P
     )
 
 
+@torch.no_grad()
+def _drift(ckpt: Path, start: Path, items: list) -> float:
+    """Share of the start's held-out residue-state variance that a checkpoint's trunk has moved."""
+    mine, theirs = (student_from_checkpoint(load_checkpoint(c)).eval() for c in (ckpt, start))
+    sums = torch.zeros(2)
+    for batch in make_batches([len(i.sequence) for i in items], 600, 0, 0):
+        ids, mask = collate(items, batch, torch.device("cpu"))
+        a, b = (m(ids, mask)["trunk_states"] for m in (mine, theirs))
+        sums += torch.stack(residue_drift(a, b, mask))
+    return float(sums[0] / sums[1])
+
+
+def test_the_residue_term_holds_the_trunk_states_that_the_pooled_anchor_lets_move(tmp_path: Path) -> None:
+    base, ds = prepared_run(tmp_path, n=40, optim={"epochs": 2, "lr": 5e-3})
+    start = train(base, ds, echo=False).best_checkpoint
+
+    def continuation(name: str, residue_weight: float):
+        cfg = base.model_copy(
+            update={
+                "run": base.run.model_copy(update={"dir": tmp_path / name}),
+                "optim": base.optim.model_copy(update={"init_from": start, "lr": 3e-2, "epochs": 3}),
+                "anchor": base.anchor.model_copy(
+                    update={"model": start, "weight": 1.0, "residue_weight": residue_weight}
+                ),
+            }
+        )
+        return cfg, train(cfg, ds, echo=False)
+
+    _, pooled_only = continuation("pooled", 0.0)
+    cfg, both = continuation("both", 20.0)
+    loose, held = (_drift(r.last_checkpoint, start, ds.val) for r in (pooled_only, both))
+    assert loose > 0.05, "the pooled anchor alone should have let the residue states move"
+    assert held < loose / 3, (loose, held)
+    # Logged: the held-out term per epoch (what _drift measures), its value per step, and the curve.
+    assert both.val["val_anchor_residue_loss"] == pytest.approx(held, rel=1e-3)
+    assert "val_anchor_residue_loss" not in pooled_only.val
+    steps = [json.loads(x) for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
+    assert all("anchor.residue" in r for r in steps if r["kind"] == "step")
+    step0 = cfg.optim.model_copy(update={"lr": 1e-12, "max_steps": 1, "warmup_steps": 0})
+    train(cfg.model_copy(update={"optim": step0}), ds, run_dir=cfg.run.dir / "step0", echo=False)
+    (cfg.run.dir / "data_stats.json").write_text(json.dumps(ds.stats))
+    table = curve_table(cfg.run.dir).splitlines()
+    assert table[0].endswith("| residue drift |") and table[2].endswith("| 0.0000 |")
+    assert table[-1].endswith(f"| {both.val['val_anchor_residue_loss']:.4f} |")
+    # val_loss stays the teachers' alone, so the two runs' curves compare.
+    assert both.val["val_loss"] == pytest.approx(
+        sum(
+            v * w for v, w in zip(both.val["val_loss_by_teacher"].values(), (1 / 1.5, 0.5 / 1.5), strict=True)
+        ),
+        rel=1e-5,
+    )
+
+
 def test_anchor_vectors_are_kept_and_recomputed_for_other_weights(tmp_path: Path) -> None:
     base, ds = prepared_run(tmp_path, n=24, optim={"epochs": 1})
     first = train(base, ds, echo=False)
@@ -107,6 +161,8 @@ def test_anchor_vectors_are_kept_and_recomputed_for_other_weights(tmp_path: Path
 def test_anchor_settings_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"anchor: anchor.weight > 0 needs anchor.model"):
         prepared_run(tmp_path / "a", n=20, anchor={"weight": 1.0})
+    with pytest.raises(ConfigError, match=r"anchor: anchor.residue_weight > 0 needs anchor.model"):
+        prepared_run(tmp_path / "c", n=20, anchor={"residue_weight": 1.0})
     cfg, ds = prepared_run(tmp_path / "b", n=20, anchor={"weight": 1.0, "model": str(tmp_path / "no.pt")})
     with pytest.raises(ValueError, match=r"anchor\.model: .*no\.pt is neither a checkpoint"):
         train(cfg, ds, echo=False)

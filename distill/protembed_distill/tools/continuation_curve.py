@@ -45,12 +45,17 @@ def curve_table(run_dir: Path) -> str:
     names = list(rows[0][3]["val_cosine"])
     anchored = all("val_anchor_cosine" in r for *_, r in rows)  # [anchor] on: how far from it, too
     head = "| step | residues seen | wall s | " + " | ".join(f"cos {n} | std cos {n}" for n in names)
-    head += " | cos anchor | std cos anchor |" if anchored else " |"
-    out = [head, "|" + "---|" * (3 + 2 * len(names) + 2 * anchored)]
+    # the per-residue term's held-out value: the share of the anchor's residue-state variance moved
+    drift = all("val_anchor_residue_loss" in r for *_, r in rows)
+    head += " | cos anchor | std cos anchor" if anchored else ""
+    head += " | residue drift |" if drift else " |"
+    out = [head, "|" + "---|" * (3 + 2 * len(names) + 2 * anchored + drift)]
     for step, seen, wall, r in rows:
         cells = " | ".join(f"{r['val_cosine'][n]:.4f} | {r['val_cosine_std'][n]:.4f}" for n in names)
         if anchored:
             cells += f" | {r['val_anchor_cosine']:.4f} | {r['val_anchor_cosine_std']:.4f}"
+        if drift:
+            cells += f" | {r['val_anchor_residue_loss']:.4f}"
         out.append(f"| {step} | {seen:,} | {wall:.0f} | {cells} |")
     return "\n".join(out)
 

@@ -11,6 +11,10 @@ kept beside the teacher cache under a name that hashes the anchor's weights and 
 epoch, a resumed run and the continuation's step-0 validation read them instead of running the anchor.
 Like the teachers' targets they are standardized by their training-split statistics, so that the term
 weighs the protein-specific part of the vector rather than its shared mean.
+
+The per-residue term (``anchor.residue_weight``) cannot be kept that way: the trunk's states of every
+training residue are GBs. The frozen model runs beside the student on each batch instead (same crops,
+no gradient), a forward pass that costs about a quarter of a training step.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from protembed_distill.train.batches import collate, make_batches
 from protembed_distill.train.checkpoint import atomic_save, load_weights
 from protembed_distill.train.losses import Standardizer
 
-__all__ = ["AnchorTargets", "anchor_file", "load_anchor", "pooled_vectors"]
+__all__ = ["AnchorTargets", "anchor_file", "load_anchor", "pooled_vectors", "residue_drift"]
 
 
 @dataclass
@@ -40,6 +44,27 @@ class AnchorTargets:
     train: Tensor  # [N_train, dim]
     val: Tensor  # [N_val, dim]
     standardizer: Standardizer
+    model: Student | None = None  # frozen, for the per-residue term (anchor.residue_weight > 0)
+
+    @torch.no_grad()
+    def trunk_states(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The frozen model's final residue states of a batch, float32 [B, L, d]."""
+        assert self.model is not None, "anchor.residue_weight is 0: no frozen model kept"
+        return self.model(ids, mask)["trunk_states"].float()
+
+
+def residue_drift(states: Tensor, anchor: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-residue term's numerator and denominator over a batch's real residues: the squared
+    distance of ``states`` to the anchor's, and the anchor's squared spread about its own mean state.
+    Their ratio is the share of the anchor's residue-state variance lost (0 = the same states, 1 = no
+    better than the mean state); the mean is taken out because the final LayerNorm's shared offset is
+    not what the head reads residue by residue. Ratios of sums, so a validation set adds them up."""
+    m = mask.to(torch.float32).unsqueeze(-1)
+    n = m.sum().clamp(min=1.0)
+    mean = (anchor * m).sum(dim=(0, 1)) / n
+    sse = (((states.float() - anchor) ** 2) * m).sum()
+    spread = (((anchor - mean) ** 2) * m).sum()
+    return sse, spread
 
 
 @torch.no_grad()
@@ -91,18 +116,22 @@ def load_anchor(
 ) -> AnchorTargets | None:
     """The anchor's targets for this run (None when ``anchor.weight`` is 0): read from
     :func:`anchor_file` when kept, else computed and kept there."""
-    if cfg.anchor.weight == 0 or cfg.anchor.model is None:
+    if not cfg.anchor.on or cfg.anchor.model is None:
         return None
     path = anchor_file(cfg, ds)
     kept = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
-    if kept is None:
+    model: Student | None = None
+    if kept is None or cfg.anchor.residue_weight > 0:
         model = Student(cfg.student, teacher_dims, residue_dims).to(device)
         load_weights(model, Path(cfg.anchor.model), cfg, teacher_dims, standardizers, "anchor.model")
+        model.eval().requires_grad_(False)
+    if kept is None:
+        assert model is not None
         kept = {
             "train": pooled_vectors(model, ds.train, cfg.optim.batch_tokens, device),
             "val": pooled_vectors(model, ds.val, cfg.optim.batch_tokens, device),
         }
         atomic_save(kept, path)
-        del model
     std = Standardizer.fit(kept["train"])
-    return AnchorTargets(std.apply(kept["train"]), std.apply(kept["val"]), std)
+    frozen = model if cfg.anchor.residue_weight > 0 else None
+    return AnchorTargets(std.apply(kept["train"]), std.apply(kept["val"]), std, frozen)

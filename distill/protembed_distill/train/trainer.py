@@ -28,7 +28,7 @@ from torch import Tensor
 from protembed_distill.config import DistillConfig
 from protembed_distill.data.dataset import Dataset, Item
 from protembed_distill.student.model import Student
-from protembed_distill.train.anchor import AnchorTargets, load_anchor
+from protembed_distill.train.anchor import AnchorTargets, load_anchor, residue_drift
 from protembed_distill.train.batches import Batch, collate, epoch_plan, make_batches, prepare_batch
 from protembed_distill.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -139,16 +139,20 @@ def evaluate(
 ) -> dict[str, Any]:
     """Cosine to each teacher on held-out sequences (original units and standardized) and val loss
     (the teachers' only, comparable across runs with and without an anchor); with an anchor, also the
-    pooled vector's cosine and loss to it."""
+    pooled vector's cosine and loss to it, and with its per-residue term that term on held-out residues."""
     model.eval()
     names = model.teacher_names
     preds: dict[str, list[Tensor]] = {n: [] for n in names}
     pooled: list[Tensor] = []
     order: list[int] = []
     res_cos: dict[str, list[float]] = {n: [] for n in loaded.residue_stores}
+    drift = torch.zeros(2)  # the per-residue anchor term's sums (sse, spread) over every held-out residue
     for batch in make_batches([len(i.sequence) for i in items], cfg.optim.batch_tokens, 0, 0):
         ids, mask = collate(items, batch, device)
         out = model(ids, mask)
+        if anchor is not None and anchor.model is not None:
+            held = anchor.trunk_states(ids, mask)
+            drift += torch.stack(residue_drift(out["trunk_states"], held, mask)).cpu()
         for n in names:
             preds[n].append(out[f"teacher_{n}"].float().cpu())
         if anchor is not None:
@@ -190,6 +194,9 @@ def evaluate(
             torch.nn.functional.cosine_similarity(p, anchor.val, dim=-1).mean()
         )
         result["val_anchor_loss"] = float(embedding_loss(p, anchor.val, cfg.loss, anchor.standardizer)[0])
+    if anchor is not None and anchor.model is not None:
+        # share of the anchor's held-out residue-state variance the student has moved away from
+        result["val_anchor_residue_loss"] = float(drift[0] / drift[1].clamp(min=1e-12))
     model.train()
     return result
 
@@ -371,6 +378,13 @@ class Trainer:
             la, p = embedding_loss(pooled, b.anchor, cfg.loss, self.anchor.standardizer)
             loss = loss + cfg.anchor.weight * la
             parts.update({f"anchor.{k}": v for k, v in p.items()})
+        if self.anchor is not None and self.anchor.model is not None:
+            with torch.autocast(self.place.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                held = self.anchor.trunk_states(b.ids, b.mask)
+            sse, spread = residue_drift(out["trunk_states"], held, b.mask)
+            lr_ = sse / spread.clamp(min=1e-12)
+            loss = loss + cfg.anchor.residue_weight * lr_
+            parts["anchor.residue"] = float(lr_.detach())
         return loss, parts
 
     def step(self, b: Batch, epoch: int, totals: EpochTotals) -> None:
