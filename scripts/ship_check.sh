@@ -38,10 +38,15 @@ fi
 if [ "${HEAD:-1}" = 0 ]; then
   log "HEAD=0: per-protein screen of the trunk alone ($(card_version "$model"))"
 elif [ "$(card_version "$model")" != "$version" ]; then
+  # HEAD_INIT=distill/heads/residue-adapter-w384.pt: continue the bundled model's head on the new trunk
+  # (HEAD_EPOCHS, default 4, at HEAD_LR, default 2e-4) instead of retraining it from scratch: a head
+  # retrained on link 2's barely moved trunk lost 0.5% Q3 to the bundled one (cpu_line.md, session 31).
+  head=(--sequences 2000 --width 384 --epochs 16 --threads "$threads")
+  [ -z "${HEAD_INIT:-}" ] || head+=(--init-head "$HEAD_INIT" --epochs "${HEAD_EPOCHS:-4}" --lr "${HEAD_LR:-2e-4}")
   for stage in select targets train; do
     log "per-residue head: $stage ($adapter)"
     python3 -m protembed_distill.train.residue_adapter --stage "$stage" --model "$model" --run "$adapter" \
-      --sequences 2000 --width 384 --epochs 16 --threads "$threads"
+      "${head[@]}"
   done
   log "per-residue head: export into $model as $version"
   python3 -m protembed_distill.train.residue_adapter --stage export --model "$model" --run "$adapter" \

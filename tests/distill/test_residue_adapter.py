@@ -17,7 +17,7 @@ from protembed_distill.export.onnx import export_onnx, onnx_outputs, parity
 from protembed_distill.export.variants import batch_dependence, convert_fp16, quantize_int8, variant_quality
 from protembed_distill.student.model import Student
 from protembed_distill.student.onnx_weights import onnx_state_dict
-from protembed_distill.train.residue_adapter import AdapterTrainer
+from protembed_distill.train.residue_adapter import AdapterTrainer, trunk_fingerprint
 
 torch.set_num_threads(1)
 ADAPTER = ResidueAdapterConfig(width=24, kernel=5, embed=8)
@@ -102,22 +102,23 @@ def test_exported_variants_with_an_adapter_are_batch_independent_and_readable(
             np.testing.assert_array_equal(state[name].numpy(), value.numpy(), err_msg=name)
 
 
+def _window_targets(seqs: list[str]) -> dict[str, list[np.ndarray]]:
+    """A fixed function of each residue's +-1 window, as a residue CNN's states are."""
+    proj = np.random.default_rng(0).normal(size=(tokenizer.VOCAB_SIZE * 3, 6)).astype(np.float32)
+    out = []
+    for s in seqs:
+        ids = np.concatenate([[0], tokenizer.encode(s), [0]])
+        onehot = np.eye(tokenizer.VOCAB_SIZE, dtype=np.float32)[ids]
+        window = np.concatenate([onehot[:-2], onehot[1:-1], onehot[2:]], axis=1)
+        out.append(np.tanh(window @ proj).astype(np.float16))
+    return {"near": out}
+
+
 def test_trainer_learns_teacher_states_checkpoints_and_resumes(tmp_path: Path) -> None:
     """Targets a fixed function of the local sequence (as a residue CNN's states are): the validation
     loss falls, each epoch is checkpointed, and a new trainer resumes at the saved epoch and step."""
     plain, _ = _students()
-    rng = np.random.default_rng(0)
-    proj = rng.normal(size=(tokenizer.VOCAB_SIZE * 3, 6)).astype(np.float32)
-
-    def targets(seqs: list[str]) -> dict[str, list[np.ndarray]]:
-        out = []
-        for s in seqs:
-            ids = np.concatenate([[0], tokenizer.encode(s), [0]])
-            onehot = np.eye(tokenizer.VOCAB_SIZE, dtype=np.float32)[ids]
-            window = np.concatenate([onehot[:-2], onehot[1:-1], onehot[2:]], axis=1)
-            out.append(np.tanh(window @ proj).astype(np.float16))
-        return {"near": out}
-
+    targets = _window_targets
     train, val = _sequences(40, seed=6), _sequences(8, seed=7)
     run = tmp_path / "run"
     run.mkdir()
@@ -132,6 +133,52 @@ def test_trainer_learns_teacher_states_checkpoints_and_resumes(tmp_path: Path) -
         torch.testing.assert_close(again.adapter.state_dict()[name], value)
     again.fit(train, targets(train), val, targets(val))  # one more epoch, not seven
     assert [h["epoch"] for h in again.history] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_head_continues_from_a_kept_head_on_a_moved_trunk(tmp_path: Path) -> None:
+    """--init-head: a continued trunk's head starts from the shipped one (adapter, training heads and
+    target statistics), so it begins where that head ended instead of at a fresh head's loss, and the
+    checkpoint (then the card) says which head it continued; a head of another shape is refused."""
+    trunk, _ = _students()
+    train, val = _sequences(40, seed=6), _sequences(8, seed=7)
+    (tmp_path / "kept").mkdir()
+    kept = AdapterTrainer(trunk, ADAPTER, {"near": 6}, tmp_path / "kept", lr=1e-2, epochs=6, batch_tokens=256)
+    kept.fit(train, _window_targets(train), val, _window_targets(val))
+    moved, _ = _students()
+    with torch.no_grad():  # a held continuation: the trunk's states move a little
+        for p in moved.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+
+    def trainer(name: str) -> AdapterTrainer:
+        (tmp_path / name).mkdir()
+        return AdapterTrainer(
+            moved, ADAPTER, {"near": 6}, tmp_path / name, lr=3e-3, epochs=1, batch_tokens=256
+        )
+
+    fresh, continued = trainer("fresh"), trainer("continued")
+    continued.start_from(kept.checkpoint)
+    at_start = continued.validate(val, continued.trunk_states(val), _window_targets(val))["val_loss"]
+    assert at_start < 1.5 * kept.history[-1]["val_loss"], (at_start, kept.history[-1])
+    for t in (fresh, continued):
+        t.fit(train, _window_targets(train), val, _window_targets(val))
+    assert continued.history[-1]["val_loss"] < 0.7 * fresh.history[-1]["val_loss"]
+    saved = torch.load(continued.checkpoint, weights_only=False)
+    assert saved["init_head"] == {
+        "path": str(kept.checkpoint),
+        "trunk": trunk_fingerprint(trunk),
+        "epochs": 6,
+    }
+    assert saved["trunk"] == trunk_fingerprint(moved) != saved["init_head"]["trunk"]
+    again = AdapterTrainer(moved, ADAPTER, {"near": 6}, tmp_path / "continued", epochs=2)
+    assert again.resume(kept.checkpoint) and again.init_head == saved["init_head"]  # still says so
+    with pytest.raises(
+        ValueError, match=r"continues .*kept.*adapter\.pt, not from scratch: use another --run"
+    ):
+        again.resume()  # a rerun without --init-head would finish another recipe's head
+    wider = ADAPTER.model_copy(update={"width": 32})
+    (tmp_path / "wider").mkdir()
+    with pytest.raises(ValueError, match=r"--init-head .*adapter\.pt: a head of .*'width': 24"):
+        AdapterTrainer(moved, wider, {"near": 6}, tmp_path / "wider").start_from(kept.checkpoint)
 
 
 def test_a_head_is_retrained_on_the_trunk_of_a_model_that_has_one() -> None:

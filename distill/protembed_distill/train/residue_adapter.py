@@ -145,6 +145,7 @@ class AdapterTrainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.init_head: dict[str, Any] | None = None  # the kept head it began from (start_from)
 
     @property
     def checkpoint(self) -> Path:
@@ -163,6 +164,7 @@ class AdapterTrainer:
                 "config": self.cfg.model_dump(),
                 "stats": self.stats,
                 "trunk": trunk_fingerprint(self.trunk),
+                "init_head": self.init_head,
             },
             tmp,
         )
@@ -174,14 +176,47 @@ class AdapterTrainer:
             self.run / "epochs" / f"{self.epoch}.pt",
         )
 
-    def resume(self) -> bool:
+    def start_from(self, kept: Path) -> None:
+        """Begin from a kept head (its adapter, training heads and target statistics) instead of the
+        seeded initialisation, e.g. the bundled model's head when its trunk has been continued.
+
+        Why: the head reads trunk states that a held continuation barely moves (0.7% of their variance
+        for the line's link 2), yet a head retrained from scratch on them scored 0.5% lower Q3 than the
+        bundled one (reports/distill/cpu_line.md, session 31): the recipe's own spread, not the trunk's
+        change. Continuing the shipped head keeps users' per-residue vectors close across versions, and
+        needs fewer epochs."""
+        ck = torch.load(kept, weights_only=False)
+        if ResidueAdapterConfig(**ck["config"]) != self.cfg:
+            raise ValueError(
+                f"--init-head {kept}: a head of {ck['config']}, not of the requested {self.cfg.model_dump()}"
+            )
+        if set(self.heads) != set(ck["stats"]):
+            raise ValueError(
+                f"--init-head {kept}: its teachers {sorted(ck['stats'])}, not {sorted(self.heads)}"
+            )
+        self.adapter.load_state_dict(ck["adapter"])
+        self.heads.load_state_dict(ck["heads"])
+        # the kept heads answer in the kept statistics' units, so training goes on in those
+        self.stats = dict(ck["stats"])
+        self.init_head = {"path": str(kept), "trunk": ck.get("trunk"), "epochs": ck.get("epoch")}
+
+    def resume(self, init_head: Path | None = None) -> bool:
+        """Continue the run's checkpoint, if any; it must have begun as asked (from ``init_head``, or
+        from scratch when None), or a rerun would quietly finish another recipe's head."""
         if not self.checkpoint.is_file():
             return False
         ck = torch.load(self.checkpoint, weights_only=False)
+        began = (ck.get("init_head") or {}).get("path")
+        if began != (None if init_head is None else str(init_head)):
+            raise ValueError(
+                f"{self.checkpoint} continues {began or 'no kept head (from scratch)'}, not "
+                f"{init_head or 'from scratch'}: use another --run"
+            )
         self.adapter.load_state_dict(ck["adapter"])
         self.heads.load_state_dict(ck["heads"])
         self.opt.load_state_dict(ck["opt"])
         self.epoch, self.step, self.history, self.stats = ck["epoch"], ck["step"], ck["history"], ck["stats"]
+        self.init_head = ck.get("init_head")
         return True
 
     @torch.no_grad()
@@ -301,7 +336,8 @@ class AdapterTrainer:
 
 def trunk_of(folder: Path) -> Student:
     """The model folder's student without its per-residue head (if it has one): what a head is trained
-    on. A head is retrained from scratch, not continued: it is cheap, and its width may change."""
+    on. A head trained here starts from scratch, or from a kept head's file (``--init-head``), never
+    from the folder's own ONNX head, whose training heads and target statistics are not exported."""
     from protembed_distill.export.reference_vectors import student_from_folder
     from protembed_distill.student.onnx_weights import without_residue_head
 
@@ -366,6 +402,8 @@ def export_into(
         "val_residue_cosine": last.get("val_residue_cosine"),
         "val_loss": last.get("val_loss"),
     }
+    if ck.get("init_head"):  # continued from a kept head: which one, and how long it had trained
+        card["metrics"]["residue_adapter"]["continued_from"] = ck["init_head"]
     write_model_card(folder, card)  # version unchanged here: rebuild() moves it with the vectors
     return rebuild(folder, corpus, eval_dirs, version, threads=threads)
 
@@ -410,6 +448,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--version", help="the model's new version (export; part of the cache key)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init-head",
+        type=Path,
+        help="a kept head's file (adapter.pt; e.g. distill/heads/residue-adapter-w384.pt, the bundled "
+        "model's) to continue instead of starting from scratch; --epochs and --lr are then the "
+        "continuation's",
+    )
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     stages = ["select", "targets", "train", "export"] if args.stage == "all" else [args.stage]
@@ -463,8 +508,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_tokens=args.batch_tokens,
             seed=args.seed,
         )
-        if trainer.resume():
+        if trainer.resume(args.init_head):
             log({"stage": "train", "resumed_at_epoch": trainer.epoch})
+        elif args.init_head is not None:
+            trainer.start_from(args.init_head)
+            # the kept head's score on this run's held-out sequences and trunk: the continuation's epoch 0
+            log(
+                {
+                    "stage": "train",
+                    "init_head": str(args.init_head),
+                    **trainer.validate(val_seqs, trainer.trunk_states(val_seqs), va),
+                }
+            )
         trainer.fit(train_seqs, tr, val_seqs, va)
     if "export" in stages:
         card_out = export_into(
