@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -24,23 +26,38 @@ def _cos_to(ckpt: Path, anchor_vectors: torch.Tensor, items: list) -> float:
     return float(torch.nn.functional.cosine_similarity(mine, anchor_vectors, dim=-1).mean())
 
 
-def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: Path) -> None:
+def _continuations(tmp_path: Path) -> tuple[Any, Path, Callable[..., tuple[Any, Any]]]:
+    """A short run on 40 sequences (the start), and a function that continues it fast (a high learning
+    rate, so the teachers move it) under ``[anchor]`` settings, anchored to the start."""
     base, ds = prepared_run(tmp_path, n=40, optim={"epochs": 2, "lr": 5e-3})
     start = train(base, ds, echo=False).best_checkpoint
 
-    def continuation(name: str, weight: float):
+    def continuation(name: str, **anchor: float) -> tuple[Any, Any]:
         cfg = base.model_copy(
             update={
                 "run": base.run.model_copy(update={"dir": tmp_path / name}),
                 "optim": base.optim.model_copy(update={"init_from": start, "lr": 3e-2, "epochs": 3}),
-                "anchor": base.anchor.model_copy(update={"model": start, "weight": weight}),
+                "anchor": base.anchor.model_copy(update={"model": start, **anchor}),
             }
         )
         return cfg, train(cfg, ds, echo=False)
 
-    free_cfg, free = continuation("free", 0.0)
+    return ds, start, continuation
+
+
+def _curve(cfg: Any, ds: Any) -> list[str]:
+    """The continuation's curve table (tools/continuation_curve.py), with its step-0 validation."""
+    step0 = cfg.optim.model_copy(update={"lr": 1e-12, "max_steps": 1, "warmup_steps": 0})
+    train(cfg.model_copy(update={"optim": step0}), ds, run_dir=cfg.run.dir / "step0", echo=False)
+    (cfg.run.dir / "data_stats.json").write_text(json.dumps(ds.stats))
+    return curve_table(cfg.run.dir).splitlines()
+
+
+def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: Path) -> None:
+    ds, start, continuation = _continuations(tmp_path)
+    free_cfg, free = continuation("free", weight=0.0)
     assert not anchor_file(free_cfg, ds).exists()  # weight 0: the anchor is off, nothing computed
-    held_cfg, held = continuation("held", 5.0)
+    held_cfg, held = continuation("held", weight=5.0)
     kept = torch.load(anchor_file(held_cfg, ds), weights_only=True)
     # The kept vectors are the start's own, in the items' order.
     assert _cos_to(start, kept["val"], ds.val) == pytest.approx(1.0, abs=1e-5)
@@ -54,10 +71,7 @@ def test_anchor_holds_the_pooled_vector_that_the_teachers_alone_move(tmp_path: P
     steps = [json.loads(x) for x in (held_cfg.run.dir / "train.jsonl").read_text().splitlines()]
     assert all("anchor.cos" in r for r in steps if r["kind"] == "step")
     # The continuation's curve (tools/continuation_curve.py) shows the distance to the anchor: 1 at step 0.
-    step0 = held_cfg.optim.model_copy(update={"lr": 1e-12, "max_steps": 1, "warmup_steps": 0})
-    train(held_cfg.model_copy(update={"optim": step0}), ds, run_dir=held_cfg.run.dir / "step0", echo=False)
-    (held_cfg.run.dir / "data_stats.json").write_text(json.dumps(ds.stats))
-    table = curve_table(held_cfg.run.dir).splitlines()
+    table = _curve(held_cfg, ds)
     assert table[0].endswith("| cos anchor | std cos anchor |") and table[2].endswith("| 1.0000 | 1.0000 |")
     assert table[-1].endswith(
         f"| {held.val['val_anchor_cosine']:.4f} | {held.val['val_anchor_cosine_std']:.4f} |"
@@ -84,23 +98,9 @@ def _drift(ckpt: Path, start: Path, items: list) -> float:
 
 
 def test_the_residue_term_holds_the_trunk_states_that_the_pooled_anchor_lets_move(tmp_path: Path) -> None:
-    base, ds = prepared_run(tmp_path, n=40, optim={"epochs": 2, "lr": 5e-3})
-    start = train(base, ds, echo=False).best_checkpoint
-
-    def continuation(name: str, residue_weight: float):
-        cfg = base.model_copy(
-            update={
-                "run": base.run.model_copy(update={"dir": tmp_path / name}),
-                "optim": base.optim.model_copy(update={"init_from": start, "lr": 3e-2, "epochs": 3}),
-                "anchor": base.anchor.model_copy(
-                    update={"model": start, "weight": 1.0, "residue_weight": residue_weight}
-                ),
-            }
-        )
-        return cfg, train(cfg, ds, echo=False)
-
-    _, pooled_only = continuation("pooled", 0.0)
-    cfg, both = continuation("both", 20.0)
+    ds, start, continuation = _continuations(tmp_path)
+    _, pooled_only = continuation("pooled", weight=1.0)
+    cfg, both = continuation("both", weight=1.0, residue_weight=20.0)
     loose, held = (_drift(r.last_checkpoint, start, ds.val) for r in (pooled_only, both))
     assert loose > 0.05, "the pooled anchor alone should have let the residue states move"
     assert held < loose / 3, (loose, held)
@@ -109,10 +109,7 @@ def test_the_residue_term_holds_the_trunk_states_that_the_pooled_anchor_lets_mov
     assert "val_anchor_residue_loss" not in pooled_only.val
     steps = [json.loads(x) for x in (cfg.run.dir / "train.jsonl").read_text().splitlines()]
     assert all("anchor.residue" in r for r in steps if r["kind"] == "step")
-    step0 = cfg.optim.model_copy(update={"lr": 1e-12, "max_steps": 1, "warmup_steps": 0})
-    train(cfg.model_copy(update={"optim": step0}), ds, run_dir=cfg.run.dir / "step0", echo=False)
-    (cfg.run.dir / "data_stats.json").write_text(json.dumps(ds.stats))
-    table = curve_table(cfg.run.dir).splitlines()
+    table = _curve(cfg, ds)
     assert table[0].endswith("| residue drift |") and table[2].endswith("| 0.0000 |")
     assert table[-1].endswith(f"| {both.val['val_anchor_residue_loss']:.4f} |")
     # val_loss stays the teachers' alone, so the two runs' curves compare.
