@@ -191,7 +191,7 @@ class AnchorConfig(_Strict):
     # The same for every residue's trunk state (what the per-residue head reads): the pooled term alone
     # let a link's trunk states move, and the head retrained on them lost 0.5% Q3 (cpu_line.md, session
     # 31). The term is the share of the anchor's state variance not kept, so 1 = no better than a
-    # constant. Costs the frozen model's forward pass on every batch (~1/4 of a step).
+    # constant. Costs the frozen model's forward pass on every batch (no backward pass).
     residue_weight: float = Field(default=0.0, ge=0)
 
     @property

@@ -14,7 +14,7 @@ weighs the protein-specific part of the vector rather than its shared mean.
 
 The per-residue term (``anchor.residue_weight``) cannot be kept that way: the trunk's states of every
 training residue are GBs. The frozen model runs beside the student on each batch instead (same crops,
-no gradient), a forward pass that costs about a quarter of a training step.
+no gradient): one more forward pass per batch, without the backward pass that makes up most of a step.
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def load_anchor(
     standardizers: dict[str, Standardizer],
     device: torch.device,
 ) -> AnchorTargets | None:
-    """The anchor's targets for this run (None when ``anchor.weight`` is 0): read from
-    :func:`anchor_file` when kept, else computed and kept there."""
+    """The anchor's targets for this run (None when both of its weights are 0): the pooled vectors read
+    from :func:`anchor_file` when kept, else computed and kept there; and the frozen model itself when
+    ``anchor.residue_weight`` is on."""
     if not cfg.anchor.on or cfg.anchor.model is None:
         return None
     path = anchor_file(cfg, ds)

@@ -182,9 +182,10 @@ class AdapterTrainer:
 
         Why: the head reads trunk states that a held continuation barely moves (0.7% of their variance
         for the line's link 2), yet a head retrained from scratch on them scored 0.5% lower Q3 than the
-        bundled one (reports/distill/cpu_line.md, session 31): the recipe's own spread, not the trunk's
-        change. Continuing the shipped head keeps users' per-residue vectors close across versions, and
-        needs fewer epochs."""
+        bundled one, and so does a second seed of the recipe on the bundled trunk itself: the recipe's
+        own spread, not the trunk's change (reports/distill/cpu_line.md, sessions 31-32). Continuing
+        the shipped head draws no new seed, keeps users' per-residue vectors close across versions, and
+        needs fewer epochs (link 2 + 1.4.0's head continued 4 epochs: Q3 1.001 [0.998, 1.003] paired)."""
         ck = torch.load(kept, weights_only=False)
         if ResidueAdapterConfig(**ck["config"]) != self.cfg:
             raise ValueError(
