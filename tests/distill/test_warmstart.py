@@ -46,7 +46,7 @@ def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
 
     # The next session starts from the saved folder (fp16 weights only) and extends the line, here
     # anchored to the first run's vectors ([anchor]), which the lineage records.
-    anchor = {"model": str(first / "checkpoints" / "best.pt"), "weight": 0.5}
+    anchor = {"model": str(first / "checkpoints" / "best.pt"), "weight": 0.5, "residue_weight": 0.25}
     anchored = cfg.model_copy(update={"anchor": cfg.anchor.model_copy(update=anchor)})
     second = _continuation(anchored, ds, tmp_path / "r2", dest)
     start = load_checkpoint(second / "step0" / "checkpoints" / "last.pt")["model"]
@@ -61,7 +61,11 @@ def test_save_keeps_a_line_that_later_runs_continue(tmp_path: Path) -> None:
         assert lineage[1]["val_cosine_start"][name] == pytest.approx(end, abs=5e-3)
     assert lineage[1]["anchor"] == anchor
     table = warmstart.show(dest)
-    assert table.count("\n") == 3 and str(second) in table and f"| 0.5 x {anchor['model']} |" in table
+    assert (
+        table.count("\n") == 3
+        and str(second) in table
+        and f"| 0.5 x {anchor['model']} (+ 0.25 per residue) |" in table
+    )
 
     # A run from anywhere else starts a new line; one the ship check has not exported is exported first.
     third = _continuation(cfg, ds, tmp_path / "r3", None, export=False)

@@ -76,7 +76,7 @@ def lineage_entry(run: Path, model: Path, validated: Path | None) -> dict[str, A
         "code_commit": commit.read_text().strip() if commit.is_file() else None,
         "init_from": ckpt["config"]["optim"].get("init_from"),
         "blend": blend,
-        "anchor": anchor if anchor.get("weight") else None,
+        "anchor": anchor if anchor.get("weight") or anchor.get("residue_weight") else None,
         "steps": int(state["step"]),
         "train_residues": int(state["train_residues"]),
         "val_cosine_start": _last_epoch(step0)["val_cosine"] if step0.is_file() else None,
@@ -207,6 +207,8 @@ def show(dest: Path) -> str:
         )
         alpha = e["blend"]["alpha"] if e["blend"] else "-"
         anchor = f"{e['anchor']['weight']} x {e['anchor']['model']}" if e.get("anchor") else "-"
+        if (e.get("anchor") or {}).get("residue_weight"):  # per residue too (anchor.residue_weight)
+            anchor += f" (+ {e['anchor']['residue_weight']} per residue)"
         residues = f"{e['train_residues']:,} | {e['cumulative_train_residues']:,}"
         out.append(f"| {e['saved_utc']} | {e['run']} | {alpha} | {anchor} | {residues} | {cells} |")
     return "\n".join(out)
