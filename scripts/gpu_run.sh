@@ -118,7 +118,7 @@ for name in ${CANDIDATES:-p0 p768 p768-lr3}; do
   # ANCHOR=<model folder> (e.g. the same .gpu/from-model) [ANCHOR_WEIGHT=1]: keep the pooled vector near
   # that model's ([anchor]): on the CPU it kept capsid and deepsol where plain continuations lost 2%
   # (reports/distill/cpu_line.md, session 30); ANCHOR_RESIDUE_WEIGHT=1 holds the trunk's per-residue
-  # states too, which the pooled term alone let move (the head lost 0.5% Q3: session 31).
+  # states too, which the pooled term alone lets move (a GPU run moves the trunk further than a CPU link).
   [ -z "${ANCHOR:-}" ] || args="$args --set anchor.model=$ANCHOR --set anchor.weight=${ANCHOR_WEIGHT:-1.0}
     --set anchor.residue_weight=${ANCHOR_RESIDUE_WEIGHT:-0}"
   mkdir -p "$dir/data" && cp runs/gpu/data/dedupe-*.json "$dir/data/"

@@ -39,8 +39,9 @@ if [ "${HEAD:-1}" = 0 ]; then
   log "HEAD=0: per-protein screen of the trunk alone ($(card_version "$model"))"
 elif [ "$(card_version "$model")" != "$version" ]; then
   # HEAD_INIT=distill/heads/residue-adapter-w384.pt: continue the bundled model's head on the new trunk
-  # (HEAD_EPOCHS, default 4, at HEAD_LR, default 2e-4) instead of retraining it from scratch: a head
-  # retrained on link 2's barely moved trunk lost 0.5% Q3 to the bundled one (cpu_line.md, session 31).
+  # (HEAD_EPOCHS, default 4, at HEAD_LR, default 2e-4) instead of retraining it from scratch: two seeds
+  # of the from-scratch recipe on one trunk differ by 0.5% Q3, enough to fail the rule at random
+  # (cpu_line.md, session 32).
   head=(--sequences 2000 --width 384 --epochs 16 --threads "$threads")
   [ -z "${HEAD_INIT:-}" ] || head+=(--init-head "$HEAD_INIT" --epochs "${HEAD_EPOCHS:-4}" --lr "${HEAD_LR:-2e-4}")
   for stage in select targets train; do
@@ -61,8 +62,8 @@ mkdir -p "$out"
 [ -f "$out/fidelity.json" ] || cp reports/fidelity.json reports/fidelity.md "$out/"
 log "paired scores: bundled ($(card_version "$bundled")) vs candidate ($version) -> $out/fidelity.md"
 # The full check scores the per-residue tasks too (secondary structure, binding: both served outputs,
-# paired over chains): session 31's candidate passed every per-protein set and lost 0.5% Q3
-# (reports/distill/cpu_line.md). The teachers' rows join only where their residue states are cached
+# paired over chains): session 31's candidate passed every per-protein set and lost 0.5% Q3 with a
+# from-scratch head (reports/distill/cpu_line.md). The teachers' rows join only where their residue states are cached
 # (python -m protembed_bench.fidelity.teacher_vectors --until 00:00: 6 minutes); the rule needs none.
 residues=(--skip-residues)
 [ "${HEAD:-1}" = 0 ] || residues=()

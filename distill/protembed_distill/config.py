@@ -189,9 +189,10 @@ class AnchorConfig(_Strict):
     model: Path | None = None  # model folder or checkpoint of the same [student]
     weight: float = Field(default=0.0, ge=0)  # beside the teachers' weights, which sum to 1; 0 = off
     # The same for every residue's trunk state (what the per-residue head reads): the pooled term alone
-    # let a link's trunk states move, and the head retrained on them lost 0.5% Q3 (cpu_line.md, session
-    # 31). The term is the share of the anchor's state variance not kept, so 1 = no better than a
-    # constant. Costs the frozen model's forward pass on every batch (no backward pass).
+    # lets them move (0.7% of their variance over the line's link 2, too little for the head to feel;
+    # the 0.5% Q3 session 31 blamed on it was the head's seed: cpu_line.md, session 32). The term is the
+    # share of the anchor's state variance not kept, so 1 = no better than a constant. Costs the frozen
+    # model's forward pass on every batch (no backward pass).
     residue_weight: float = Field(default=0.0, ge=0)
 
     @property
