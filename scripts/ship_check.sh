@@ -42,8 +42,12 @@ elif [ "$(card_version "$model")" != "$version" ]; then
   # (HEAD_EPOCHS, default 4, at HEAD_LR, default 2e-4) instead of retraining it from scratch: two seeds
   # of the from-scratch recipe on one trunk differ by 0.5% Q3, enough to fail the rule at random
   # (cpu_line.md, session 32).
-  head=(--sequences 2000 --width 384 --epochs 16 --threads "$threads")
-  [ -z "${HEAD_INIT:-}" ] || head+=(--init-head "$HEAD_INIT" --epochs "${HEAD_EPOCHS:-4}" --lr "${HEAD_LR:-2e-4}")
+  head=(--sequences 2000 --width 384 --threads "$threads")
+  if [ -n "${HEAD_INIT:-}" ]; then
+    head+=(--init-head "$HEAD_INIT" --epochs "${HEAD_EPOCHS:-4}" --lr "${HEAD_LR:-2e-4}")
+  else
+    head+=(--epochs 16)
+  fi
   for stage in select targets train; do
     log "per-residue head: $stage ($adapter)"
     python3 -m protembed_distill.train.residue_adapter --stage "$stage" --model "$model" --run "$adapter" \

@@ -4,6 +4,7 @@ checkpoints, resumes)."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -135,7 +136,9 @@ def test_trainer_learns_teacher_states_checkpoints_and_resumes(tmp_path: Path) -
     assert [h["epoch"] for h in again.history] == [1, 2, 3, 4, 5, 6, 7]
 
 
-def test_a_head_continues_from_a_kept_head_on_a_moved_trunk(tmp_path: Path) -> None:
+def test_a_head_continues_from_a_kept_head_on_a_moved_trunk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--init-head: a continued trunk's head starts from the shipped one (adapter, training heads and
     target statistics), so it begins where that head ended instead of at a fresh head's loss, and the
     checkpoint (then the card) says which head it continued; a head of another shape is refused."""
@@ -159,8 +162,12 @@ def test_a_head_continues_from_a_kept_head_on_a_moved_trunk(tmp_path: Path) -> N
     continued.start_from(kept.checkpoint)
     at_start = continued.validate(val, continued.trunk_states(val), _window_targets(val))["val_loss"]
     assert at_start < 1.5 * kept.history[-1]["val_loss"], (at_start, kept.history[-1])
+    capsys.readouterr()
     for t in (fresh, continued):
         t.fit(train, _window_targets(train), val, _window_targets(val))
+    # the continuation logs the kept head's held-out score on this trunk first (its epoch 0), once
+    epoch0 = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"epoch": 0' in x]
+    assert [r["val_loss"] for r in epoch0] == [at_start]
     assert continued.history[-1]["val_loss"] < 0.7 * fresh.history[-1]["val_loss"]
     saved = torch.load(continued.checkpoint, weights_only=False)
     assert saved["init_head"] == {

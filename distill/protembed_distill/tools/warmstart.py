@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from protembed_distill.config import AnchorConfig
+
 __all__ = ["card", "lineage_entry", "main", "save"]
 
 DEFAULT_DEST = Path("distill/warmstart")
@@ -76,7 +78,7 @@ def lineage_entry(run: Path, model: Path, validated: Path | None) -> dict[str, A
         "code_commit": commit.read_text().strip() if commit.is_file() else None,
         "init_from": ckpt["config"]["optim"].get("init_from"),
         "blend": blend,
-        "anchor": anchor if anchor.get("weight") or anchor.get("residue_weight") else None,
+        "anchor": anchor if AnchorConfig.model_validate(anchor).on else None,
         "steps": int(state["step"]),
         "train_residues": int(state["train_residues"]),
         "val_cosine_start": _last_epoch(step0)["val_cosine"] if step0.is_file() else None,

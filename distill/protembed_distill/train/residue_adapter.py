@@ -277,6 +277,9 @@ class AdapterTrainer:
         t0 = time.perf_counter()
         states, val_states = self.trunk_states(seqs), self.trunk_states(val_seqs)
         log({"stage": "train", "trunk_states_s": round(time.perf_counter() - t0, 1), "sequences": len(seqs)})
+        if self.init_head is not None and self.step == 0:
+            # the kept head's score on this trunk and these held-out sequences: the continuation's epoch 0
+            log({"stage": "train", "epoch": 0, **self.validate(val_seqs, val_states, val_targets)})
         lengths = [len(s) for s in seqs]
         per_epoch = len(self._batches(lengths, np.random.default_rng(0)))
         total = per_epoch * self.epochs
@@ -513,14 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log({"stage": "train", "resumed_at_epoch": trainer.epoch})
         elif args.init_head is not None:
             trainer.start_from(args.init_head)
-            # the kept head's score on this run's held-out sequences and trunk: the continuation's epoch 0
-            log(
-                {
-                    "stage": "train",
-                    "init_head": str(args.init_head),
-                    **trainer.validate(val_seqs, trainer.trunk_states(val_seqs), va),
-                }
-            )
+            log({"stage": "train", "init_head": str(args.init_head)})
         trainer.fit(train_seqs, tr, val_seqs, va)
     if "export" in stages:
         card_out = export_into(
