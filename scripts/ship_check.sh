@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ship check of a continued trunk (issue 17; reports/distill/cpu_amx.md, cpu_mix.md), in one
-# command: export the run's best checkpoint, retrain the per-residue head on that trunk (the 1.4.0
-# head's recipe: the same 2,000 held-out sequences, width 384, 16 epochs), then score the served int8
+# command: export the run's best checkpoint, continue the bundled model's per-residue head on that
+# trunk (the same 2,000 held-out sequences, width 384, 4 epochs), then score the served int8
 # file of the bundled model and of the candidate on every row of the four sets, paired, against the
 # teachers' predictions kept in reports/fidelity.json, and both models' per-residue output on the
 # per-residue tasks' chains. The rule: ship only when the candidate is no worse than the bundled model
@@ -38,13 +38,14 @@ fi
 if [ "${HEAD:-1}" = 0 ]; then
   log "HEAD=0: per-protein screen of the trunk alone ($(card_version "$model"))"
 elif [ "$(card_version "$model")" != "$version" ]; then
-  # HEAD_INIT=distill/heads/residue-adapter-w384.pt: continue the bundled model's head on the new trunk
-  # (HEAD_EPOCHS, default 4, at HEAD_LR, default 2e-4) instead of retraining it from scratch: two seeds
-  # of the from-scratch recipe on one trunk differ by 0.5% Q3, enough to fail the rule at random
-  # (cpu_line.md, session 32).
+  # By default the bundled model's head (HEAD_INIT, default distill/heads/residue-adapter-w384.pt)
+  # continues on the new trunk (HEAD_EPOCHS, default 4, at HEAD_LR, default 2e-4) instead of being
+  # retrained from scratch: two seeds of the from-scratch recipe on one trunk differ by 0.5% Q3, enough
+  # to fail the rule at random (cpu_line.md, session 32). HEAD_INIT= (empty) retrains from scratch.
   head=(--sequences 2000 --width 384 --threads "$threads")
-  if [ -n "${HEAD_INIT:-}" ]; then
-    head+=(--init-head "$HEAD_INIT" --epochs "${HEAD_EPOCHS:-4}" --lr "${HEAD_LR:-2e-4}")
+  head_init=${HEAD_INIT-distill/heads/residue-adapter-w384.pt}
+  if [ -n "$head_init" ]; then
+    head+=(--init-head "$head_init" --epochs "${HEAD_EPOCHS:-4}" --lr "${HEAD_LR:-2e-4}")
   else
     head+=(--epochs 16)
   fi
