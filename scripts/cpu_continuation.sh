@@ -82,24 +82,18 @@ common=(--set "run.dir=$root" --set "data.corpus=$corpus" --set student.pool_dim
 if [ "${AMX:-0}" = 1 ]; then
   # bfloat16 on the CPU's matrix units: UniRep-1900's recurrent products, NEAR's convolutions (each a
   # cache file of its own) and the student's autocast; large teacher batches so that each step's
-  # product fills the units (reports/distill/cpu_amx.md). NEAR's per-residue alignment is off (the
-  # matched CPU arms showed it does not move the trunk: cpu_continuation.md), which also saves its
-  # per-residue cache (GBs for the whole corpus).
+  # product fills the units (reports/distill/cpu_amx.md; UniRep-1900's 256 rows / 131k tokens are its
+  # bfloat16 defaults, teachers/unirep.py). NEAR's per-residue alignment is off (the matched CPU arms
+  # showed it does not move the trunk: cpu_continuation.md), which also saves its per-residue cache
+  # (GBs for the whole corpus).
   common+=(--set teachers.0.options.precision=bfloat16 --set teachers.1.options.precision=bfloat16
-    --set teachers.0.options.max_batch_size=256
-    --set teachers.0.options.max_batch_tokens=131072 --set optim.cpu_amp=true
-    --set teachers.1.per_residue=false --set run.embed_batch_tokens=131072)
+    --set optim.cpu_amp=true --set teachers.1.per_residue=false --set run.embed_batch_tokens=131072)
   # oneDNN keeps one compiled bfloat16 kernel per batch shape; crops make hundreds of shapes, and an
   # uncapped cache grew the training process to 13.7 GB in 45 minutes (cpu_amx.md).
   export ONEDNN_PRIMITIVE_CACHE_CAPACITY=${ONEDNN_PRIMITIVE_CACHE_CAPACITY:-256}
-else
-  # float32: UniRep-1900's recurrent products are compute bound and run far below the cores' rate on
-  # few rows, while NEAR's convolutions slow down on big batches. On a 2-core AVX2 EPYC: UniRep-1900
-  # 589-756 res/s at 64 sequences / 16k tokens, 1,608-1,716 at 512 / 262k; NEAR 7.2k res/s at the
-  # default 8k tokens, 2.4-2.9k at 262k (reports/distill/cpu_line.md). Runtime options: same cache.
-  common+=(--set teachers.0.options.max_batch_size=512 --set teachers.0.options.max_batch_tokens=262144
-    --set teachers.0.embed_batch_tokens=262144)
 fi
+# In float32 each teacher fills its cache at its own CPU batch size (UniRep-1900 hundreds of rows, NEAR
+# 8k tokens: teachers/unirep.py default_batching, teachers/near.py), so nothing is set for it here.
 # UNIPROT_WEIGHT=0.5: each epoch draws a different half of the UniProt sequences, so the corpus's own
 # sources keep most of the steps (data.source_weights; reports/distill/cpu_mix.md).
 [ -z "${UNIPROT_WEIGHT:-}" ] || common+=(--set "data.source_weights.mmseqs_uniprot=$UNIPROT_WEIGHT")

@@ -52,9 +52,10 @@ class TeacherConfig(_Strict):
     weight: float = Field(default=1.0, gt=0)
     per_residue: bool = False  # also cache per-residue states and train a residue projection on them
     options: dict[str, Any] = Field(default_factory=dict)  # passed to registry.load_teacher(name, **options)
-    # Padded residues per call into this teacher while filling its cache (default run.embed_batch_tokens).
-    # Teachers want different batches on a CPU: UniRep-1900's recurrent products run 2.7x faster at
-    # 262k than at 8k, NEAR's convolutions 3.7x slower (reports/distill/cpu_line.md).
+    # Padded residues per call into this teacher while filling its cache (default run.embed_batch_tokens,
+    # else the teacher's own `call_tokens`). Teachers want different batches on a CPU: UniRep-1900's
+    # recurrent products run 2.7x faster at 262k than at 8k, NEAR's convolutions 3.7x slower
+    # (reports/distill/cpu_line.md), so each teacher's loader knows its own.
     embed_batch_tokens: int | None = Field(default=None, gt=0)
 
 
@@ -220,7 +221,8 @@ class RunConfig(_Strict):
         default=0, ge=0
     )  # torch / ORT intra-op threads; 0 = $PROTEMBED_THREADS or torch default
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    embed_batch_tokens: int = Field(default=8192, gt=0)  # teacher padded-token budget per batch
+    # One padded-token budget per call for every teacher while caches fill; unset: each teacher's own
+    embed_batch_tokens: int | None = Field(default=None, gt=0)
 
 
 class OutputConfig(_Strict):

@@ -201,13 +201,14 @@ def embed_into(
     store: EmbeddingStore,
     *,
     per_residue: bool,
-    batch_tokens: int,
+    batch_tokens: int | None = None,
     progress: bool = True,
     chunk_size: int = 512,
     log: Callable[[str], None] | None = None,
     log_every_s: float = 120.0,
 ) -> dict[str, float]:
-    """Embed the items not yet in ``store``; returns counts and the measured residues/s.
+    """Embed the items not yet in ``store``, ``batch_tokens`` padded residues a call (default: the
+    teacher's own ``call_tokens``); returns counts and the measured residues/s.
 
     ``log`` gets a line every ``log_every_s`` (residues done, rate, time left): a background job's log
     file shows its progress without tqdm's carriage returns (the whole corpus takes tens of minutes)."""
@@ -227,6 +228,7 @@ def embed_into(
     }
     if not todo:
         return stats
+    budget = Budget(batch_tokens or teacher.call_tokens)
     from tqdm import tqdm
 
     # Work through the items in their given (subset-rank) order, a chunk at a time, length-sorting
@@ -246,7 +248,7 @@ def embed_into(
     done_res = 0
     try:
         for chunk, local in (
-            (c, b) for c in chunks for b in pack_sorted([len(seqs[i]) for i in c], Budget(batch_tokens))
+            (c, b) for c in chunks for b in pack_sorted([len(seqs[i]) for i in c], budget)
         ):
             batch = [chunk[j] for j in local]
             bseqs = [seqs[i] for i in batch]

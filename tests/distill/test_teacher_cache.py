@@ -127,6 +127,23 @@ def test_each_teacher_can_take_its_own_batch_budget(tmp_path: Path) -> None:
     assert sorted(fakes["fake_a"].embedded) == sorted(fakes["fake_b"].embedded) == given
 
 
+def test_unset_budgets_leave_each_teacher_at_its_own_call_size(tmp_path: Path) -> None:
+    """Nothing configured: every teacher fills its cache in calls of its own ``call_tokens`` (the rule of
+    its loader, e.g. hundreds of UniRep-1900 rows on a CPU), not one shared budget."""
+    corpus = write_corpus(tmp_path / "c.fasta", random_sequences(40, 10, 70, seed=6))
+    cfg = tiny_config(tmp_path, corpus, run={"embed_batch_tokens": None})
+    assert cfg.run.embed_batch_tokens is None
+    ds = prepare_dataset(cfg.data, cfg.run.dir, log=False)
+    items = ds.train + ds.val
+    fakes = fake_teachers()
+    fakes["fake_a"].call_tokens = 100_000  # all of them in one call
+    fakes["fake_b"].call_tokens = 150  # two or three sequences of up to 70 a call
+    build_caches(cfg, items, loader=loader(**fakes), progress=False)
+    assert fakes["fake_a"].calls == 1
+    assert fakes["fake_b"].calls >= len(items) // 3
+    assert sorted(fakes["fake_a"].embedded) == sorted(fakes["fake_b"].embedded)
+
+
 def test_cache_file_name_depends_on_options(tmp_path: Path) -> None:
     from protembed_distill.config import TeacherConfig
 

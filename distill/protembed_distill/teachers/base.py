@@ -34,6 +34,10 @@ class Teacher(abc.ABC):
     max_length: int  # longest sequence the teacher embeds in one piece; longer ones are cropped by callers
     licence: str
     representation: str  # which representation is the per-protein vector, and why, in one line
+    # Padded residues per ``embed`` call at which this teacher runs fastest where it was loaded: the
+    # default of every caller that fills a cache (``teacher_cache.embed_into``), so that each teacher's
+    # batching rule has one home, beside the model it is measured on.
+    call_tokens: int = 8192
 
     @abc.abstractmethod
     def embed(self, sequences: Sequence[str], per_residue: bool = False) -> TeacherOutput:

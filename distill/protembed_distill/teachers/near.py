@@ -159,6 +159,9 @@ class NearTeacher(Teacher):
         self.precision = precision
         exact_float32(self.device)
         self.net = net.to(device=self.device, dtype=torch.float32).eval()
+        # The convolutions slow down on big CPU batches (2-core AVX2 EPYC: 5.8k res/s at 8k padded tokens,
+        # 4.7k at 32k, 1.6k at 262k; reports/distill/cpu_line.md), while a GPU wants them big (gpu.toml).
+        self.call_tokens = 262144 if self.device.type == "cuda" else 8192
 
     @torch.inference_mode()
     def embed(self, sequences: Sequence[str], per_residue: bool = False) -> TeacherOutput:

@@ -82,6 +82,20 @@ MAX_LENGTH = 2000
 PRECISIONS = ("float32", "bfloat16")
 
 
+def default_batching(device: str, precision: str) -> tuple[int, int]:
+    """(rows, padded tokens) per batch of the recurrence where it runs: the loader's defaults.
+
+    Each step of the mLSTM is a product of [rows x 1900] by [1900 x 9500]: compute bound, and far below
+    the cores' rate on few rows, so the CPU wants hundreds of rows a batch. At 64 rows / 16k tokens (the
+    old default; 16 rows of 1,000 residues) UniRep-1900 ran 589-756 res/s on a 2-core AVX2 EPYC and
+    2.8k on a 2-core AVX-512 Xeon; at 512 / 262k 1.6-1.7k and 5.6k (reports/distill/cpu_line.md,
+    sessions 29 and 34). bfloat16 on AMX: 256 / 131k (reports/distill/cpu_amx.md). CUDA: the GPU
+    plan's 1,024 / 262k (distill/configs/gpu.toml). Runtime options only: the vectors are the same."""
+    if torch.device(device).type == "cuda":
+        return 1024, 262144
+    return (256, 131072) if precision == "bfloat16" else (512, 262144)
+
+
 @dataclass(frozen=True)
 class _Spec:
     size: str
@@ -352,13 +366,14 @@ class UniRepTeacher(Teacher):
         *,
         layer: int | None = None,
         device: str = "cpu",
-        max_batch_tokens: int = 16384,
-        max_batch_size: int = 64,
+        max_batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
         precision: str = "float32",
     ) -> None:
         spec = _SPECS[size]
         if precision not in PRECISIONS:
             raise ValueError(f"unirep{size}: precision must be one of {PRECISIONS}, got {precision!r}")
+        rows, tokens = default_batching(device, precision)
         self.spec = spec
         self.layer = spec.default_layer if layer is None else layer
         if not 1 <= self.layer <= spec.layers:
@@ -381,8 +396,9 @@ class UniRepTeacher(Teacher):
                 else ""
             )
         )
-        self.max_batch_tokens = max_batch_tokens
-        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = tokens if max_batch_tokens is None else max_batch_tokens
+        self.max_batch_size = rows if max_batch_size is None else max_batch_size
+        self.call_tokens = self.max_batch_tokens  # a call of more would only be split again
 
     def embed(self, sequences: Sequence[str], per_residue: bool = False) -> TeacherOutput:
         out = self.embed_states(sequences, per_residue=per_residue)
@@ -440,8 +456,8 @@ def load(
     weights_dir: str | Path | None = None,
     layer: int | None = None,
     device: str = "cpu",
-    max_batch_tokens: int = 16384,
-    max_batch_size: int = 64,
+    max_batch_tokens: int | None = None,
+    max_batch_size: int | None = None,
     precision: str = "float32",
 ) -> UniRepTeacher:
     """Load ``unirep1900`` (size="1900") or ``unirep256`` (size="256") from the fetched weights.

@@ -60,35 +60,19 @@ def _items(seqs: Sequence[str]) -> list[Item]:
     return [Item(f"adapter|{sequence_key(s)[:16]}", "adapter", s, sequence_key(s)) for s in seqs]
 
 
-def _batching(name: str, batch_tokens: int) -> tuple[int, dict[str, Any]]:
-    """(padded residues per call, loader options) for one teacher: ``batch_tokens`` for UniRep-1900,
-    whose recurrent products are compute bound and run far below the cores' rate on few rows; NEAR
-    keeps 8,192, since its convolutions slow down on big batches. On a 2-core AVX2 EPYC: UniRep-1900
-    589-756 res/s at 64 sequences / 16k tokens, 1,608-1,853 at 512 / 65-262k; NEAR 5.8k res/s at 8k
-    tokens, 4.1k at 65k, 1.6k at 262k (reports/distill/cpu_line.md). Runtime options: same outputs."""
-    if name.startswith("unirep"):
-        return batch_tokens, {"max_batch_tokens": batch_tokens, "max_batch_size": 512}
-    return min(batch_tokens, 8192), {}
-
-
-def fill_targets(run: Path, seqs: Sequence[str], batch_tokens: int, threads: int) -> None:
-    """Both teachers' residue states of ``seqs`` into ``run/targets/<teacher>.h5`` (resumes); UniRep-1900
-    in batches of up to ``batch_tokens`` padded residues (``_batching``)."""
+def fill_targets(run: Path, seqs: Sequence[str], batch_tokens: int | None, threads: int) -> None:
+    """Both teachers' residue states of ``seqs`` into ``run/targets/<teacher>.h5`` (resumes), in calls of
+    up to ``batch_tokens`` padded residues (None: each teacher's own, ``Teacher.call_tokens``)."""
     from protembed_distill.teacher_cache import EmbeddingStore, embed_into
     from protembed_distill.teachers.registry import load_teacher
 
     torch.set_num_threads(threads)
     (run / "targets").mkdir(parents=True, exist_ok=True)
     for name in TEACHERS:
-        tokens, options = _batching(name, batch_tokens)
+        teacher = load_teacher(name)
         with EmbeddingStore(run / "targets" / f"{name}.h5") as store:
             stats = embed_into(
-                load_teacher(name, **options),
-                _items(seqs),
-                store,
-                per_residue=True,
-                batch_tokens=tokens,
-                progress=True,
+                teacher, _items(seqs), store, per_residue=True, batch_tokens=batch_tokens, progress=True
             )
         log({"stage": "targets", "teacher": name, **stats})
 
@@ -446,9 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--teacher-batch-tokens",
         type=int,
-        default=65536,
-        help="padded residues per UniRep-1900 batch for --stage targets (its per-residue states of 65,536 "
-        "residues take 0.5 GB in float32; NEAR keeps 8,192)",
+        default=None,
+        help="padded residues per teacher call for --stage targets (default: each teacher's own: "
+        "UniRep-1900 262,144 on a CPU in float32, its per-residue states then 2 GB; NEAR 8,192)",
     )
     p.add_argument("--version", help="the model's new version (export; part of the cache key)")
     p.add_argument("--seed", type=int, default=0)
