@@ -61,6 +61,8 @@ class SessionOptions:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     spinning: bool = True
+    # ONNX Runtime's per-node trace (a JSON file per session, named from this prefix); off in serving.
+    profile_prefix: str | None = None
 
 
 @dataclass
@@ -107,6 +109,9 @@ class OnnxModel:
         opts.inter_op_num_threads = options.inter_op_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.profile_prefix:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = options.profile_prefix
         providers: list[str | tuple[str, dict[str, str]]] = [
             # fp32 means fp32: no TF32 matmuls on Ampere and later (the self-check's tolerance assumes it)
             (p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" and loaded.variant == "fp32" else p
@@ -154,13 +159,16 @@ class OnnxModel:
     # --- running -----------------------------------------------------------------------------------
     def run(self, batch: tokenizer.EncodedBatch, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """The named ONNX outputs for one padded batch (float32, batch first, padding included)."""
-        session = self.session
-        if self.per_protein_session is not None and self.per_residue_outputs.isdisjoint(outputs):
-            session = self.per_protein_session
-        values = session.run(  # type: ignore[attr-defined]
+        values = self.session_for(outputs).run(  # type: ignore[attr-defined]
             list(outputs), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         )
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(outputs, values, strict=True)}
+
+    def session_for(self, outputs: Collection[str]) -> object:
+        """The session that runs ``outputs``: the per-protein cut when none of them is per residue."""
+        if self.per_protein_session is not None and self.per_residue_outputs.isdisjoint(outputs):
+            return self.per_protein_session
+        return self.session
 
     def embed(self, sequences: Sequence[str], outputs: Collection[str]) -> Outputs:
         return unpad(self.run(tokenizer.batch_encode(list(sequences)), sorted(outputs)), sequences)

@@ -235,3 +235,29 @@ def test_closed_loop_counts_errors() -> None:
 
     row = asyncio.run(closed_loop(failing, ["MK"] * 5, concurrency=2, seconds=5))
     assert row["errors"] == 5 and row["requests"] == 0 and "HTTP 500" in row["first_errors"][0]
+
+
+def test_op_profile_shares_the_model_files_kernel_time(
+    tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ONNX Runtime's trace of the per-protein cut, summed by operator: the shares add up to the whole, the
+    weight products are there, and a per-residue output is traced on the full graph instead."""
+    from protembed_bench.tools.op_profile import main as op_profile
+
+    corpus = eval_data_dir / "corpus" / "corpus.fasta"
+    common = [str(tiny_model_dir), "--variant", "fp32", "--corpus", str(corpus), "--sequences", "8"]
+    assert op_profile([*common, "--threads", "1", "--out", str(tmp_path / "p.json")]) == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    ops = {row["op"]: row for row in report["ops"]}
+    assert sum(row["share"] for row in report["ops"]) == pytest.approx(1.0)
+    assert any("MatMul" in op or op == "Gemm" for op in ops) and all(r["calls"] > 0 for r in ops.values())
+    assert "| operator | share of kernel time | calls |" in capsys.readouterr().out
+    assert op_profile([*common, "--outputs", "residue_states", "--out", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["ops"]
+
+
+def test_op_profile_refuses_a_trace_without_nodes() -> None:
+    from protembed_bench.tools.op_profile import op_shares
+
+    with pytest.raises(ValueError, match="no node kernel times"):
+        op_shares([{"cat": "Session", "name": "model_run", "dur": 5}])
