@@ -21,6 +21,8 @@
 # (reports/distill/cpu_amx.md): UniRep-1900 targets and the student's steps both in bfloat16, 2 threads:
 #   AMX=1 THREADS=2 TOP=0 N=100000 VAL_N=100000 ROOT=runs/cpu-amx DEADLINE=... bash scripts/cpu_continuation.sh
 # (AMX=1 means bfloat16: AMD's avx512_bf16 runs it too, UniRep-1900 2.4x float32; cpu_mix.md.)
+# An AVX-512 Xeon without bfloat16 fits it in float32 (UniRep-1900 5.4k res/s, training 5.7k; cpu_line.md
+# session 34): leave AMX unset and add EXTRA="--set teachers.1.per_residue=false".
 # The time budget ends it cleanly (checkpointed, annealed); a kill loses at most 20 steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
