@@ -87,10 +87,12 @@ def default_batching(device: str, precision: str) -> tuple[int, int]:
 
     Each step of the mLSTM is a product of [rows x 1900] by [1900 x 9500]: compute bound, and far below
     the cores' rate on few rows, so the CPU wants hundreds of rows a batch. At 64 rows / 16k tokens (the
-    old default; 16 rows of 1,000 residues) UniRep-1900 ran 589-756 res/s on a 2-core AVX2 EPYC and
-    2.8k on a 2-core AVX-512 Xeon; at 512 / 262k 1.6-1.7k and 5.6k (reports/distill/cpu_line.md,
-    sessions 29 and 34). bfloat16 on AMX: 256 / 131k (reports/distill/cpu_amx.md). CUDA: the GPU
-    plan's 1,024 / 262k (distill/configs/gpu.toml). Runtime options only: the vectors are the same."""
+    old default; 16 rows of 1,000 residues) UniRep-1900 filled caches at 589-756 res/s on a 2-core AVX2
+    EPYC, at 512 / 262k at 1.6-1.7k (reports/distill/cpu_line.md, session 29); on a 2-core AVX-512 Xeon
+    the bench set ran 3.3k at 64 rows and 5.5k at 256 (reports/bench_model_old_cap/, bench_model.md),
+    and the whole corpus's cache filled at 5.4k (cpu_line.md, session 34). bfloat16 on AMX: 256 / 131k
+    (reports/distill/cpu_amx.md). CUDA: the GPU plan's 1,024 / 262k (distill/configs/gpu.toml). Runtime
+    options only: the vectors are the same."""
     if torch.device(device).type == "cuda":
         return 1024, 262144
     return (256, 131072) if precision == "bfloat16" else (512, 262144)
