@@ -241,7 +241,8 @@ def test_op_profile_shares_the_model_files_kernel_time(
     tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ONNX Runtime's trace of the per-protein cut, summed by operator: the shares add up to the whole, the
-    weight products are there, and a per-residue output is traced on the full graph instead."""
+    weight products are there, and a per-residue output is traced on the full graph instead (the bundled
+    model's per-residue head is its only convolution)."""
     from protembed_bench.tools.op_profile import main as op_profile
 
     corpus = eval_data_dir / "corpus" / "corpus.fasta"
@@ -252,8 +253,15 @@ def test_op_profile_shares_the_model_files_kernel_time(
     assert sum(row["share"] for row in report["ops"]) == pytest.approx(1.0)
     assert any("MatMul" in op or op == "Gemm" for op in ops) and all(r["calls"] > 0 for r in ops.values())
     assert "| operator | share of kernel time | calls |" in capsys.readouterr().out
-    assert op_profile([*common, "--outputs", "residue_states", "--out", str(tmp_path / "r.json")]) == 0
-    assert json.loads((tmp_path / "r.json").read_text())["ops"]
+
+    bundled = Path(__file__).resolve().parents[2] / "models" / "protembed-student-v1"
+    traced = {}
+    for output in ("student", "residue_states"):
+        out = tmp_path / f"{output}.json"
+        args = [str(bundled), "--corpus", str(corpus), "--sequences", "4", "--threads", "1"]
+        assert op_profile([*args, "--outputs", output, "--out", str(out)]) == 0
+        traced[output] = {row["op"] for row in json.loads(out.read_text())["ops"]}
+    assert "Conv" not in traced["student"] and "Conv" in traced["residue_states"]
 
 
 def test_op_profile_refuses_a_trace_without_nodes() -> None:
