@@ -117,6 +117,7 @@ def session_options(settings: Settings) -> SessionOptions:
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         spinning=settings.intra_op_spinning,
+        fuse_attention=settings.fuse_attention,
     )
 
 
@@ -507,6 +508,8 @@ class Engine:
             },
             "provider": self.provider,
             "provider_reason": model.provider_reason if model is not None else "not started",
+            # how many attention blocks run as one ONNX Attention node (0: the graph as exported)
+            "attention_fused": model.fused_attention if model is not None else 0,
             "providers": list(model.active_providers) if model is not None else [],
             "requested_providers": list(s.providers),
             "self_check": self.self_check.as_dict() if self.self_check is not None else None,

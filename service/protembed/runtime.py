@@ -14,7 +14,7 @@ import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,6 +63,8 @@ class SessionOptions:
     spinning: bool = True
     # ONNX Runtime's per-node trace (a JSON file per session, named from this prefix); off in serving.
     profile_prefix: str | None = None
+    # Run each attention block as one ONNX Attention node on the CPU (protembed.attention_fusion).
+    fuse_attention: bool = True
 
 
 @dataclass
@@ -77,6 +79,8 @@ class OnnxModel:
     per_protein_session: object = None
     # The card's per-residue ONNX outputs: a batch asking for one of them needs the whole graph
     per_residue_outputs: frozenset[str] = frozenset()
+    # Attention blocks the sessions run as one Attention node each (0: the graph as exported)
+    fused_attention: int = 0
 
     @classmethod
     def open(
@@ -117,10 +121,29 @@ class OnnxModel:
             (p, {"use_tf32": "0"}) if p == "CUDAExecutionProvider" and loaded.variant == "fp32" else p
             for p in choice.providers
         ]
-        try:
-            session = ort.InferenceSession(str(loaded.onnx_path), opts, providers=providers)
-        except Exception as exc:  # ORT's exceptions are untyped (onnxruntime.capi...Fail etc.)
-            raise ModelArtifactError(f"{loaded.onnx_path}: ONNX Runtime cannot load it: {exc}") from exc
+        per_protein = [o.onnx_output for o in loaded.card.per_protein_outputs()]
+        per_residue = frozenset(o.onnx_output for o in loaded.card.outputs if o.level == "per_residue")
+        graphs: list[str | bytes] = [str(loaded.onnx_path)]
+        if per_residue:
+            graphs.append(per_protein_graph(loaded.onnx_path, per_protein))
+        # Fused on the CPU only: no GPU was at hand to check ONNX Runtime's CUDA Attention kernel. A
+        # failure to fuse is never a failure to load.
+        sessions: list[Any] = []  # onnxruntime.InferenceSession (untyped package)
+        blocks = 0
+        if options.fuse_attention and choice.providers[0] == CPU:
+            try:
+                fused = [fused_copy(g) for g in graphs]
+                if all(n for _, n in fused):
+                    sessions = [ort.InferenceSession(g, opts, providers=providers) for g, _ in fused]
+                    blocks = fused[0][1]
+            except Exception as exc:  # e.g. an onnxruntime without opset 23's Attention (before 1.23)
+                log.warning("attention not fused (the graph as exported runs): %s", str(exc).splitlines()[0])
+        if not sessions:
+            try:
+                sessions = [ort.InferenceSession(g, opts, providers=providers) for g in graphs]
+            except Exception as exc:  # ORT's exceptions are untyped (onnxruntime.capi...Fail etc.)
+                raise ModelArtifactError(f"{loaded.onnx_path}: ONNX Runtime cannot load it: {exc}") from exc
+        session = sessions[0]
         check_graph_io(
             loaded.card,
             loaded.onnx_path,
@@ -130,14 +153,15 @@ class OnnxModel:
         active = list(session.get_providers())
         if active[0] != choice.providers[0]:
             log.warning("requested %s but ONNX Runtime is using %s", choice.providers[0], active[0])
-        log.info("model %s (%s) on %s", loaded.onnx_path, loaded.variant, active)
-        per_protein = [o.onnx_output for o in loaded.card.per_protein_outputs()]
-        per_residue = frozenset(o.onnx_output for o in loaded.card.outputs if o.level == "per_residue")
-        pruned = None
-        if per_residue:
-            graph = per_protein_graph(loaded.onnx_path, per_protein)
-            pruned = ort.InferenceSession(graph, opts, providers=providers)
-        return cls(loaded, session, choice, active, pruned, per_residue)
+        log.info(
+            "model %s (%s) on %s, %s",
+            loaded.onnx_path,
+            loaded.variant,
+            active,
+            f"{blocks} attention blocks fused" if blocks else "attention as exported",
+        )
+        pruned = sessions[1] if len(sessions) > 1 else None
+        return cls(loaded, session, choice, active, pruned, per_residue, blocks)
 
     # --- what the card says ------------------------------------------------------------------------
     @property
@@ -188,6 +212,18 @@ class OnnxModel:
                     f"{self.loaded.onnx_path}: output {spec.onnx_output} has dim {dim}, "
                     f"model.json says {spec.dim}"
                 )
+
+
+def fused_copy(graph: str | bytes) -> tuple[str | bytes, int]:
+    """A graph (a file's path, or serialized) with its attention fused (:mod:`protembed.attention_fusion`),
+    serialized, and how many blocks were fused; ``graph`` itself when none was."""
+    import onnx
+
+    from protembed.attention_fusion import fuse_attention
+
+    model = onnx.load(graph) if isinstance(graph, str) else onnx.load_from_string(graph)
+    blocks = fuse_attention(model)
+    return (bytes(model.SerializeToString()) if blocks else graph), blocks
 
 
 def per_protein_graph(path: Path, outputs: Sequence[str]) -> bytes:

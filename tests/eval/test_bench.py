@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -262,6 +263,24 @@ def test_op_profile_shares_the_model_files_kernel_time(
         assert op_profile([*args, "--outputs", output, "--out", str(out)]) == 0
         traced[output] = {row["op"] for row in json.loads(out.read_text())["ops"]}
     assert "Conv" not in traced["student"] and "Conv" in traced["residue_states"]
+    # the served CPU path runs the attention fused (protembed.attention_fusion), one kernel per block
+    assert "Attention" in traced["student"] and "Softmax" not in traced["student"]
+
+
+def test_output_speed_times_one_folder_fused_and_as_exported(
+    eval_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from protembed_bench.tools.output_speed import main as output_speed
+
+    bundled = Path(__file__).resolve().parents[2] / "models" / "protembed-student-v1"
+    corpus = eval_data_dir / "corpus" / "corpus.fasta"
+    args = [str(bundled), "--fusion", "--corpus", str(corpus), "--sequences", "6", "--rounds", "1"]
+    assert output_speed([*args, "--threads", "1", "--outputs", "student"]) == 0
+    out = capsys.readouterr().out
+    assert "(attention fused: 4 blocks)" in out and "(as exported)" in out
+    assert re.search(r"^student: \d+ vs \d+ -> \d+\.\d+x", out, re.M), out
+    with pytest.raises(SystemExit):
+        output_speed([str(bundled), str(bundled), "--fusion"])
 
 
 def test_op_profile_refuses_a_trace_without_nodes() -> None:
