@@ -137,7 +137,7 @@ class EvalConfig:
     folds: int = 5
     resamples: int = 1000
     threads: int = 2
-    batch_tokens: int = 8192
+    batch_tokens: int = 8192  # the student's; each teacher batches at its own call size
     cache_dir: Path = DEFAULT_CACHE_DIR
     int8: bool = True
     secondary_structure: bool = True
@@ -275,10 +275,11 @@ def teacher_features(
     spec: TeacherSpec,
     sequences: Sequence[str],
     cache_dir: Path,
-    batch_tokens: int,
+    batch_tokens: int | None = None,
     progress: bool = True,
 ) -> FeatureSet:
-    """Per-protein vectors from the distillation cache; missing ones computed and written to the cache.
+    """Per-protein vectors from the distillation cache; missing ones computed and written to the cache,
+    ``batch_tokens`` padded tokens a call (None: the teacher's own call size, ``Teacher.call_tokens``).
 
     The distillation cache file may also hold per-residue states (for teachers distilled per residue);
     evaluation sequences are then written to a per-protein-only sibling ``<file>.eval.h5`` instead, so
@@ -512,7 +513,7 @@ def embed_teachers_only(cfg: EvalConfig) -> dict[str, str]:
     _, _, _, unique = _evaluation_sequences(cfg)
     notes: dict[str, str] = {}
     for spec in cfg.teachers:
-        fs = teacher_features(spec, unique, cfg.cache_dir.expanduser(), cfg.batch_tokens, cfg.progress)
+        fs = teacher_features(spec, unique, cfg.cache_dir.expanduser(), progress=cfg.progress)
         notes[spec.name] = f"{fs.matrix.shape[0]} sequences, {fs.note}, {fs.seconds:.1f}s"
     return notes
 
@@ -547,7 +548,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     for variant in variants:
         features.extend(student_features(cfg.model_dir, variant, unique, cfg.threads, cfg.batch_tokens))
     for spec in cfg.teachers:
-        fs = teacher_features(spec, unique, cfg.cache_dir.expanduser(), cfg.batch_tokens, cfg.progress)
+        fs = teacher_features(spec, unique, cfg.cache_dir.expanduser(), progress=cfg.progress)
         log.info("%s: %s in %.1fs", fs.name, fs.note, fs.seconds)
         features.append(fs)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -79,7 +80,19 @@ def test_teacher_cache_with_residues_is_not_filled_with_eval_residues(tmp_path: 
         assert store.count == 1
 
 
-def test_evaluate_smoke_command(tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path) -> None:
+def test_evaluate_smoke_command(
+    tmp_path: Path, tiny_model_dir: Path, eval_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import protembed_distill.teacher_cache as teacher_cache
+
+    budgets: list[int | None] = []
+    real_embed_into = teacher_cache.embed_into
+
+    def embed_into(*args: Any, **kwargs: Any) -> Any:
+        budgets.append(kwargs.get("batch_tokens"))
+        return real_embed_into(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_cache, "embed_into", embed_into)
     rc = main(
         [
             "evaluate",
@@ -96,10 +109,14 @@ def test_evaluate_smoke_command(tmp_path: Path, tiny_model_dir: Path, eval_data_
             "--smoke",
             "--threads",
             "1",
+            "--batch-tokens",
+            "512",
             "--no-progress",
         ]
     )
     assert rc == 0
+    # --batch-tokens is the student's: each teacher batches at its own call size (Teacher.call_tokens)
+    assert budgets and set(budgets) == {None}
     out = tmp_path / "reports" / "smoke"
     report = json.loads((out / "evaluate.json").read_text())
     assert report["kind"] == "evaluate" and report["smoke"] is True

@@ -33,7 +33,11 @@ def add_teacher_options(
         )
     else:
         p.add_argument(
-            "--batch-tokens", type=int, default=8192, help="padded tokens per batch (default: %(default)s)"
+            "--batch-tokens",
+            type=int,
+            default=8192,
+            help="padded tokens per batch of the student (default: %(default)s); each teacher batches at "
+            "its own call size, which its loader sets for the device",
         )
     p.add_argument("--no-int8", action="store_true", help="skip the int8 variant")
 
