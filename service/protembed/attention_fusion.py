@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, shape_inference
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,17 @@ def _scalar(
     return float(arr.reshape(-1)[0]) if arr.size == 1 else None
 
 
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Each tensor's rank where ONNX shape inference knows it (not past operators it does not know, such
+    as the int8 file's MatMulIntegerToFloat)."""
+    inferred = shape_inference.infer_shapes(model)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+
+
 def _find_blocks(model: onnx.ModelProto) -> list[_Block]:
     graph = model.graph
+    ranks = _ranks(model)
     producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -123,11 +132,16 @@ def _find_blocks(model: onnx.ModelProto) -> list[_Block]:
         chain = [(k_t, matmul), (matmul, mul), (mul, add), (add, softmax), (softmax, context)]
         if not all(only_into(a.output[0], b) for a, b in chain):
             continue
+        # Attention reads 4-D [batch, heads, length, head size] inputs, and the mask is broadcast from a
+        # known 4-D bias; a rank that shape inference cannot see is taken from the 4-D Transpose of k.
+        q, v = matmul.input[0], context.input[1]
+        if ranks.get(bias) != 4 or ranks.get(q, 4) != 4 or ranks.get(v, 4) != 4:
+            continue
         blocks.append(
             _Block(
-                q=matmul.input[0],
+                q=q,
                 k=k_t.input[0],
-                v=context.input[1],
+                v=v,
                 bias=bias,
                 scale=scale,
                 output=context.output[0],

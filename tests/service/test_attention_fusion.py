@@ -113,3 +113,44 @@ def test_an_onnxruntime_that_refuses_the_fused_graph_gets_the_graph_as_exported(
     assert model.fused_attention == 0
     assert any("attention not fused" in r.getMessage() for r in caplog.records)
     assert model.embed(SEQUENCES[:1], ["student"])["student"][0].shape == (768,)
+
+
+def _block_graph(bias_shape: list[int | str]) -> onnx.ModelProto:
+    """One hand-written attention block over 4-D q, k, v inputs, with a padding bias of the given shape."""
+    t = onnx.TensorProto.FLOAT
+    qkv = ["b", 2, "n", 8]
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["ss"]),
+        helper.make_node("Add", ["ss", "bias"], ["sb"]),
+        helper.make_node("Softmax", ["sb"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info(n, t, qkv) for n in "qkv"]
+        + [helper.make_tensor_value_info("bias", t, bias_shape)],
+        [helper.make_tensor_value_info("out", t, qkv)],
+        [helper.make_tensor("scale", t, [], [8**-0.5])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_a_bias_that_is_not_4d_is_not_fused_and_a_4d_one_gives_the_same_output() -> None:
+    """The square mask is broadcast from a [batch, 1, 1, length] bias; another rank is left alone."""
+    assert fuse_attention(_block_graph(["n"])) == 0
+    exported = _block_graph(["b", 1, 1, "n"])
+    fused = onnx.ModelProto()
+    fused.CopyFrom(exported)
+    assert fuse_attention(fused) == 1
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((3, 2, 5, 8), dtype=np.float32) for n in "qkv"}
+    feeds["bias"] = np.zeros((3, 1, 1, 5), np.float32)
+    feeds["bias"][0, ..., 3:] = -1e4  # the first row's last two keys are padding
+    outs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        for m in (exported, fused)
+    ]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-6)
