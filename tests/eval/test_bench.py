@@ -277,7 +277,8 @@ def test_output_speed_times_one_folder_fused_and_as_exported(
     args = [str(bundled), "--fusion", "--corpus", str(corpus), "--sequences", "6", "--rounds", "1"]
     assert output_speed([*args, "--threads", "1", "--outputs", "student"]) == 0
     out = capsys.readouterr().out
-    assert "(attention fused: 4 blocks)" in out and "(as exported)" in out
+    layers = json.loads((bundled / "model.json").read_text())["architecture"]["layers"]
+    assert f"(attention fused: {layers} blocks)" in out and "(as exported)" in out
     assert re.search(r"^student: \d+ vs \d+ -> \d+\.\d+x", out, re.M), out
     with pytest.raises(SystemExit):
         output_speed([str(bundled), str(bundled), "--fusion"])
